@@ -123,6 +123,30 @@ pub struct FrameHeader {
     pub request_id: u64,
 }
 
+impl FrameHeader {
+    /// The little-endian wire form (the socket transport sends headers as bytes).
+    pub fn to_le_bytes(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[0..4].copy_from_slice(&self.len.to_le_bytes());
+        out[4..6].copy_from_slice(&self.kind.to_le_bytes());
+        out[6..8].copy_from_slice(&self.flags.to_le_bytes());
+        out[8..16].copy_from_slice(&self.request_id.to_le_bytes());
+        out
+    }
+
+    /// Parses the little-endian wire form; every bit pattern is a header
+    /// (the reader validates `len` and `kind`).
+    pub fn from_le_bytes(bytes: &[u8; 16]) -> Self {
+        let [l0, l1, l2, l3, k0, k1, f0, f1, rest @ ..] = *bytes;
+        Self {
+            len: u32::from_le_bytes([l0, l1, l2, l3]),
+            kind: u16::from_le_bytes([k0, k1]),
+            flags: u16::from_le_bytes([f0, f1]),
+            request_id: u64::from_le_bytes(rest),
+        }
+    }
+}
+
 /// What a frame holds. Unknown values are answered with `UnknownFrameKind`.
 #[repr(u16)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

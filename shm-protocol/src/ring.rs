@@ -312,7 +312,7 @@ impl Producer {
         // the consumer is done reading the bytes it released.
         let head = self.memory.header().head.load(Ordering::Acquire);
         let used = self.tail.wrapping_sub(head);
-        if used > self.memory.capacity_bytes || head % FRAME_ALIGN_BYTES != 0 {
+        if used > self.memory.capacity_bytes || !head.is_multiple_of(FRAME_ALIGN_BYTES) {
             return Err(RingError::Corrupt("consumer cursor beyond the producer's"));
         }
         Ok(self.memory.capacity_bytes - used)
@@ -416,20 +416,31 @@ impl Consumer {
         self.memory.header().head.store(self.head, Ordering::Release);
     }
 
-    /// Copies a frame's payload into `out` (cleared first). The daemon uses this
-    /// at the trust boundary: it validates and uses the copy, which the peer
-    /// cannot change under it.
+    /// Copies a frame's payload into `out` (cleared first).
     pub fn copy_payload(&self, frame: &Frame, out: &mut Vec<u8>) {
         out.clear();
-        out.reserve(frame.len as usize);
+        out.resize(frame.len as usize, 0);
+        self.copy_payload_to(frame, out);
+    }
+
+    /// Copies a frame's payload into an aligned buffer (cleared first), ready
+    /// for `rkyv::access`. The daemon uses this at the trust boundary: it
+    /// validates and uses the copy, which the peer cannot change under it.
+    pub fn copy_payload_aligned(&self, frame: &Frame, out: &mut rkyv::util::AlignedVec<16>) {
+        out.clear();
+        out.resize(frame.len as usize, 0);
+        self.copy_payload_to(frame, out);
+    }
+
+    fn copy_payload_to(&self, frame: &Frame, out: &mut [u8]) {
+        assert_eq!(out.len(), frame.len as usize);
         // SAFETY: `frame` came from `peek` on this ring, which checked that
-        // [payload_pos, payload_pos + len) lies inside the data area; `out` has
-        // room for len bytes after the reserve. The bytes may change under us
-        // (hostile peer) but we only copy them as plain bytes.
+        // [payload_pos, payload_pos + len) lies inside the data area, and `out`
+        // is exactly len bytes of our own memory. The source bytes may change
+        // under us (hostile peer) but we only copy them as plain bytes.
         unsafe {
             let src = self.memory.data.add(frame.payload_pos as usize);
-            std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), frame.len as usize);
-            out.set_len(frame.len as usize);
+            std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len());
         }
     }
 
@@ -483,7 +494,7 @@ impl Consumer {
         // Acquire pairs with the Release store in Producer::publish_frame.
         let tail = self.memory.header().tail.load(Ordering::Acquire);
         let available = tail.wrapping_sub(self.head);
-        if available > self.memory.capacity_bytes || tail % FRAME_ALIGN_BYTES != 0 {
+        if available > self.memory.capacity_bytes || !tail.is_multiple_of(FRAME_ALIGN_BYTES) {
             return Err(RingError::Corrupt("producer cursor impossible"));
         }
         Ok(tail)

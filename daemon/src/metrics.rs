@@ -1,0 +1,86 @@
+//! Counters the daemon keeps and reports through `Stats`.
+//!
+//! Plain relaxed atomics: they are read for reporting only, never to make a
+//! decision. Names are part of the Stats contract (ARCHITECTURE.md).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use nexus_shm_protocol::wire::{Counter, StatsReport};
+
+/// The daemon's counters and gauges.
+#[derive(Debug)]
+pub struct Metrics {
+    started: Instant,
+    /// Connections currently served (gauge).
+    pub connections_open: AtomicU64,
+    /// Connections that completed a handshake.
+    pub connections_total: AtomicU64,
+    /// Handshakes refused (bad bytes, version, uid, capacity) or timed out.
+    pub handshakes_refused: AtomicU64,
+    /// Requests answered.
+    pub requests_total: AtomicU64,
+    /// Frames rejected as malformed, oversize or of unknown kind.
+    pub frames_rejected: AtomicU64,
+    /// Connections closed for sending too many bad frames.
+    pub clients_disconnected_bad_frames: AtomicU64,
+    /// Connections closed because their response ring stayed full.
+    pub clients_disconnected_stalled: AtomicU64,
+    /// Connections closed because the shared ring state was corrupt.
+    pub clients_disconnected_corrupt: AtomicU64,
+    /// Wake-ups sent to clients (eventfd writes).
+    pub wakeups_sent: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            connections_open: AtomicU64::new(0),
+            connections_total: AtomicU64::new(0),
+            handshakes_refused: AtomicU64::new(0),
+            requests_total: AtomicU64::new(0),
+            frames_rejected: AtomicU64::new(0),
+            clients_disconnected_bad_frames: AtomicU64::new(0),
+            clients_disconnected_stalled: AtomicU64::new(0),
+            clients_disconnected_corrupt: AtomicU64::new(0),
+            wakeups_sent: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Adds one to a counter.
+pub fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Metrics {
+    /// Seconds since the daemon started.
+    pub fn uptime_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// A snapshot for the Stats operation.
+    pub fn report(&self) -> StatsReport {
+        let read = |name: &str, value: &AtomicU64| Counter {
+            name: name.to_owned(),
+            value: value.load(Ordering::Relaxed),
+        };
+        let counters = vec![
+            Counter {
+                name: "uptime_s".into(),
+                value: self.uptime_s(),
+            },
+            read("connections_open", &self.connections_open),
+            read("connections_total", &self.connections_total),
+            read("handshakes_refused", &self.handshakes_refused),
+            read("requests_total", &self.requests_total),
+            read("frames_rejected", &self.frames_rejected),
+            read("clients_disconnected_bad_frames", &self.clients_disconnected_bad_frames),
+            read("clients_disconnected_stalled", &self.clients_disconnected_stalled),
+            read("clients_disconnected_corrupt", &self.clients_disconnected_corrupt),
+            read("wakeups_sent", &self.wakeups_sent),
+        ];
+        StatsReport { counters }
+    }
+}

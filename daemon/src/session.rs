@@ -1,0 +1,393 @@
+//! One client's shared-memory session: pump requests in, answers out.
+//!
+//! The loop (one tokio task per client): drain up to `burst_frames` requests
+//! (copy each out of the ring into a private aligned buffer, release it,
+//! validate, handle, serialize the answer in place into the response ring),
+//! wake the client once if it sleeps, then either go on, or (ring empty)
+//! announce sleep, re-check and await the wake fd, or (response ring full)
+//! hold the one pending answer and await space, bounded by
+//! `stalled_client_timeout`. The client's socket is watched for EOF, which is
+//! how a dead client (even one killed mid-frame) is noticed.
+//!
+//! What this module does not do: decide answers (`handler.rs`) or accept
+//! connections (`server.rs`).
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nexus_shm_protocol::layout::FrameKind;
+use nexus_shm_protocol::monotonic_now_ns;
+use nexus_shm_protocol::ring::{BadFrameReason, Consumer, Frame, Producer, RingError};
+use nexus_shm_protocol::segment::Segment;
+use nexus_shm_protocol::wake::WakeFd;
+use nexus_shm_protocol::wire::{ErrorCode, Response, access_request, encode_into};
+use rkyv::util::AlignedVec;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::net::UnixStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::handler::{Shared, handle};
+use crate::metrics::bump;
+
+/// Why a session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// The client closed its socket (or died).
+    PeerGone,
+    /// The daemon is shutting down.
+    Shutdown,
+    /// Too many malformed frames.
+    TooManyBadFrames,
+    /// The response ring stayed full past `stalled_client_timeout`.
+    Stalled,
+    /// The shared ring state was impossible; the connection is poisoned.
+    Corrupt(RingError),
+    /// A syscall on the connection's fds failed.
+    Io(std::io::Error),
+}
+
+/// A session's state. Everything in it is bounded: two fixed rings, one
+/// scratch buffer of at most `max_frame_bytes`, at most one pending answer.
+pub struct ShmSession {
+    id: u64,
+    requests: Consumer,
+    responses: Producer,
+    wake_me: AsyncFd<WakeFd>,
+    wake_client: WakeFd,
+    scratch: AlignedVec<16>,
+    pending: Option<Response>,
+    bad_frames: u32,
+    spin: AdaptiveSpin,
+    shared: Arc<Shared>,
+}
+
+/// What one pump of the rings achieved.
+enum Burst {
+    /// Nothing to do: the request ring is empty.
+    Idle,
+    /// Some frames handled; `more` when the burst limit stopped us.
+    Progress { more: bool },
+    /// An answer is ready but the response ring has no room for it.
+    Blocked { seen_free: u64 },
+}
+
+/// What ended a wait.
+enum Wake {
+    Signalled,
+    TimedOut,
+}
+
+impl ShmSession {
+    /// Takes the daemon's ends of `segment`; must run inside the runtime.
+    pub fn new(
+        id: u64,
+        segment: &Arc<Segment>,
+        daemon_wake: WakeFd,
+        wake_client: WakeFd,
+        shared: Arc<Shared>,
+    ) -> std::io::Result<Self> {
+        let (requests, responses) = segment.daemon_ends().map_err(std::io::Error::other)?;
+        // SAFETY: WakeFd owns its fd (an OwnedFd), returns the same raw fd for
+        // its whole life, and is only closed when the AsyncFd drops it.
+        let wake_me = unsafe { AsyncFd::register_with_interest(daemon_wake, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(Self {
+            id,
+            requests,
+            responses,
+            wake_me,
+            wake_client,
+            scratch: AlignedVec::with_capacity(4096),
+            pending: None,
+            bad_frames: 0,
+            spin: AdaptiveSpin::new(shared.config.spin),
+            shared,
+        })
+    }
+
+    /// Serves until the client leaves, misbehaves, or shutdown.
+    pub async fn run(mut self, stream: UnixStream, shutdown: &CancellationToken) -> SessionEnd {
+        let burst_frames = self.shared.config.burst_frames;
+        loop {
+            let burst = match self.pump(burst_frames) {
+                Ok(burst) => burst,
+                Err(end) => return end,
+            };
+            if let Err(e) = self.wake_client_if_asleep() {
+                return SessionEnd::Io(e);
+            }
+            let waited = match burst {
+                Burst::Progress { more: true } => {
+                    // Fairness: let other sessions run before the next burst.
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Burst::Progress { more: false } => continue,
+                Burst::Idle if shutdown.is_cancelled() => return SessionEnd::Shutdown,
+                Burst::Idle => self.sleep_until_request(&stream, shutdown).await,
+                Burst::Blocked { seen_free } => self.wait_for_space(seen_free, &stream, shutdown).await,
+            };
+            if let Err(end) = waited {
+                return end;
+            }
+        }
+    }
+
+    /// Handles up to `limit` frames, answering each in place.
+    fn pump(&mut self, limit: u32) -> Result<Burst, SessionEnd> {
+        if let Some(pending) = self.pending.take()
+            && let Some(blocked) = self.send(pending)?
+        {
+            return Ok(blocked);
+        }
+        let mut handled = 0;
+        while handled < limit {
+            let Some(answer) = self.next_answer()? else { break };
+            handled += 1;
+            if let Some(blocked) = self.send(answer)? {
+                return Ok(blocked);
+            }
+        }
+        Ok(match handled {
+            0 => Burst::Idle,
+            n => Burst::Progress { more: n == limit },
+        })
+    }
+
+    /// The answer to the next frame, or `None` when the ring is empty.
+    fn next_answer(&mut self) -> Result<Option<Response>, SessionEnd> {
+        let frame = match self.requests.peek() {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(None),
+            Err(RingError::BadFrame {
+                request_id,
+                reason,
+                resume_at,
+            }) => {
+                self.requests.skip_to(resume_at);
+                return self.reject(bad_frame_answer(request_id, reason)).map(Some);
+            }
+            Err(error) => {
+                bump(&self.shared.metrics.clients_disconnected_corrupt);
+                return Err(SessionEnd::Corrupt(error));
+            }
+        };
+        let picked_up = Instant::now();
+        // The one copy at the trust boundary: from here on the client cannot
+        // change the bytes we validate and use.
+        self.requests.copy_payload_aligned(&frame, &mut self.scratch);
+        self.requests.release(&frame);
+        if frame.kind != FrameKind::Request as u16 {
+            let message = format!("frame kind {} is not a request", frame.kind);
+            return self
+                .reject(Response::error(frame.request_id, ErrorCode::UnknownFrameKind, message))
+                .map(Some);
+        }
+        self.answer(&frame, picked_up).map(Some)
+    }
+
+    fn answer(&mut self, frame: &Frame, picked_up: Instant) -> Result<Response, SessionEnd> {
+        let request = match access_request(&self.scratch) {
+            Ok(request) => request,
+            Err(e) => {
+                let message = format!("request frame failed validation: {e}");
+                return self.reject(Response::error(frame.request_id, ErrorCode::MalformedFrame, message));
+            }
+        };
+        let mut response = handle(request, &self.shared, monotonic_now_ns());
+        response.timings.handled_ns = picked_up.elapsed().as_nanos() as u64;
+        bump(&self.shared.metrics.requests_total);
+        Ok(response)
+    }
+
+    /// Counts a bad frame; past the limit the connection is closed.
+    fn reject(&mut self, answer: Response) -> Result<Response, SessionEnd> {
+        bump(&self.shared.metrics.frames_rejected);
+        self.bad_frames += 1;
+        if self.bad_frames > self.shared.config.max_bad_frames {
+            bump(&self.shared.metrics.clients_disconnected_bad_frames);
+            // Best effort: tell the client why before closing.
+            let _ = self.send(answer);
+            let _ = self.wake_client_if_asleep();
+            return Err(SessionEnd::TooManyBadFrames);
+        }
+        Ok(answer)
+    }
+
+    /// Writes an answer in place; returns `Blocked` (keeping the answer) when full.
+    fn send(&mut self, answer: Response) -> Result<Option<Burst>, SessionEnd> {
+        let written = self
+            .responses
+            .try_write(FrameKind::Response, answer.request_id, |slot| {
+                encode_into(&answer, slot)
+            });
+        match written {
+            Ok(Some(_)) => Ok(None),
+            Ok(None) => {
+                let seen_free = self.responses.free_bytes().map_err(SessionEnd::Corrupt)?;
+                self.pending = Some(answer);
+                Ok(Some(Burst::Blocked { seen_free }))
+            }
+            Err(RingError::FrameTooLarge { max }) => {
+                let message = format!("the answer exceeds the maximum frame of {max} bytes");
+                let error = Response::error(answer.request_id, ErrorCode::FrameTooLarge, message);
+                self.send(error)
+            }
+            Err(error) => Err(SessionEnd::Corrupt(error)),
+        }
+    }
+
+    /// One signal per burst, only if the client announced it sleeps (waiting
+    /// for answers, or for room in its request ring).
+    fn wake_client_if_asleep(&mut self) -> std::io::Result<()> {
+        let wants_answers = self.responses.consumer_needs_wake();
+        let wants_room = self.requests.producer_needs_wake();
+        if wants_answers || wants_room {
+            bump(&self.shared.metrics.wakeups_sent);
+            self.wake_client.signal()?;
+        }
+        Ok(())
+    }
+
+    async fn sleep_until_request(
+        &mut self,
+        stream: &UnixStream,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionEnd> {
+        if self.spin.spin_until(|| !self.requests.is_empty()) {
+            return Ok(());
+        }
+        if !self.requests.prepare_sleep() {
+            return Ok(());
+        }
+        let slept = Instant::now();
+        let waited = wait(&self.wake_me, stream, shutdown, None).await;
+        self.requests.end_sleep();
+        self.spin.record_idle(slept.elapsed());
+        waited.map(|_| ())
+    }
+
+    async fn wait_for_space(
+        &mut self,
+        seen_free: u64,
+        stream: &UnixStream,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionEnd> {
+        if !self.responses.prepare_wait_for_space(seen_free) {
+            return Ok(());
+        }
+        let limit = self.shared.config.stalled_client_timeout;
+        let waited = wait(&self.wake_me, stream, shutdown, Some(limit)).await;
+        self.responses.end_wait_for_space();
+        match waited? {
+            Wake::Signalled => Ok(()),
+            Wake::TimedOut => {
+                bump(&self.shared.metrics.clients_disconnected_stalled);
+                Err(SessionEnd::Stalled)
+            }
+        }
+    }
+}
+
+impl Drop for ShmSession {
+    fn drop(&mut self) {
+        tracing::trace!(
+            connection = self.id,
+            wake_fd = self.wake_me.as_raw_fd(),
+            "session resources freed"
+        );
+    }
+}
+
+/// Awaits the wake fd, the client's EOF, shutdown, or `limit`.
+async fn wait(
+    wake_me: &AsyncFd<WakeFd>,
+    stream: &UnixStream,
+    shutdown: &CancellationToken,
+    limit: Option<Duration>,
+) -> Result<Wake, SessionEnd> {
+    let timer = async {
+        match limit {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        ready = wake_me.readable() => {
+            let mut guard = ready.map_err(SessionEnd::Io)?;
+            guard.get_inner().drain().map_err(SessionEnd::Io)?;
+            guard.clear_ready();
+            Ok(Wake::Signalled)
+        }
+        gone = peer_gone(stream) => gone.map(|()| Wake::Signalled),
+        _ = shutdown.cancelled() => Ok(Wake::Signalled),
+        _ = timer => Ok(Wake::TimedOut),
+    }
+}
+
+/// Resolves with `Err(PeerGone)` when the client's socket reaches EOF; the
+/// client sends nothing after its hello, so any byte is ignored.
+async fn peer_gone(stream: &UnixStream) -> Result<(), SessionEnd> {
+    let mut scratch = [0u8; 64];
+    loop {
+        stream.readable().await.map_err(SessionEnd::Io)?;
+        match stream.try_read(&mut scratch) {
+            Ok(0) => return Err(SessionEnd::PeerGone),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Err(SessionEnd::PeerGone),
+            Err(e) => return Err(SessionEnd::Io(e)),
+        }
+    }
+}
+
+fn bad_frame_answer(request_id: u64, reason: BadFrameReason) -> Response {
+    let code = match reason {
+        BadFrameReason::TooLarge { .. } => ErrorCode::FrameTooLarge,
+        BadFrameReason::Overrun { .. } | BadFrameReason::DanglingWrap => ErrorCode::FrameOverrun,
+    };
+    let message = format!("{reason}; the published frames after it were discarded");
+    Response::error(request_id, code, message)
+}
+
+/// The opt-in spin: busy-wait up to `budget` for the next request, but only
+/// while recent idle gaps were shorter than the budget (requests arriving
+/// faster than it). With gaps longer than the budget it would only burn a
+/// core, which on a 2-core host slows the client down (RESEARCH.md).
+struct AdaptiveSpin {
+    budget: Duration,
+    /// Exponentially weighted mean of recent idle gaps, in nanoseconds.
+    mean_gap_ns: u64,
+}
+
+impl AdaptiveSpin {
+    fn new(budget: Duration) -> Self {
+        Self { budget, mean_gap_ns: 0 }
+    }
+
+    /// Spins while `ready()` is false, within the budget; true if it became ready.
+    fn spin_until(&mut self, mut ready: impl FnMut() -> bool) -> bool {
+        let budget_ns = self.budget.as_nanos() as u64;
+        if budget_ns == 0 || self.mean_gap_ns > budget_ns {
+            return false;
+        }
+        let start = Instant::now();
+        loop {
+            if ready() {
+                self.record_idle(start.elapsed());
+                return true;
+            }
+            if start.elapsed() >= self.budget {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    fn record_idle(&mut self, gap: Duration) {
+        let gap_ns = gap.as_nanos().min(u128::from(u64::MAX)) as u64;
+        self.mean_gap_ns = (self.mean_gap_ns / 8) * 7 + gap_ns / 8;
+    }
+}
