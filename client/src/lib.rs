@@ -1,1 +1,157 @@
+//! nexus-client: the tiny client of Memory Nexus.
+//!
+//! Blocking, no tokio, no daemon code: it depends on the protocol crate and
+//! the few crates the transport needs. Two ways in:
+//!
+//! - [`Connection`]: one connection, one thread at a time (`&mut self`).
+//!   Answers come as [`ResponseGuard`]s read in place from the shared
+//!   response ring; `submit`/`recv` pipeline many requests.
+//! - [`Client`]: a connection behind a mutex, shareable between threads
+//!   (`Arc<Client>`); calls from several threads are served one after the
+//!   other. For parallelism, give each thread its own `Connection` (each has
+//!   its own rings, and the daemon serves connections concurrently).
+//!
+//! Every call has a timeout (the request carries it as its deadline too).
+//! When the daemon goes away, calls fail with [`ClientError::DaemonGone`];
+//! [`Client::reconnect`] (or [`Connection::reconnect`]) gets a fresh
+//! connection.
 
+mod connection;
+mod error;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+pub use connection::{ConnectOptions, Connection, ResponseGuard, Transport};
+pub use error::ClientError;
+pub use nexus_shm_protocol::wire;
+use nexus_shm_protocol::wire::{
+    ArchivedResponseBody, HealthReport, PingRequest, Pong, Request, RequestBody, Response, StatsReport,
+};
+
+/// A thread-safe client: one connection, calls serialized by a mutex.
+pub struct Client {
+    connection: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl Client {
+    /// Connects to the daemon at `path` with default options.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Self, ClientError> {
+        Self::connect_with(path, ConnectOptions::default())
+    }
+
+    /// Connects to `$NEXUS_SOCKET` (or the daemon's default socket).
+    pub fn connect_default() -> Result<Self, ClientError> {
+        Self::connect(nexus_shm_protocol::default_socket_path())
+    }
+
+    /// Connects with explicit options.
+    pub fn connect_with(path: impl AsRef<Path>, options: ConnectOptions) -> Result<Self, ClientError> {
+        let connection = Connection::connect(path.as_ref(), options)?;
+        Ok(Self {
+            connection: Mutex::new(connection),
+            path: path.as_ref().to_path_buf(),
+        })
+    }
+
+    /// The socket path this client uses.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Replaces the connection with a fresh one (after `DaemonGone`).
+    pub fn reconnect(&self) -> Result<(), ClientError> {
+        let mut connection = self.lock();
+        *connection = connection.reconnect()?;
+        Ok(())
+    }
+
+    /// Runs `body` on the answer to `request`, read in place (zero-copy), with
+    /// the connection locked for the duration.
+    pub fn with_response<R>(
+        &self,
+        request: &mut Request,
+        timeout: Option<Duration>,
+        body: impl FnOnce(&ResponseGuard<'_>) -> R,
+    ) -> Result<R, ClientError> {
+        let mut connection = self.lock();
+        let guard = connection.call(request, timeout)?;
+        Ok(body(&guard))
+    }
+
+    /// Sends `body` and returns the answer as an owned value (status included).
+    pub fn call(&self, body: RequestBody, timeout: Option<Duration>) -> Result<Response, ClientError> {
+        let mut request = Request {
+            request_id: 0,
+            deadline_ns: 0,
+            body,
+        };
+        self.with_response(&mut request, timeout, |answer| answer.to_owned_response())
+    }
+
+    /// Round trip with an empty payload.
+    pub fn ping(&self) -> Result<Pong, ClientError> {
+        let mut request = Request {
+            request_id: 0,
+            deadline_ns: 0,
+            body: RequestBody::Ping(PingRequest::default()),
+        };
+        self.ok_body(&mut request, |body| match body {
+            ArchivedResponseBody::Pong(pong) => Some(Pong {
+                payload_bytes: pong.payload_bytes.to_native(),
+                server_monotonic_ns: pong.server_monotonic_ns.to_native(),
+            }),
+            _ => None,
+        })
+    }
+
+    /// The daemon's counters.
+    pub fn stats(&self) -> Result<StatsReport, ClientError> {
+        let mut request = Request {
+            request_id: 0,
+            deadline_ns: 0,
+            body: RequestBody::Stats,
+        };
+        self.ok_body(&mut request, |body| match body {
+            ArchivedResponseBody::Stats(stats) => rkyv::deserialize::<_, rkyv::rancor::Error>(stats).ok(),
+            _ => None,
+        })
+    }
+
+    /// The daemon's health probe.
+    pub fn health(&self) -> Result<HealthReport, ClientError> {
+        let mut request = Request {
+            request_id: 0,
+            deadline_ns: 0,
+            body: RequestBody::Health,
+        };
+        self.ok_body(&mut request, |body| match body {
+            ArchivedResponseBody::Health(health) => rkyv::deserialize::<_, rkyv::rancor::Error>(health).ok(),
+            _ => None,
+        })
+    }
+
+    fn ok_body<T>(
+        &self,
+        request: &mut Request,
+        pick: impl FnOnce(&ArchivedResponseBody) -> Option<T>,
+    ) -> Result<T, ClientError> {
+        let mut connection = self.lock();
+        let guard = connection.call(request, None)?.into_result()?;
+        pick(&guard.body).ok_or_else(|| ClientError::Protocol("the answer does not match the request".into()))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the connection in a state the
+        // ring protocol tolerates (frames are published or not at all), so
+        // poisoning is not a reason to refuse further calls.
+        self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Looks a counter up by name in a stats report.
+pub fn counter(stats: &StatsReport, name: &str) -> Option<u64> {
+    stats.counters.iter().find(|c| c.name == name).map(|c| c.value)
+}

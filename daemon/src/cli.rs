@@ -57,7 +57,6 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
-            eprintln!("nexusd: {e:#}");
             ExitCode::FAILURE
         }
     }
