@@ -81,6 +81,49 @@ impl Metrics {
             read("clients_disconnected_corrupt", &self.clients_disconnected_corrupt),
             read("wakeups_sent", &self.wakeups_sent),
         ];
+        let mut counters = counters;
+        counters.extend(process_gauges());
         StatsReport { counters }
     }
+}
+
+/// The daemon process's own resource use, from /proc/self: what an operator
+/// (and the leak tests) watch. Missing values are left out, never invented.
+fn process_gauges() -> Vec<Counter> {
+    let mut gauges = vec![Counter {
+        name: "process_pid".into(),
+        value: u64::from(std::process::id()),
+    }];
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        gauges.push(Counter {
+            name: "process_open_fds".into(),
+            value: fds.count() as u64,
+        });
+    }
+    if let Some(rss) = status_kib("VmRSS:") {
+        gauges.push(Counter {
+            name: "process_rss_bytes".into(),
+            value: rss * 1024,
+        });
+    }
+    if let Some(cpu_ns) = cpu_time_ns() {
+        gauges.push(Counter {
+            name: "process_cpu_ns".into(),
+            value: cpu_ns,
+        });
+    }
+    gauges
+}
+
+fn status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// User + system CPU time of the whole process.
+fn cpu_time_ns() -> Option<u64> {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).ok()?;
+    let to_ns = |tv: nix::sys::time::TimeVal| tv.tv_sec() as u64 * 1_000_000_000 + tv.tv_usec() as u64 * 1000;
+    Some(to_ns(usage.user_time()) + to_ns(usage.system_time()))
 }
