@@ -125,8 +125,17 @@ impl Connection {
             response_ring_bytes: options.response_ring_bytes,
             name: options.name.clone(),
         };
-        (&socket).write_all(&hello.encode()).map_err(handshake_io)?;
-        let (welcome, fds) = read_server_hello(&socket)?;
+        let sent = (&socket).write_all(&hello.encode()).map_err(handshake_io);
+        // Even when our hello could not be written, the daemon may have
+        // answered first (a refusal) and closed: that answer is the better error.
+        let (welcome, fds) = match (read_server_hello(&socket), sent) {
+            (Ok(answer), Ok(())) => answer,
+            (Err(refusal @ (ClientError::Refused { .. } | ClientError::VersionMismatch { .. })), _) => {
+                return Err(refusal);
+            }
+            (_, Err(write_error)) => return Err(write_error),
+            (Err(read_error), Ok(())) => return Err(read_error),
+        };
         let frames = match options.transport {
             Transport::SharedMemory => Frames::Shm(map_segment(&welcome, fds)?),
             Transport::Socket => Frames::Socket(SocketFrames {
@@ -367,9 +376,11 @@ impl ShmFrames {
         socket: &UnixStream,
     ) -> Result<Frame, ClientError> {
         let spin_until = Instant::now() + spin;
+        let mut daemon_gone = false;
         loop {
             match self.responses.peek() {
                 Ok(Some(frame)) => return Ok(frame),
+                Ok(None) if daemon_gone => return Err(ClientError::DaemonGone),
                 Ok(None) => {}
                 Err(e) => return Err(ClientError::Protocol(format!("response ring: {e}"))),
             }
@@ -384,7 +395,14 @@ impl ShmFrames {
             if self.responses.prepare_sleep() {
                 let waited = wait_on(&self.wake_me, socket, deadline - now);
                 self.responses.end_sleep();
-                waited?;
+                match waited {
+                    // The daemon may have written a last answer (why it is
+                    // closing) before it closed: look once more before giving up.
+                    Err(ClientError::DaemonGone) => daemon_gone = true,
+                    other => {
+                        other?;
+                    }
+                }
             }
         }
     }

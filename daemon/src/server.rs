@@ -138,8 +138,12 @@ impl Connection {
     }
 
     async fn handshake(&mut self) -> Result<(Admitted, OwnedSemaphorePermit), Refusal> {
+        // The hello is read before the uid is judged so that a refused peer,
+        // whose hello is already on its way, reads our refusal instead of a
+        // broken pipe.
+        let hello = self.read_hello().await;
         self.check_peer()?;
-        let hello = self.read_hello().await?;
+        let hello = hello?;
         let permit = self.slots.clone().try_acquire_owned().map_err(|_| {
             let max = self.shared.config.max_clients;
             Refusal::with_reply(

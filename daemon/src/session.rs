@@ -59,6 +59,10 @@ pub struct ShmSession {
     scratch: AlignedVec<16>,
     pending: Option<Response>,
     bad_frames: u32,
+    /// When the response ring first had no room for `pending` (reset when an
+    /// answer is written): the stall timeout counts from here, not from the
+    /// last wake-up, which a client can cause without ever reading.
+    stalled_since: Option<Instant>,
     spin: AdaptiveSpin,
     shared: Arc<Shared>,
 }
@@ -102,6 +106,7 @@ impl ShmSession {
             scratch: AlignedVec::with_capacity(4096),
             pending: None,
             bad_frames: 0,
+            stalled_since: None,
             spin: AdaptiveSpin::new(shared.config.spin),
             shared,
         })
@@ -224,9 +229,13 @@ impl ShmSession {
                 encode_into(&answer, slot)
             });
         match written {
-            Ok(Some(_)) => Ok(None),
+            Ok(Some(_)) => {
+                self.stalled_since = None;
+                Ok(None)
+            }
             Ok(None) => {
                 let seen_free = self.responses.free_bytes().map_err(SessionEnd::Corrupt)?;
+                self.stalled_since.get_or_insert_with(Instant::now);
                 self.pending = Some(answer);
                 Ok(Some(Burst::Blocked { seen_free }))
             }
@@ -278,8 +287,12 @@ impl ShmSession {
         if !self.responses.prepare_wait_for_space(seen_free) {
             return Ok(());
         }
-        let limit = self.shared.config.stalled_client_timeout;
-        let waited = wait(&self.wake_me, stream, shutdown, Some(limit)).await;
+        let stalled_for = self.stalled_since.map(|since| since.elapsed()).unwrap_or_default();
+        let left = self.shared.config.stalled_client_timeout.saturating_sub(stalled_for);
+        let waited = match left.is_zero() {
+            true => Ok(Wake::TimedOut),
+            false => wait(&self.wake_me, stream, shutdown, Some(left)).await,
+        };
         self.responses.end_wait_for_space();
         match waited? {
             Wake::Signalled => Ok(()),

@@ -20,7 +20,11 @@ fn doc_table_values() -> HashMap<String, u64> {
 
 #[track_caller]
 fn check(values: &HashMap<String, u64>, name: &str, actual: u64) {
-    assert_eq!(values.get(name).copied(), Some(actual), "docs/shm-layout.md disagrees on {name}");
+    assert_eq!(
+        values.get(name).copied(),
+        Some(actual),
+        "docs/shm-layout.md disagrees on {name}"
+    );
 }
 
 #[test]
@@ -54,7 +58,10 @@ fn field_offsets_match_the_document() {
         ("protocol_version", offset_of!(SegmentHeader, protocol_version)),
         ("max_frame_bytes", offset_of!(SegmentHeader, max_frame_bytes)),
         ("segment_bytes", offset_of!(SegmentHeader, segment_bytes)),
-        ("response_capacity_bytes", offset_of!(SegmentHeader, response_capacity_bytes)),
+        (
+            "response_capacity_bytes",
+            offset_of!(SegmentHeader, response_capacity_bytes),
+        ),
         ("reserved", offset_of!(SegmentHeader, reserved)),
         ("tail", offset_of!(RingHeader, tail)),
         ("producer_waiting", offset_of!(RingHeader, producer_waiting)),
@@ -62,6 +69,10 @@ fn field_offsets_match_the_document() {
         ("consumer_sleeping", offset_of!(RingHeader, consumer_sleeping)),
     ];
     for (field, offset) in expect {
-        assert_eq!(offsets.get(field).copied(), Some(offset as u64), "docs/shm-layout.md disagrees on {field}");
+        assert_eq!(
+            offsets.get(field).copied(),
+            Some(offset as u64),
+            "docs/shm-layout.md disagrees on {field}"
+        );
     }
 }
