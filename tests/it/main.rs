@@ -1,1 +1,29 @@
+//! The end-to-end suite: real `nexusd` processes (`nexusd-it`) driven by the
+//! real client and by misbehaving peer processes (`nexus-test-peer`).
+//!
+//! One binary, one module per area. Every test starts its own daemon in its
+//! own temp dir, so tests run in parallel and a failing one leaves nothing
+//! behind; the harness (`nexus_tests`, tests/src/lib.rs) bounds every wait.
+//! Unit-level behaviour (ring arithmetic, codecs) is tested in the crates
+//! themselves, not here.
 
+mod bad_frames;
+mod dying_clients;
+mod fanout;
+mod handshake;
+mod lifecycle;
+mod transport;
+
+use nexus_tests::{Binaries, Daemon};
+
+/// Where cargo put the binaries: `CARGO_BIN_EXE_*` exists only here, in
+/// the integration test target, so the harness gets the paths from us.
+const BINARIES: Binaries = Binaries {
+    daemon: env!("CARGO_BIN_EXE_nexusd-it"),
+    peer: env!("CARGO_BIN_EXE_nexus-test-peer"),
+};
+
+/// A daemon with `extra_args`, in a fresh temp dir.
+fn start(extra_args: &[&str]) -> Daemon {
+    Daemon::start(BINARIES, extra_args)
+}
