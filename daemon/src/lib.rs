@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod socket_session;
+pub mod store;

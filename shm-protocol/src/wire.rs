@@ -314,13 +314,19 @@ pub enum ErrorCode {
     DimensionMismatch = 301,
     /// A batch exceeds the configured maximum.
     BatchTooLarge = 302,
+    /// The memory named does not exist.
+    NotFound = 303,
+    /// The disk is full: the write was not made durable (reads keep working).
+    DiskFull = 400,
+    /// The write-ahead log or a snapshot failed (I/O error, failed fsync).
+    StorageFailed = 401,
     /// A bug or an unexpected failure inside the daemon.
     Internal = 500,
 }
 
 impl ErrorCode {
     /// Every code, for lookups and docs.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 20] = [
         Self::BadHandshake,
         Self::VersionMismatch,
         Self::PermissionDenied,
@@ -337,6 +343,9 @@ impl ErrorCode {
         Self::InvalidArgument,
         Self::DimensionMismatch,
         Self::BatchTooLarge,
+        Self::NotFound,
+        Self::DiskFull,
+        Self::StorageFailed,
         Self::Internal,
     ];
 

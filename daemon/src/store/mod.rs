@@ -1,0 +1,2 @@
+//! The durable memory store: WAL, state, snapshots.
+pub mod wal;

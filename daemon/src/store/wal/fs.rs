@@ -1,0 +1,420 @@
+//! The WAL's file operations behind a trait, so tests can make the disk fail.
+//!
+//! Two implementations: [`RealFs`] (std + `fallocate`) and [`FaultyFs`], which wraps it
+//! and fails chosen operations: the N-th write with ENOSPC, the N-th fdatasync with EIO,
+//! or every write and allocation while "the disk is full". Tests drive it through
+//! [`Faults`]; with the `fault-injection` feature, [`fs_from_env`] builds it from
+//! `NEXUS_FAULT_INJECT` so end-to-end tests can break a real `nexusd`.
+//!
+//! Not here: a simulated disk that drops unsynced writes at a crash (the trait leaves
+//! room for one; it is future work), and any policy about what an error means (the
+//! writer and replay decide that).
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{FallocateFlags, fallocate};
+use rkyv::util::AlignedVec;
+
+use super::WalError;
+
+/// Environment variable read by [`fs_from_env`] under the `fault-injection` feature:
+/// comma-separated `write-enospc-after:<n>`, `fsync-eio-after:<n>`, `disk-full`.
+pub const FAULT_INJECT_ENV: &str = "NEXUS_FAULT_INJECT";
+
+/// Largest scratch-probe sample count [`measure_fdatasync`] accepts: each sample is a
+/// real fdatasync (~0.4 ms, 9 ms at p99 here), so this bounds a probe to minutes.
+const MAX_PROBE_SAMPLES: usize = 100_000;
+/// Bytes appended before each probe fdatasync: one page, as in RESEARCH.md's baseline.
+const PROBE_WRITE_BYTES: usize = 4096;
+
+/// A directory entry as the WAL needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalDirEntry {
+    pub name: String,
+    pub len_bytes: u64,
+}
+
+/// The file-system operations the WAL performs. Paths are absolute or relative to the
+/// process's working directory; errors are plain `io::Error`s (the callers add context).
+pub trait WalFs: Send + Sync + fmt::Debug {
+    /// `mkdir -p`.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Creates a file that must not exist yet, open for reading and writing.
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn WalFile>>;
+    /// Opens an existing file for reading and writing.
+    fn open_rw(&self, path: &Path) -> io::Result<Box<dyn WalFile>>;
+    /// Reads a whole file into a 16-aligned buffer; fails with `InvalidData` rather than
+    /// allocate for a file longer than `max_bytes`.
+    fn read_all(&self, path: &Path, max_bytes: u64) -> io::Result<AlignedVec<16>>;
+    /// The regular files in `dir` (not recursive).
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<WalDirEntry>>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// fsync of the directory itself, so created, renamed and removed entries persist.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// An open segment (or scratch) file.
+pub trait WalFile: Send + fmt::Debug {
+    /// `pwrite` until every byte is written.
+    fn write_all_at(&mut self, bytes: &[u8], offset: u64) -> io::Result<()>;
+    /// `fdatasync`.
+    fn sync_data(&mut self) -> io::Result<()>;
+    /// Reserves `[offset, offset + len_bytes)` (`fallocate`, mode 0: the file grows).
+    /// `Unsupported` if the file system cannot; callers treat that as "no prealloc".
+    fn allocate(&mut self, offset: u64, len_bytes: u64) -> io::Result<()>;
+    /// `ftruncate`.
+    fn set_len(&mut self, len_bytes: u64) -> io::Result<()>;
+}
+
+/// The real file system.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RealFs;
+
+#[derive(Debug)]
+struct RealFile(File);
+
+impl WalFs for RealFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+        Ok(Box::new(RealFile(file)))
+    }
+
+    fn open_rw(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Box::new(RealFile(file)))
+    }
+
+    fn read_all(&self, path: &Path, max_bytes: u64) -> io::Result<AlignedVec<16>> {
+        let mut file = File::open(path)?;
+        let len_bytes = file.metadata()?.len();
+        if len_bytes > max_bytes {
+            let message = format!(
+                "{} is {len_bytes} bytes, more than the {max_bytes} allowed",
+                path.display()
+            );
+            return Err(io::Error::new(io::ErrorKind::InvalidData, message));
+        }
+        let len = usize::try_from(len_bytes).map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        let mut bytes = AlignedVec::<16>::with_capacity(len);
+        // `take` bounds the read even if the file grew since `metadata`.
+        bytes.extend_from_reader(&mut (&mut file).take(max_bytes))?;
+        Ok(bytes)
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<WalDirEntry>> {
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let metadata = entry.metadata()?;
+            if let (true, Some(name)) = (metadata.is_file(), entry.file_name().to_str()) {
+                entries.push(WalDirEntry {
+                    name: name.to_owned(),
+                    len_bytes: metadata.len(),
+                });
+            }
+        }
+        Ok(entries)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
+impl WalFile for RealFile {
+    fn write_all_at(&mut self, bytes: &[u8], offset: u64) -> io::Result<()> {
+        self.0.write_all_at(bytes, offset)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn allocate(&mut self, offset: u64, len_bytes: u64) -> io::Result<()> {
+        let to_off = |value: u64| i64::try_from(value).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+        match fallocate(&self.0, FallocateFlags::empty(), to_off(offset)?, to_off(len_bytes)?) {
+            Ok(()) => Ok(()),
+            Err(Errno::EOPNOTSUPP) => Err(io::Error::from(io::ErrorKind::Unsupported)),
+            Err(errno) => Err(io::Error::from(errno)),
+        }
+    }
+
+    fn set_len(&mut self, len_bytes: u64) -> io::Result<()> {
+        self.0.set_len(len_bytes)
+    }
+}
+
+/// The switches of a [`FaultyFs`], shared with the test that flips them.
+///
+/// Countdowns: 0 is disarmed; `n` makes the n-th matching operation from now fail once.
+#[derive(Debug, Default)]
+pub struct Faults {
+    write_enospc_countdown: AtomicU64,
+    sync_eio_countdown: AtomicU64,
+    disk_full: AtomicBool,
+    writes: AtomicU64,
+    syncs: AtomicU64,
+}
+
+impl Faults {
+    /// The `nth` write from now (1 = the next) writes half its bytes, then fails with
+    /// ENOSPC, once.
+    pub fn fail_write_with_enospc(&self, nth: u64) {
+        self.write_enospc_countdown.store(nth, Ordering::SeqCst);
+    }
+
+    /// The `nth` fdatasync from now (1 = the next) fails with EIO, once. Later syncs
+    /// succeed, as on Linux after the kernel dropped the dirty pages: a WAL that
+    /// retried would wrongly believe its data safe.
+    pub fn fail_sync_with_eio(&self, nth: u64) {
+        self.sync_eio_countdown.store(nth, Ordering::SeqCst);
+    }
+
+    /// While set, every write and allocation fails with ENOSPC.
+    pub fn set_disk_full(&self, full: bool) {
+        self.disk_full.store(full, Ordering::SeqCst);
+    }
+
+    /// Writes attempted so far (failed ones included).
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    /// fdatasyncs attempted so far (failed ones included).
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::SeqCst)
+    }
+
+    /// How the next write goes: whole, not at all (disk full), or half then ENOSPC
+    /// (the countdown: a write that ran out of space midway, as real ones do).
+    fn before_write(&self) -> WriteFate {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        if self.disk_full.load(Ordering::SeqCst) {
+            return WriteFate::Refused;
+        }
+        match fires(&self.write_enospc_countdown) {
+            true => WriteFate::HalfThenFull,
+            false => WriteFate::Whole,
+        }
+    }
+
+    fn before_allocate(&self) -> io::Result<()> {
+        match self.disk_full.load(Ordering::SeqCst) {
+            true => Err(io::Error::from(Errno::ENOSPC)),
+            false => Ok(()),
+        }
+    }
+
+    fn before_sync(&self) -> io::Result<()> {
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        match fires(&self.sync_eio_countdown) {
+            true => Err(io::Error::from(Errno::EIO)),
+            false => Ok(()),
+        }
+    }
+}
+
+enum WriteFate {
+    Whole,
+    Refused,
+    HalfThenFull,
+}
+
+/// Decrements an armed countdown; true when it reaches zero now.
+fn fires(countdown: &AtomicU64) -> bool {
+    let previous = countdown.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    previous == Ok(1)
+}
+
+/// [`RealFs`] with injectable failures; see [`Faults`].
+#[derive(Debug, Clone, Default)]
+pub struct FaultyFs {
+    faults: Arc<Faults>,
+}
+
+impl FaultyFs {
+    /// No fault armed.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The switches, to arm from a test.
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    /// Parses a [`FAULT_INJECT_ENV`] spec: `write-enospc-after:<n>` (n writes succeed,
+    /// the next fails), `fsync-eio-after:<n>` (likewise for fdatasync), `disk-full`;
+    /// comma-separated.
+    pub fn from_spec(spec: &str) -> Result<Self, WalError> {
+        let fs = Self::new();
+        for item in spec.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+            let bad = |reason: &str| WalError::BadFaultSpec {
+                spec: spec.to_owned(),
+                reason: reason.to_owned(),
+            };
+            let (name, count) = item.split_once(':').unwrap_or((item, ""));
+            let after = || count.parse::<u64>().map_err(|_| bad("expected <fault>:<count>"));
+            match name {
+                "write-enospc-after" => fs.faults.fail_write_with_enospc(after()? + 1),
+                "fsync-eio-after" => fs.faults.fail_sync_with_eio(after()? + 1),
+                "disk-full" if count.is_empty() => fs.faults.set_disk_full(true),
+                _ => {
+                    return Err(bad(
+                        "known faults: write-enospc-after:<n>, fsync-eio-after:<n>, disk-full",
+                    ));
+                }
+            }
+        }
+        Ok(fs)
+    }
+}
+
+#[derive(Debug)]
+struct FaultyFile {
+    inner: Box<dyn WalFile>,
+    faults: Arc<Faults>,
+}
+
+impl WalFs for FaultyFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        RealFs.create_dir_all(dir)
+    }
+
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
+        let inner = RealFs.create_new(path)?;
+        Ok(Box::new(FaultyFile {
+            inner,
+            faults: Arc::clone(&self.faults),
+        }))
+    }
+
+    fn open_rw(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
+        let inner = RealFs.open_rw(path)?;
+        Ok(Box::new(FaultyFile {
+            inner,
+            faults: Arc::clone(&self.faults),
+        }))
+    }
+
+    fn read_all(&self, path: &Path, max_bytes: u64) -> io::Result<AlignedVec<16>> {
+        RealFs.read_all(path, max_bytes)
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<WalDirEntry>> {
+        RealFs.list_dir(dir)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        RealFs.remove_file(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        RealFs.rename(from, to)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        RealFs.sync_dir(dir)
+    }
+}
+
+impl WalFile for FaultyFile {
+    fn write_all_at(&mut self, bytes: &[u8], offset: u64) -> io::Result<()> {
+        match self.faults.before_write() {
+            WriteFate::Whole => self.inner.write_all_at(bytes, offset),
+            WriteFate::Refused => Err(io::Error::from(Errno::ENOSPC)),
+            WriteFate::HalfThenFull => {
+                self.inner.write_all_at(&bytes[..bytes.len() / 2], offset)?;
+                Err(io::Error::from(Errno::ENOSPC))
+            }
+        }
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.faults.before_sync()?;
+        self.inner.sync_data()
+    }
+
+    fn allocate(&mut self, offset: u64, len_bytes: u64) -> io::Result<()> {
+        self.faults.before_allocate()?;
+        self.inner.allocate(offset, len_bytes)
+    }
+
+    fn set_len(&mut self, len_bytes: u64) -> io::Result<()> {
+        self.inner.set_len(len_bytes)
+    }
+}
+
+/// The file system the daemon should use: [`RealFs`], or with the `fault-injection`
+/// feature and [`FAULT_INJECT_ENV`] set, a [`FaultyFs`] armed from it.
+///
+/// # Panics
+///
+/// With the feature on, if the variable holds an invalid spec: a fault test that
+/// silently ran without its fault would pass for the wrong reason.
+pub fn fs_from_env() -> Arc<dyn WalFs> {
+    #[cfg(feature = "fault-injection")]
+    if let Ok(spec) = std::env::var(FAULT_INJECT_ENV) {
+        let fs = FaultyFs::from_spec(&spec).unwrap_or_else(|error| panic!("{FAULT_INJECT_ENV}: {error}"));
+        tracing::warn!(spec, "WAL fault injection armed");
+        return Arc::new(fs);
+    }
+    Arc::new(RealFs)
+}
+
+/// Times `samples` rounds of "append 4 KiB + fdatasync" on a scratch file in `dir`
+/// (deleted afterwards): the bare cost a group commit amortises.
+pub fn measure_fdatasync(dir: &Path, samples: usize) -> Result<Vec<Duration>, WalError> {
+    if samples > MAX_PROBE_SAMPLES {
+        return Err(WalError::InvalidConfig(format!(
+            "{samples} probe samples; at most {MAX_PROBE_SAMPLES}"
+        )));
+    }
+    let path = dir.join(format!(".nexus-fdatasync-probe-{}", std::process::id()));
+    let result = probe_file(&path, samples);
+    let removed = std::fs::remove_file(&path).map_err(|source| WalError::io("remove", &path, source));
+    let latencies = result?;
+    removed?;
+    Ok(latencies)
+}
+
+fn probe_file(path: &PathBuf, samples: usize) -> Result<Vec<Duration>, WalError> {
+    let file = OpenOptions::new().write(true).create(true).truncate(true).open(path);
+    let file = file.map_err(|source| WalError::io("create", path, source))?;
+    let page = [0xA5_u8; PROBE_WRITE_BYTES];
+    let mut latencies = Vec::with_capacity(samples);
+    let mut offset = 0_u64;
+    for _ in 0..samples {
+        let started = Instant::now();
+        file.write_all_at(&page, offset)
+            .map_err(|source| WalError::io("write", path, source))?;
+        file.sync_data().map_err(|source| WalError::SyncFailed {
+            path: path.clone(),
+            source,
+        })?;
+        latencies.push(started.elapsed());
+        offset += PROBE_WRITE_BYTES as u64;
+    }
+    Ok(latencies)
+}
