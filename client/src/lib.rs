@@ -27,7 +27,8 @@ pub use connection::{ConnectOptions, Connection, ResponseGuard, Transport};
 pub use error::ClientError;
 pub use nexus_shm_protocol::wire;
 use nexus_shm_protocol::wire::{
-    ArchivedResponseBody, HealthReport, PingRequest, Pong, Request, RequestBody, Response, StatsReport,
+    ArchivedResponseBody, FeedbackRequest, ForgetRequest, HealthReport, MemoryInput, PingRequest, Pong, RecallHit,
+    RecallRequest, RememberRequest, Request, RequestBody, Response, StatsReport,
 };
 
 /// A thread-safe client: one connection, calls serialized by a mutex.
@@ -133,6 +134,59 @@ impl Client {
         })
     }
 
+    /// Stores memories durably (one atomic batch); returns their ids in order.
+    pub fn remember(&self, memories: Vec<MemoryInput>) -> Result<Vec<u64>, ClientError> {
+        let mut request = request(RequestBody::Remember(RememberRequest { memories }));
+        self.ok_body(&mut request, |body| match body {
+            ArchivedResponseBody::Remembered(ids) => Some(ids.iter().map(|id| id.to_native()).collect()),
+            _ => None,
+        })
+    }
+
+    /// The best memories for a query.
+    pub fn recall(&self, query: RecallRequest) -> Result<Vec<RecallHit>, ClientError> {
+        let mut request = request(RequestBody::Recall(query));
+        self.ok_body(&mut request, |body| match body {
+            ArchivedResponseBody::Recalled(hits) => rkyv::deserialize::<_, rkyv::rancor::Error>(hits).ok(),
+            _ => None,
+        })
+    }
+
+    /// Deletes memories; returns how many were deleted.
+    pub fn forget(&self, what: ForgetRequest) -> Result<u64, ClientError> {
+        let mut request = request(RequestBody::Forget(what));
+        self.ok_body(&mut request, |body| match body {
+            ArchivedResponseBody::Forgotten(count) => Some(count.to_native()),
+            _ => None,
+        })
+    }
+
+    /// Records whether a recalled memory was useful.
+    pub fn feedback(&self, memory_id: u64, recall_request_id: u64, useful: bool) -> Result<(), ClientError> {
+        let body = RequestBody::Feedback(FeedbackRequest {
+            memory_id,
+            recall_request_id,
+            useful,
+        });
+        self.ok_body(&mut request(body), |_| Some(()))
+    }
+
+    /// Makes every acknowledged write durable now; returns the durable log position.
+    pub fn flush(&self) -> Result<u64, ClientError> {
+        self.ok_body(&mut request(RequestBody::Flush), |body| match body {
+            ArchivedResponseBody::Flushed(lsn) => Some(lsn.to_native()),
+            _ => None,
+        })
+    }
+
+    /// Writes a snapshot now; returns the log position it covers.
+    pub fn checkpoint(&self) -> Result<u64, ClientError> {
+        self.ok_body(&mut request(RequestBody::Checkpoint), |body| match body {
+            ArchivedResponseBody::Checkpointed(lsn) => Some(lsn.to_native()),
+            _ => None,
+        })
+    }
+
     fn ok_body<T>(
         &self,
         request: &mut Request,
@@ -148,6 +202,14 @@ impl Client {
         // ring protocol tolerates (frames are published or not at all), so
         // poisoning is not a reason to refuse further calls.
         self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn request(body: RequestBody) -> Request {
+    Request {
+        request_id: 0,
+        deadline_ns: 0,
+        body,
     }
 }
 

@@ -1,9 +1,21 @@
-//! `nexus`: the command-line client (ping, stats, health).
+//! `nexus`: the command-line client.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
+use nexus_client::wire::{ForgetRequest, MemoryInput, MemoryTag, RecallRequest};
 use nexus_client::{Client, ClientError};
+
+/// What the memory commands were given.
+#[derive(Default)]
+struct MemoryArgs {
+    text: Option<String>,
+    namespace: Option<String>,
+    key: Option<String>,
+    tags: Vec<MemoryTag>,
+    k: u32,
+    id: Option<u64>,
+}
 
 const USAGE: &str = "\
 nexus — talk to a running nexusd
@@ -11,6 +23,10 @@ nexus — talk to a running nexusd
 USAGE: nexus [--socket PATH] COMMAND
 
 COMMANDS:
+  remember TEXT [--namespace NS] [--key KEY] [--tag K=V]...   store a memory durably; prints its id
+  recall TEXT [--namespace NS] [--k N] [--tag K=V]...         the best memories for TEXT
+  forget --id ID | --namespace NS                             delete memories
+  flush | checkpoint                                          make writes durable now / snapshot now
   ping [--count N]   round trips through shared memory, with their latency
   stats [--json]     the daemon's counters
   health             exit 0 when the daemon serves, 1 otherwise
@@ -34,11 +50,28 @@ fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut socket = nexus_shm_protocol::default_socket_path();
     let mut command: Option<String> = None;
     let (mut count, mut json) = (3u32, false);
+    let mut memory = MemoryArgs {
+        k: 5,
+        ..MemoryArgs::default()
+    };
     while let Some(arg) = parser.next()? {
         match arg {
             Long("socket") => socket = parser.value()?.into(),
             Long("count") => count = parser.value()?.parse()?,
             Long("json") => json = true,
+            Long("namespace") => memory.namespace = Some(parser.value()?.string()?),
+            Long("key") => memory.key = Some(parser.value()?.string()?),
+            Long("k") => memory.k = parser.value()?.parse()?,
+            Long("id") => memory.id = Some(parser.value()?.parse()?),
+            Long("tag") => {
+                let tag = parser.value()?.string()?;
+                let (key, value) = tag.split_once('=').ok_or(format!("--tag {tag}: expected KEY=VALUE"))?;
+                memory.tags.push(MemoryTag {
+                    key: key.into(),
+                    value: value.into(),
+                });
+            }
+            Value(value) if command.is_some() && memory.text.is_none() => memory.text = Some(value.string()?),
             Short('h') | Long("help") => {
                 print!("{USAGE}");
                 return Ok(ExitCode::SUCCESS);
@@ -56,11 +89,62 @@ fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
     let client = Client::connect(&socket)?;
     match command.as_str() {
+        "remember" => remember(&client, memory)?,
+        "recall" => recall(&client, memory)?,
+        "forget" => forget(&client, memory)?,
+        "flush" => println!("durable up to log position {}", client.flush()?),
+        "checkpoint" => println!("snapshot covers log position {}", client.checkpoint()?),
         "ping" => ping(&client, count)?,
         "stats" => stats(&client, json)?,
         other => return Err(format!("unknown command {other:?}\n\n{USAGE}").into()),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+const DEFAULT_NAMESPACE: &str = "default";
+
+fn remember(client: &Client, args: MemoryArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let text = args.text.ok_or("remember needs the TEXT to store")?;
+    let memory = MemoryInput {
+        key: args.key,
+        namespace: args.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+        text,
+        tags: args.tags,
+        importance: 1.0,
+        source: Some("nexus-cli".into()),
+        ..MemoryInput::default()
+    };
+    let ids = client.remember(vec![memory])?;
+    println!("remembered as id {}", ids[0]);
+    Ok(())
+}
+
+fn recall(client: &Client, args: MemoryArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let query = RecallRequest {
+        namespace: args.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+        text: Some(args.text.ok_or("recall needs the query TEXT")?),
+        k: args.k,
+        filter: args.tags,
+        ..RecallRequest::default()
+    };
+    let hits = client.recall(query)?;
+    if hits.is_empty() {
+        println!("no memory matches");
+    }
+    for hit in hits {
+        println!("{:>8}  {:.3}  {}", hit.id, hit.score, hit.text);
+    }
+    Ok(())
+}
+
+fn forget(client: &Client, args: MemoryArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let what = match (args.id, args.namespace) {
+        (Some(id), _) => ForgetRequest::Ids(vec![id]),
+        (None, Some(namespace)) => ForgetRequest::Namespace(namespace),
+        (None, None) => return Err("forget needs --id ID or --namespace NS".into()),
+    };
+    println!("forgot {} memories", client.forget(what)?);
+    Ok(())
 }
 
 fn ping(client: &Client, count: u32) -> Result<(), ClientError> {

@@ -6,16 +6,26 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, bail};
-use tokio::signal::unix::{SignalKind, signal};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, reload};
 
-use crate::config::Config;
+use crate::config::{Config, Settings};
 use crate::handler::Shared;
 use crate::listener::BoundSocket;
+use crate::store::Store;
+
+/// Changes the log filter of the running daemon (SIGHUP).
+type LogHandle = reload::Handle<EnvFilter, Registry>;
 
 const USAGE: &str = "\
 nexusd — the Memory Nexus sidecar daemon
@@ -23,6 +33,7 @@ nexusd — the Memory Nexus sidecar daemon
 USAGE: nexusd [OPTIONS]
 
 OPTIONS:
+  --config FILE                  TOML config file, re-read on SIGHUP (flags win over it)
   --data-dir DIR                 durable state (default: ./nexus-data)
   --socket PATH                  Unix socket (default: $NEXUS_SOCKET, else $XDG_RUNTIME_DIR/nexusd.sock, else ./nexusd.sock)
   --socket-mode OCTAL            socket file permissions (default: 600)
@@ -36,15 +47,23 @@ OPTIONS:
   --handshake-timeout-ms N       time a client has to send its hello (default: 2000)
   --stalled-client-timeout-ms N  time a full response ring is tolerated (default: 10000)
   --max-bad-frames N             malformed frames tolerated per connection (default: 16)
-  --shutdown-timeout-ms N        time sessions get to finish at shutdown (default: 5000)
+  --shutdown-timeout-ms N        time in-flight requests get at shutdown (default: 5000)
+  --fsync POLICY                 always (default: acknowledge after fdatasync) | interval:<ms> | never
+  --wal-segment-bytes N          WAL segment size before rotation (default: 67108864)
+  --checkpoint-wal-bytes N       WAL volume that triggers a checkpoint (default: 268435456)
+  --dimension N                  fix the vector dimension (default: set by the first vector stored)
+  --salvage-wal                  start despite mid-log WAL corruption, cutting the log at the first bad record
   --log FILTER                   log filter, e.g. info or nexus_daemon=debug (default: $NEXUS_LOG, else info)
   -h, --help                     this text
   -V, --version                  the version
+
+SIGNALS: SIGTERM/SIGINT graceful stop (a second one exits at once), SIGHUP reload the
+config file, SIGUSR1 checkpoint now.
 ";
 
 /// Runs the daemon with the process's arguments; returns its exit code.
 pub fn main() -> ExitCode {
-    let (config, log_filter) = match parse(std::env::args_os().skip(1)) {
+    let (config_file, flags) = match parse(std::env::args_os().skip(1)) {
         Ok(Some(parsed)) => parsed,
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) => {
@@ -52,8 +71,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&log_filter);
-    match serve(config) {
+    let config = match Config::build(config_file.as_deref(), &flags) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("nexusd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let log = init_logging(&config.log);
+    match serve(config, flags, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -62,10 +88,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config, flags: Settings, log: LogHandle) -> anyhow::Result<()> {
     raise_fd_limit();
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.worker_threads > 0 {
         runtime.worker_threads(config.worker_threads);
@@ -76,39 +100,120 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        watch_signals(shutdown.clone())?;
+        let signals = forward_signals()?;
+        // Replay happens before the socket exists: a client that can connect
+        // sees every acknowledged write.
+        let store = Store::open(&config.store_config()).context("cannot open the memory store")?;
         let socket = BoundSocket::bind(&config.socket_path, config.socket_mode)?;
         info!(version = env!("CARGO_PKG_VERSION"), data_dir = %config.data_dir.display(), "nexusd ready");
-        let shared = Shared::new(config);
-        crate::server::run(shared, socket, shutdown).await?;
-        info!("nexusd stopped");
+        let shared = Shared::new(config, store.clone());
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(crate::server::run(shared.clone(), socket, shutdown.clone()));
+        let background = TaskTracker::new();
+        react_to_signals(signals, &shared, &flags, &log, &background).await;
+        shutdown.cancel();
+        server.await.context("the server task failed")??;
+        background.close();
+        background.wait().await;
+        let lsn = store.close().await.context("the final checkpoint failed")?;
+        info!(lsn, "nexusd stopped: everything acknowledged is in the snapshot");
         Ok(())
     })
 }
 
-/// SIGTERM/SIGINT start a graceful shutdown; a second one exits at once.
-fn watch_signals(shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    tokio::spawn(async move {
-        let mut seen = 0;
-        loop {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+/// What a signal asks for.
+#[derive(Debug, Clone, Copy)]
+enum Signal {
+    Stop,
+    Reload,
+    Checkpoint,
+}
+
+/// signal-hook delivers signals to a thread of its own, which forwards them
+/// into the runtime. A second SIGTERM/SIGINT exits at once (exit code 130):
+/// the WAL already holds every acknowledged write.
+fn forward_signals() -> anyhow::Result<mpsc::Receiver<Signal>> {
+    let stopping = Arc::new(AtomicBool::new(false));
+    for signal in [SIGTERM, SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, stopping.clone())
+            .context("cannot install the signal handlers")?;
+        signal_hook::flag::register(signal, stopping.clone()).context("cannot install the signal handlers")?;
+    }
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
+        .context("cannot install the signal handlers")?;
+    let (sender, receiver) = mpsc::channel(16);
+    std::thread::Builder::new()
+        .name("nexusd-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let forwarded = match signal {
+                    SIGHUP => Signal::Reload,
+                    SIGUSR1 => Signal::Checkpoint,
+                    _ => Signal::Stop,
+                };
+                if sender.blocking_send(forwarded).is_err() {
+                    break;
+                }
             }
-            seen += 1;
-            if seen == 1 {
+        })
+        .context("cannot start the signal thread")?;
+    Ok(receiver)
+}
+
+/// Serves signals until one asks to stop.
+async fn react_to_signals(
+    mut signals: mpsc::Receiver<Signal>,
+    shared: &Arc<Shared>,
+    flags: &Settings,
+    log: &LogHandle,
+    background: &TaskTracker,
+) {
+    while let Some(signal) = signals.recv().await {
+        match signal {
+            Signal::Stop => {
                 info!("shutdown requested");
-                shutdown.cancel();
-            } else {
-                warn!("second shutdown signal: exiting now");
-                std::process::exit(130);
+                return;
+            }
+            Signal::Reload => reload(shared, flags, log),
+            Signal::Checkpoint => {
+                let store = shared.store.clone();
+                background.spawn(async move {
+                    match store.checkpoint().await {
+                        Ok(lsn) => info!(lsn, "checkpoint on SIGUSR1 done"),
+                        Err(error) => warn!(%error, "checkpoint on SIGUSR1 failed"),
+                    }
+                });
             }
         }
-    });
-    Ok(())
+    }
+}
+
+/// SIGHUP: re-reads the config file; a bad file keeps the old configuration.
+fn reload(shared: &Shared, flags: &Settings, log: &LogHandle) {
+    let current = shared.config();
+    let Some(path) = current.config_file.clone() else {
+        info!("SIGHUP: no --config file to reload");
+        return;
+    };
+    let fresh = match Config::build(Some(&path), flags) {
+        Ok(fresh) => fresh,
+        Err(error) => {
+            warn!(%error, "SIGHUP: the config file is invalid; keeping the current configuration");
+            return;
+        }
+    };
+    let mut next = (*current).clone();
+    let needs_restart = next.live_update(&fresh);
+    if let Ok(filter) = EnvFilter::try_new(&next.log) {
+        let _ = log.reload(filter);
+    }
+    shared.store.set_checkpoint_wal_bytes(next.checkpoint_wal_bytes);
+    shared.set_config(next);
+    if needs_restart.is_empty() {
+        info!(path = %path.display(), "SIGHUP: configuration reloaded");
+    } else {
+        warn!(path = %path.display(), ?needs_restart, "SIGHUP: configuration reloaded; these changes take effect at restart");
+    }
 }
 
 /// Each client costs ~4 fds; the default soft limit (1024) would cap the
@@ -122,44 +227,57 @@ fn raise_fd_limit() {
     }
 }
 
-fn init_logging(filter: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+fn init_logging(filter: &str) -> LogHandle {
+    use std::io::IsTerminal;
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let output = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    tracing_subscriber::registry().with(filter).with(output).init();
+    handle
 }
 
 /// Parses flags; `Ok(None)` when --help or --version was answered.
-fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<(Config, String)>> {
+fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<(Option<PathBuf>, Settings)>> {
     use lexopt::prelude::*;
-    let mut config = Config::default();
-    let mut log = std::env::var("NEXUS_LOG").unwrap_or_else(|_| "info".to_owned());
+    let mut s = Settings {
+        log: std::env::var("NEXUS_LOG").ok(),
+        ..Settings::default()
+    };
+    let mut config_file = None;
     let mut allowed: Vec<u32> = Vec::new();
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next()? {
         match arg {
-            Long("data-dir") => config.data_dir = PathBuf::from(parser.value()?),
-            Long("socket") => config.socket_path = PathBuf::from(parser.value()?),
-            Long("socket-mode") => {
-                let text = parser.value()?.string()?;
-                config.socket_mode = u32::from_str_radix(&text, 8)
-                    .with_context(|| format!("--socket-mode {text}: not an octal mode"))?;
-            }
+            Long("config") => config_file = Some(PathBuf::from(parser.value()?)),
+            Long("data-dir") => s.data_dir = Some(PathBuf::from(parser.value()?)),
+            Long("socket") => s.socket = Some(PathBuf::from(parser.value()?)),
+            Long("socket-mode") => s.socket_mode = Some(parser.value()?.string()?),
             Long("allow-uid") => allowed.push(parser.value()?.parse()?),
-            Long("max-clients") => config.max_clients = positive(parser.value()?.parse()?, "--max-clients")?,
-            Long("ring-bytes") => config.default_ring_bytes = parser.value()?.parse()?,
-            Long("max-ring-bytes") => config.max_ring_bytes = parser.value()?.parse()?,
-            Long("max-frame-bytes") => config.max_frame_bytes = parser.value()?.parse()?,
-            Long("spin-us") => config.spin = Duration::from_micros(parser.value()?.parse()?),
-            Long("worker-threads") => config.worker_threads = parser.value()?.parse()?,
-            Long("handshake-timeout-ms") => config.handshake_timeout = millis(parser.value()?.parse()?),
-            Long("stalled-client-timeout-ms") => config.stalled_client_timeout = millis(parser.value()?.parse()?),
-            Long("max-bad-frames") => config.max_bad_frames = parser.value()?.parse()?,
-            Long("shutdown-timeout-ms") => config.shutdown_timeout = millis(parser.value()?.parse()?),
-            Long("log") => log = parser.value()?.string()?,
+            Long("max-clients") => s.max_clients = Some(positive(parser.value()?.parse()?, "--max-clients")?),
+            Long("ring-bytes") => s.ring_bytes = Some(parser.value()?.parse()?),
+            Long("max-ring-bytes") => s.max_ring_bytes = Some(parser.value()?.parse()?),
+            Long("max-frame-bytes") => s.max_frame_bytes = Some(parser.value()?.parse()?),
+            Long("spin-us") => s.spin_us = Some(parser.value()?.parse()?),
+            Long("worker-threads") => s.worker_threads = Some(parser.value()?.parse()?),
+            Long("handshake-timeout-ms") => s.handshake_timeout_ms = Some(parser.value()?.parse()?),
+            Long("stalled-client-timeout-ms") => s.stalled_client_timeout_ms = Some(parser.value()?.parse()?),
+            Long("max-bad-frames") => s.max_bad_frames = Some(parser.value()?.parse()?),
+            Long("shutdown-timeout-ms") => s.shutdown_timeout_ms = Some(parser.value()?.parse()?),
+            Long("fsync") => s.fsync = Some(parser.value()?.string()?),
+            Long("wal-segment-bytes") => s.wal_segment_bytes = Some(parser.value()?.parse()?),
+            Long("checkpoint-wal-bytes") => s.checkpoint_wal_bytes = Some(parser.value()?.parse()?),
+            Long("dimension") => {
+                let dimension = parser.value()?.parse()?;
+                s.limits = Some(crate::store::model::Limits {
+                    dimension,
+                    ..Default::default()
+                });
+            }
+            Long("salvage-wal") => s.salvage_wal = Some(true),
+            Long("log") => s.log = Some(parser.value()?.string()?),
             Short('h') | Long("help") => {
                 print!("{USAGE}");
                 return Ok(None);
@@ -172,9 +290,9 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<(Con
         }
     }
     if !allowed.is_empty() {
-        config.allowed_uids = allowed;
+        s.allow_uids = Some(allowed);
     }
-    Ok(Some((config, log)))
+    Ok(Some((config_file, s)))
 }
 
 fn positive(value: usize, flag: &str) -> anyhow::Result<usize> {
@@ -182,10 +300,6 @@ fn positive(value: usize, flag: &str) -> anyhow::Result<usize> {
         bail!("{flag} must be at least 1");
     }
     Ok(value)
-}
-
-fn millis(ms: u64) -> Duration {
-    Duration::from_millis(ms)
 }
 
 #[cfg(test)]
@@ -204,17 +318,21 @@ mod tests {
             "--spin-us",
             "20",
         ];
-        let (config, _) = parse(args.map(OsString::from)).unwrap().unwrap();
+        let (file, flags) = parse(args.map(OsString::from)).unwrap().unwrap();
+        let config = Config::build(file.as_deref(), &flags).unwrap();
         assert_eq!(config.socket_path, PathBuf::from("/tmp/x.sock"));
         assert_eq!(config.socket_mode, 0o660);
         assert_eq!(config.allowed_uids, vec![7]);
-        assert_eq!(config.spin, Duration::from_micros(20));
+        assert_eq!(config.spin, std::time::Duration::from_micros(20));
     }
 
     #[test]
     fn bad_flags_are_reported() {
         assert!(parse(["--max-clients", "0"].map(OsString::from)).is_err());
-        assert!(parse(["--socket-mode", "9x"].map(OsString::from)).is_err());
+        let (file, flags) = parse(["--socket-mode", "9x"].map(OsString::from)).unwrap().unwrap();
+        assert!(Config::build(file.as_deref(), &flags).is_err());
+        let (file, flags) = parse(["--fsync", "sometimes"].map(OsString::from)).unwrap().unwrap();
+        assert!(Config::build(file.as_deref(), &flags).is_err());
         assert!(parse(["--frobnicate"].map(OsString::from)).is_err());
     }
 }

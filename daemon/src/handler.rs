@@ -1,44 +1,60 @@
 //! What each operation does, given a validated request: transport-agnostic,
 //! so the shared-memory and socket sessions answer identically.
 //!
-//! This issue serves Ping, Stats and Health. The memory operations are part
-//! of the protocol but land with the durable store and the recall pipeline;
-//! until then they answer `NotAvailable`, never a fake success.
+//! Memory operations go to the durable store (`store/`): a write is answered
+//! only once it is in the WAL and fsynced (per the fsync policy). Recall is
+//! still an exact scan; the indexed pipeline is its own issue.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use nexus_shm_protocol::wire::{
-    ArchivedRequest, ArchivedRequestBody, ErrorCode, HealthReport, Pong, Response, ResponseBody,
+    ArchivedRequest, ArchivedRequestBody, ErrorCode, HealthReport, Pong, Response, ResponseBody, StatsReport,
 };
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::store::model::StoreError;
 
 /// State every session shares.
-#[derive(Debug)]
 pub struct Shared {
-    /// The configuration in force.
-    pub config: Config,
+    /// The configuration in force (swapped on SIGHUP; see `config()`).
+    config: RwLock<Arc<Config>>,
     /// Counters.
     pub metrics: Metrics,
     /// Set when shutdown began: new requests are refused with `ShuttingDown`.
     pub shutting_down: AtomicBool,
+    /// The memories.
+    pub store: Store,
 }
 
 impl Shared {
-    /// Fresh shared state for a configuration.
-    pub fn new(config: Config) -> Arc<Self> {
+    /// Fresh shared state for a configuration and an opened store.
+    pub fn new(config: Config, store: Store) -> Arc<Self> {
         Arc::new(Self {
-            config,
+            config: RwLock::new(Arc::new(config)),
             metrics: Metrics::default(),
             shutting_down: AtomicBool::new(false),
+            store,
         })
     }
 }
 
+impl Shared {
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Installs a reloaded configuration.
+    pub fn set_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+    }
+}
+
 /// Answers one validated request. `now_ns` is CLOCK_MONOTONIC at pick-up.
-pub fn handle(request: &ArchivedRequest, shared: &Shared, now_ns: u64) -> Response {
+pub async fn handle(request: &ArchivedRequest, shared: &Shared, now_ns: u64) -> Response {
     let id = request.request_id.to_native();
     let deadline_ns = request.deadline_ns.to_native();
     if deadline_ns != 0 && now_ns > deadline_ns {
@@ -52,30 +68,41 @@ pub fn handle(request: &ArchivedRequest, shared: &Shared, now_ns: u64) -> Respon
     if shared.shutting_down.load(Ordering::Relaxed) && !is_probe(&request.body) {
         return Response::error(id, ErrorCode::ShuttingDown, "nexusd is shutting down");
     }
-    match &request.body {
-        ArchivedRequestBody::Ping(ping) => Response::ok(
-            id,
-            ResponseBody::Pong(Pong {
-                payload_bytes: ping.payload.len() as u32,
-                server_monotonic_ns: now_ns,
-            }),
-        ),
-        ArchivedRequestBody::Stats => Response::ok(id, ResponseBody::Stats(shared.metrics.report())),
-        ArchivedRequestBody::Health => Response::ok(
-            id,
-            ResponseBody::Health(HealthReport {
-                serving: !shared.shutting_down.load(Ordering::Relaxed),
-                uptime_s: shared.metrics.uptime_s(),
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-            }),
-        ),
-        ArchivedRequestBody::Remember(_) => not_available(id, "Remember"),
-        ArchivedRequestBody::Recall(_) => not_available(id, "Recall"),
-        ArchivedRequestBody::Forget(_) => not_available(id, "Forget"),
-        ArchivedRequestBody::Feedback(_) => not_available(id, "Feedback"),
-        ArchivedRequestBody::Flush => not_available(id, "Flush"),
-        ArchivedRequestBody::Checkpoint => not_available(id, "Checkpoint"),
+    let store = &shared.store;
+    let result = match &request.body {
+        ArchivedRequestBody::Ping(ping) => Ok(ResponseBody::Pong(Pong {
+            payload_bytes: ping.payload.len() as u32,
+            server_monotonic_ns: now_ns,
+        })),
+        ArchivedRequestBody::Stats => Ok(ResponseBody::Stats(stats(shared))),
+        ArchivedRequestBody::Health => Ok(ResponseBody::Health(HealthReport {
+            serving: !shared.shutting_down.load(Ordering::Relaxed),
+            uptime_s: shared.metrics.uptime_s(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        })),
+        ArchivedRequestBody::Remember(remember) => {
+            store.remember(remember, now_ms()).await.map(ResponseBody::Remembered)
+        }
+        ArchivedRequestBody::Recall(recall) => store.recall(recall).map(ResponseBody::Recalled),
+        ArchivedRequestBody::Forget(forget) => store.forget(forget).await.map(ResponseBody::Forgotten),
+        ArchivedRequestBody::Feedback(feedback) => store.feedback(feedback).await.map(|()| ResponseBody::Empty),
+        ArchivedRequestBody::Flush => store.flush().await.map(ResponseBody::Flushed),
+        ArchivedRequestBody::Checkpoint => store.checkpoint().await.map(ResponseBody::Checkpointed),
+    };
+    match result {
+        Ok(body) => Response::ok(id, body),
+        Err(error) => store_error(id, &error),
     }
+}
+
+fn stats(shared: &Shared) -> StatsReport {
+    let mut report = shared.metrics.report();
+    report.counters.extend(shared.store.counters());
+    report
+}
+
+fn store_error(id: u64, error: &StoreError) -> Response {
+    Response::error(id, error.code(), error.to_string())
 }
 
 fn is_probe(body: &ArchivedRequestBody) -> bool {
@@ -85,7 +112,9 @@ fn is_probe(body: &ArchivedRequestBody) -> bool {
     )
 }
 
-fn not_available(id: u64, operation: &str) -> Response {
-    let message = format!("{operation} is not available in this build of nexusd (the memory store is not built yet)");
-    Response::error(id, ErrorCode::NotAvailable, message)
+fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    since_epoch.as_millis() as i64
 }

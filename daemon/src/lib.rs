@@ -7,7 +7,8 @@
 //! - [`session`]: one client's shared-memory request pump;
 //! - [`socket_session`]: the same over the socket (benchmark baseline, fallback);
 //! - [`handler`]: what each operation does;
-//! - [`metrics`]: counters reported by `Stats`.
+//! - [`metrics`]: counters reported by `Stats`;
+//! - [`store`]: the durable memory store (WAL, state, snapshots).
 
 pub mod cli;
 pub mod config;

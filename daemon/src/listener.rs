@@ -85,6 +85,11 @@ impl BoundSocket {
         &self.listener
     }
 
+    /// Removes the socket file (shutdown began); the lock stays held.
+    pub fn unpublish(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+
     /// The published path.
     pub fn path(&self) -> &Path {
         &self.path

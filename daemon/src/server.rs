@@ -39,7 +39,7 @@ pub async fn run(shared: Arc<Shared>, socket: BoundSocket, shutdown: Cancellatio
     std_listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(std_listener)?;
     let tracker = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(shared.config.max_clients));
+    let slots = Arc::new(Semaphore::new(shared.config().max_clients));
     let mut next_connection_id = 0u64;
     info!(socket = %socket.path().display(), "serving");
     loop {
@@ -68,14 +68,17 @@ pub async fn run(shared: Arc<Shared>, socket: BoundSocket, shutdown: Cancellatio
     }
     shared.shutting_down.store(true, Ordering::Relaxed);
     drop(listener);
+    // New clients now fail to connect at once instead of waiting on a daemon
+    // that will not serve them; the lock is held until we are gone.
+    socket.unpublish();
     tracker.close();
     let open = shared.metrics.connections_open.load(Ordering::Relaxed);
     info!(open, "shutting down: no new connections; waiting for sessions");
-    if tokio::time::timeout(shared.config.shutdown_timeout, tracker.wait())
+    if tokio::time::timeout(shared.config().shutdown_timeout, tracker.wait())
         .await
         .is_err()
     {
-        warn!(timeout = ?shared.config.shutdown_timeout, "sessions still running at the shutdown deadline; leaving them");
+        warn!(timeout = ?shared.config().shutdown_timeout, "sessions still running at the shutdown deadline; leaving them");
     }
     drop(socket);
     Ok(())
@@ -145,7 +148,7 @@ impl Connection {
         self.check_peer()?;
         let hello = hello?;
         let permit = self.slots.clone().try_acquire_owned().map_err(|_| {
-            let max = self.shared.config.max_clients;
+            let max = self.shared.config().max_clients;
             Refusal::with_reply(
                 ErrorCode::TooManyClients,
                 format!("nexusd serves at most {max} clients at once"),
@@ -163,7 +166,7 @@ impl Connection {
     fn check_peer(&self) -> Result<(), Refusal> {
         let (uid, _gid, pid) =
             peer_credentials(self.stream.as_fd()).map_err(|e| Refusal::silent(format!("SO_PEERCRED failed: {e}")))?;
-        if self.shared.config.allowed_uids.contains(&uid) {
+        if self.shared.config().allowed_uids.contains(&uid) {
             return Ok(());
         }
         let message = format!("uid {uid} (pid {pid}) is not allowed to use this nexusd");
@@ -172,7 +175,7 @@ impl Connection {
 
     async fn read_hello(&mut self) -> Result<ClientHello, Refusal> {
         let mut bytes = [0u8; CLIENT_HELLO_BYTES];
-        let timeout = self.shared.config.handshake_timeout;
+        let timeout = self.shared.config().handshake_timeout;
         match tokio::time::timeout(timeout, self.stream.read_exact(&mut bytes)).await {
             Err(_) => return Err(Refusal::silent(format!("no hello within {timeout:?}"))),
             Ok(Err(e)) => return Err(Refusal::silent(format!("hello not received: {e}"))),
@@ -195,7 +198,7 @@ impl Connection {
     }
 
     async fn admit_socket(&mut self) -> Result<Admitted, Refusal> {
-        let max_frame_bytes = self.shared.config.max_frame_bytes;
+        let max_frame_bytes = self.shared.config().max_frame_bytes;
         let mut hello = self.welcome(0);
         hello.max_frame_bytes = max_frame_bytes;
         self.send_hello(&hello, &[]).await?;
@@ -203,7 +206,7 @@ impl Connection {
     }
 
     async fn admit_shared_memory(&mut self, hello: &ClientHello) -> Result<Admitted, Refusal> {
-        let config = &self.shared.config;
+        let config = self.shared.config();
         let request_bytes = config.grant_ring_bytes(hello.request_ring_bytes);
         let response_bytes = config.grant_ring_bytes(hello.response_ring_bytes);
         let setup_failed = |e: &dyn std::fmt::Display| {
@@ -246,7 +249,7 @@ impl Connection {
     }
 
     async fn send_hello(&self, hello: &ServerHello, fds: &[i32]) -> Result<(), Refusal> {
-        let timeout = self.shared.config.handshake_timeout;
+        let timeout = self.shared.config().handshake_timeout;
         let bytes = hello.encode();
         let sending = send_all_with_fds(&self.stream, &bytes, fds);
         match tokio::time::timeout(timeout, sending).await {
@@ -262,7 +265,7 @@ impl Connection {
         if let Some(reply) = &refusal.reply {
             // Best effort: the peer may already be gone.
             let _ = tokio::time::timeout(
-                self.shared.config.handshake_timeout,
+                self.shared.config().handshake_timeout,
                 send_all_with_fds(&self.stream, &reply.encode(), &[]),
             )
             .await;

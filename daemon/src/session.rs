@@ -107,16 +107,16 @@ impl ShmSession {
             pending: None,
             bad_frames: 0,
             stalled_since: None,
-            spin: AdaptiveSpin::new(shared.config.spin),
+            spin: AdaptiveSpin::default(),
             shared,
         })
     }
 
     /// Serves until the client leaves, misbehaves, or shutdown.
     pub async fn run(mut self, stream: UnixStream, shutdown: &CancellationToken) -> SessionEnd {
-        let burst_frames = self.shared.config.burst_frames;
+        let burst_frames = self.shared.config().burst_frames;
         loop {
-            let burst = match self.pump(burst_frames) {
+            let burst = match self.pump(burst_frames).await {
                 Ok(burst) => burst,
                 Err(end) => return end,
             };
@@ -141,7 +141,7 @@ impl ShmSession {
     }
 
     /// Handles up to `limit` frames, answering each in place.
-    fn pump(&mut self, limit: u32) -> Result<Burst, SessionEnd> {
+    async fn pump(&mut self, limit: u32) -> Result<Burst, SessionEnd> {
         if let Some(pending) = self.pending.take()
             && let Some(blocked) = self.send(pending)?
         {
@@ -149,7 +149,7 @@ impl ShmSession {
         }
         let mut handled = 0;
         while handled < limit {
-            let Some(answer) = self.next_answer()? else { break };
+            let Some(answer) = self.next_answer().await? else { break };
             handled += 1;
             if let Some(blocked) = self.send(answer)? {
                 return Ok(blocked);
@@ -162,7 +162,7 @@ impl ShmSession {
     }
 
     /// The answer to the next frame, or `None` when the ring is empty.
-    fn next_answer(&mut self) -> Result<Option<Response>, SessionEnd> {
+    async fn next_answer(&mut self) -> Result<Option<Response>, SessionEnd> {
         let frame = match self.requests.peek() {
             Ok(Some(frame)) => frame,
             Ok(None) => return Ok(None),
@@ -190,10 +190,10 @@ impl ShmSession {
                 .reject(Response::error(frame.request_id, ErrorCode::UnknownFrameKind, message))
                 .map(Some);
         }
-        self.answer(&frame, picked_up).map(Some)
+        self.answer(&frame, picked_up).await.map(Some)
     }
 
-    fn answer(&mut self, frame: &Frame, picked_up: Instant) -> Result<Response, SessionEnd> {
+    async fn answer(&mut self, frame: &Frame, picked_up: Instant) -> Result<Response, SessionEnd> {
         let request = match access_request(&self.scratch) {
             Ok(request) => request,
             Err(e) => {
@@ -201,7 +201,7 @@ impl ShmSession {
                 return self.reject(Response::error(frame.request_id, ErrorCode::MalformedFrame, message));
             }
         };
-        let mut response = handle(request, &self.shared, monotonic_now_ns());
+        let mut response = handle(request, &self.shared, monotonic_now_ns()).await;
         response.timings.handled_ns = picked_up.elapsed().as_nanos() as u64;
         bump(&self.shared.metrics.requests_total);
         Ok(response)
@@ -211,7 +211,7 @@ impl ShmSession {
     fn reject(&mut self, answer: Response) -> Result<Response, SessionEnd> {
         bump(&self.shared.metrics.frames_rejected);
         self.bad_frames += 1;
-        if self.bad_frames > self.shared.config.max_bad_frames {
+        if self.bad_frames > self.shared.config().max_bad_frames {
             bump(&self.shared.metrics.clients_disconnected_bad_frames);
             // Best effort: tell the client why before closing.
             let _ = self.send(answer);
@@ -265,7 +265,8 @@ impl ShmSession {
         stream: &UnixStream,
         shutdown: &CancellationToken,
     ) -> Result<(), SessionEnd> {
-        if self.spin.spin_until(|| !self.requests.is_empty()) {
+        let budget = self.shared.config().spin;
+        if self.spin.spin_until(budget, || !self.requests.is_empty()) {
             return Ok(());
         }
         if !self.requests.prepare_sleep() {
@@ -288,7 +289,7 @@ impl ShmSession {
             return Ok(());
         }
         let stalled_for = self.stalled_since.map(|since| since.elapsed()).unwrap_or_default();
-        let left = self.shared.config.stalled_client_timeout.saturating_sub(stalled_for);
+        let left = self.shared.config().stalled_client_timeout.saturating_sub(stalled_for);
         let waited = match left.is_zero() {
             true => Ok(Wake::TimedOut),
             false => wait(&self.wake_me, stream, shutdown, Some(left)).await,
@@ -369,20 +370,17 @@ fn bad_frame_answer(request_id: u64, reason: BadFrameReason) -> Response {
 /// while recent idle gaps were shorter than the budget (requests arriving
 /// faster than it). With gaps longer than the budget it would only burn a
 /// core, which on a 2-core host slows the client down (RESEARCH.md).
+#[derive(Default)]
 struct AdaptiveSpin {
-    budget: Duration,
     /// Exponentially weighted mean of recent idle gaps, in nanoseconds.
     mean_gap_ns: u64,
 }
 
 impl AdaptiveSpin {
-    fn new(budget: Duration) -> Self {
-        Self { budget, mean_gap_ns: 0 }
-    }
-
-    /// Spins while `ready()` is false, within the budget; true if it became ready.
-    fn spin_until(&mut self, mut ready: impl FnMut() -> bool) -> bool {
-        let budget_ns = self.budget.as_nanos() as u64;
+    /// Spins while `ready()` is false, within `budget` (the live config's, so
+    /// SIGHUP can change it); true if it became ready.
+    fn spin_until(&mut self, budget: Duration, mut ready: impl FnMut() -> bool) -> bool {
+        let budget_ns = budget.as_nanos() as u64;
         if budget_ns == 0 || self.mean_gap_ns > budget_ns {
             return false;
         }
@@ -392,7 +390,7 @@ impl AdaptiveSpin {
                 self.record_idle(start.elapsed());
                 return true;
             }
-            if start.elapsed() >= self.budget {
+            if start.elapsed() >= budget {
                 return false;
             }
             std::hint::spin_loop();

@@ -70,11 +70,11 @@ pub async fn run(
             return SessionEnd::PeerGone;
         }
         let picked_up = Instant::now();
-        let answer = answer(&header, &payload, shared, picked_up);
+        let answer = answer(&header, &payload, shared, picked_up).await;
         if is_rejection(&answer) {
             bump(&shared.metrics.frames_rejected);
             bad_frames += 1;
-            if bad_frames > shared.config.max_bad_frames {
+            if bad_frames > shared.config().max_bad_frames {
                 bump(&shared.metrics.clients_disconnected_bad_frames);
                 let _ = write_answer(&mut writer, &answer).await;
                 let _ = writer.flush().await;
@@ -87,14 +87,14 @@ pub async fn run(
     }
 }
 
-fn answer(header: &FrameHeader, payload: &[u8], shared: &Shared, picked_up: Instant) -> Response {
+async fn answer(header: &FrameHeader, payload: &[u8], shared: &Shared, picked_up: Instant) -> Response {
     if header.kind != FrameKind::Request as u16 {
         let message = format!("frame kind {} is not a request", header.kind);
         return Response::error(header.request_id, ErrorCode::UnknownFrameKind, message);
     }
     match access_request(payload) {
         Ok(request) => {
-            let mut response = handle(request, shared, monotonic_now_ns());
+            let mut response = handle(request, shared, monotonic_now_ns()).await;
             response.timings.handled_ns = picked_up.elapsed().as_nanos() as u64;
             bump(&shared.metrics.requests_total);
             response

@@ -1,13 +1,12 @@
 //! Basic behaviour through both transports: Ping, Stats and Health answer
-//! correctly over shared memory and over the socket, and the memory
-//! operations, not built yet, say so with `NotAvailable`.
+//! correctly over shared memory and over the socket, and so does every memory
+//! operation. Durability and bad input of the store are `store.rs`.
 //!
 //! Malformed input is `bad_frames.rs`; the handshake is `handshake.rs`.
 
 use nexus_client::Transport;
 use nexus_client::wire::{
-    ErrorCode, FeedbackRequest, ForgetRequest, MemoryInput, PingRequest, RecallRequest, RememberRequest, RequestBody,
-    ResponseBody,
+    FeedbackRequest, ForgetRequest, MemoryInput, PingRequest, RecallRequest, RememberRequest, RequestBody, ResponseBody,
 };
 use nexus_shm_protocol::monotonic_now_ns;
 use nexus_tests::{check_call, test_options};
@@ -24,17 +23,47 @@ fn ping_stats_and_health_answer_over_the_socket() {
     check_ping_stats_health(Transport::Socket);
 }
 
-/// The memory operations land with a later issue (the durable store and the
-/// recall pipeline); until then each must answer `NotAvailable` (200), never
-/// a fake success. That change replaces this test with real behaviour.
+/// Every memory operation works the same over both transports: a memory is
+/// recallable as soon as Remember answers, Feedback/Flush/Checkpoint succeed,
+/// and after Forget it is gone.
 #[test]
-fn memory_operations_answer_not_available_until_the_store_lands() {
+fn memory_operations_work_over_both_transports() {
     let daemon = start(&[]);
-    for transport in [Transport::SharedMemory, Transport::Socket] {
+    for (round, transport) in [Transport::SharedMemory, Transport::Socket].into_iter().enumerate() {
         let mut connection = daemon.connection(test_options(transport));
-        for body in memory_operations() {
-            check_call(&mut connection, body, Some(ErrorCode::NotAvailable));
-        }
+        let namespace = format!("agent-{round}");
+        let [remember, recall, feedback, flush, checkpoint, forget] = memory_operations(&namespace);
+        let ResponseBody::Remembered(ids) = check_call(&mut connection, remember, None).body else {
+            panic!("Remember did not answer with ids");
+        };
+        let ResponseBody::Recalled(hits) = check_call(&mut connection, recall.clone(), None).body else {
+            panic!("Recall did not answer with hits");
+        };
+        assert_eq!(
+            hits.iter().map(|h| (h.id, h.text.as_str())).collect::<Vec<_>>(),
+            vec![(ids[0], "the sky is blue")]
+        );
+        let feedback = match feedback {
+            RequestBody::Feedback(f) => RequestBody::Feedback(FeedbackRequest { memory_id: ids[0], ..f }),
+            other => other,
+        };
+        check_call(&mut connection, feedback, None);
+        assert!(matches!(check_call(&mut connection, flush, None).body, ResponseBody::Flushed(lsn) if lsn > 0));
+        assert!(
+            matches!(check_call(&mut connection, checkpoint, None).body, ResponseBody::Checkpointed(lsn) if lsn > 0)
+        );
+        let forget = RequestBody::Forget(match forget {
+            RequestBody::Forget(_) => ForgetRequest::Ids(ids.clone()),
+            _ => unreachable!("the sixth operation is Forget"),
+        });
+        assert_eq!(
+            check_call(&mut connection, forget, None).body,
+            ResponseBody::Forgotten(1)
+        );
+        assert_eq!(
+            check_call(&mut connection, recall, None).body,
+            ResponseBody::Recalled(vec![])
+        );
     }
 }
 
@@ -81,28 +110,28 @@ fn check_ping_stats_health(transport: Transport) {
     assert_eq!(counter("frames_rejected"), 0);
 }
 
-fn memory_operations() -> Vec<RequestBody> {
+fn memory_operations(namespace: &str) -> [RequestBody; 6] {
     let memory = MemoryInput {
-        namespace: "agent".into(),
+        namespace: namespace.into(),
         text: "the sky is blue".into(),
         vector: Some(vec![0.5; 4]),
         ..MemoryInput::default()
     };
-    vec![
+    [
         RequestBody::Remember(RememberRequest { memories: vec![memory] }),
         RequestBody::Recall(RecallRequest {
-            namespace: "agent".into(),
+            namespace: namespace.into(),
             text: Some("sky".into()),
             k: 3,
             ..RecallRequest::default()
         }),
-        RequestBody::Forget(ForgetRequest::Ids(vec![1])),
         RequestBody::Feedback(FeedbackRequest {
-            memory_id: 1,
+            memory_id: 0,
             recall_request_id: 1,
             useful: true,
         }),
         RequestBody::Flush,
         RequestBody::Checkpoint,
+        RequestBody::Forget(ForgetRequest::Ids(vec![])),
     ]
 }

@@ -1,2 +1,624 @@
-//! The durable memory store: WAL, state, snapshots.
+//! The durable memory store: WAL, state, snapshots, and the operations on them.
+//!
+//! Write path: validate (model.rs) → fix the vector dimension and assign ids
+//! (here, before logging, so replay never invents ids) → encode one WAL record
+//! per request → the WAL's writer thread groups records from every client into
+//! one write + one fdatasync → in LSN order it applies each durable record to
+//! the state and only then acknowledges it. Reads (`recall`) take the state's
+//! read lock and see exactly the acknowledged writes.
+//!
+//! Start-up: lock the data directory, map the newest snapshot (validated once),
+//! replay the WAL records after its LSN, start the WAL writer.
+//! Checkpoint: rotate the WAL, write the state as a snapshot (temp, fsync,
+//! rename, fsync dir), then delete the snapshots and WAL segments it covers.
+
+pub mod model;
+pub mod snapshot;
+pub mod state;
 pub mod wal;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+
+use nexus_shm_protocol::wire::{
+    ArchivedFeedbackRequest, ArchivedForgetRequest, ArchivedRecallRequest, ArchivedRememberRequest, Counter, RecallHit,
+    Signal,
+};
+use nix::fcntl::{Flock, FlockArg};
+use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use self::model::{Limits, StoreError, StoredMemory, WalRecord, encode_record, validate_memory};
+use self::snapshot::Snapshot;
+use self::state::{Query, State};
+use self::wal::{Committer, FsyncPolicy, Lsn, Wal, WalConfig, WalError};
+
+/// How to open the store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The data directory (created 0700 if missing).
+    pub data_dir: PathBuf,
+    /// When acknowledged writes are fsynced.
+    pub fsync: FsyncPolicy,
+    /// WAL segment size before rotation.
+    pub wal_segment_bytes: u64,
+    /// WAL bytes written since the last checkpoint that trigger a new one.
+    pub checkpoint_wal_bytes: u64,
+    /// Write limits.
+    pub limits: Limits,
+    /// Truncate the WAL at the first bad record instead of refusing to start.
+    pub salvage_wal: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("nexus-data"),
+            fsync: FsyncPolicy::Always,
+            wal_segment_bytes: 64 << 20,
+            checkpoint_wal_bytes: 256 << 20,
+            limits: Limits::default(),
+            salvage_wal: false,
+        }
+    }
+}
+
+/// What start-up found (logged, and reported by Stats).
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    /// The snapshot loaded, if any.
+    pub snapshot: Option<PathBuf>,
+    /// Time to map and validate it.
+    pub snapshot_load: Duration,
+    /// WAL records replayed after it.
+    pub replayed_records: u64,
+    /// Time spent replaying.
+    pub replay: Duration,
+    /// Torn records cut from the WAL's tail (0 or 1 per start).
+    pub torn_records: u64,
+    /// Human description of what was cut, if anything.
+    pub torn_detail: Option<String>,
+}
+
+/// The store. Cheap to share (`Arc` inside).
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    state: Arc<RwLock<State>>,
+    /// Taken out (None) by `close` to stop the writer thread.
+    wal: RwLock<Option<Arc<Wal<Ticket>>>>,
+    limits: Limits,
+    /// (namespace, key) → id, including ids reserved by writes still in flight.
+    keys: Mutex<HashMap<(String, String), u64>>,
+    next_id: AtomicU64,
+    /// The store's vector dimension (0: not fixed yet).
+    dimension: AtomicU32,
+    checkpoint_lock: tokio::sync::Mutex<()>,
+    checkpoint_running: AtomicBool,
+    checkpoint_wal_bytes: AtomicU64,
+    bytes_since_checkpoint: AtomicU64,
+    last_checkpoint_lsn: AtomicU64,
+    checkpoints_total: AtomicU64,
+    background: TaskTracker,
+    report: OpenReport,
+    _lock: Flock<File>,
+}
+
+/// A record on its way through the WAL, with the reply for its writer.
+struct Ticket {
+    record: WalRecord,
+    done: oneshot::Sender<Result<Lsn, WriteFailure>>,
+}
+
+/// Why a WAL write failed, in a form that can be handed to the waiting request.
+#[derive(Debug, Clone)]
+struct WriteFailure {
+    disk_full: bool,
+    message: String,
+}
+
+/// Runs on the WAL's writer thread: applies durable records in LSN order,
+/// then acknowledges them.
+struct Applier {
+    state: Arc<RwLock<State>>,
+}
+
+impl Committer for Applier {
+    type Ticket = Ticket;
+
+    fn durable(&mut self, lsn: Lsn, ticket: Ticket) {
+        self.state
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(lsn, ticket.record);
+        let _ = ticket.done.send(Ok(lsn));
+    }
+
+    fn failed(&mut self, ticket: Ticket, error: &WalError) {
+        let failure = WriteFailure {
+            disk_full: matches!(error, WalError::DiskFull { .. }),
+            message: error.to_string(),
+        };
+        let _ = ticket.done.send(Err(failure));
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `config.data_dir`: snapshot, replay, WAL.
+    pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        let dir = config.data_dir.clone();
+        let lock = lock_data_dir(&dir)?;
+        let started = Instant::now();
+        let snapshot = match snapshot::latest(&dir).map_err(storage)? {
+            Some(path) => Some(Arc::new(Snapshot::open(&path).map_err(storage)?)),
+            None => None,
+        };
+        let mut report = OpenReport {
+            snapshot: snapshot.as_ref().map(|s| s.path().to_path_buf()),
+            snapshot_load: started.elapsed(),
+            ..OpenReport::default()
+        };
+        let mut state = State::from_snapshot(snapshot);
+        let fs = wal::fs_from_env();
+        let replayed = wal::replay(
+            &dir,
+            fs.as_ref(),
+            state.applied_lsn(),
+            config.salvage_wal,
+            |lsn, payload| {
+                state.apply(lsn, model::decode_record(payload)?);
+                Ok(())
+            },
+        )?;
+        report.replayed_records = replayed.records;
+        report.replay = replayed.duration;
+        if let Some(torn) = &replayed.torn_tail {
+            report.torn_records = 1;
+            report.torn_detail = Some(format!("{torn:?}"));
+            warn!(?torn, "torn record at the WAL's tail was truncated");
+        }
+        let dimension = check_dimension(&state, &config.limits)?;
+        let next_lsn = replayed.last_lsn.max(state.applied_lsn()) + 1;
+        let keys = state
+            .keyed()
+            .map(|(ns, key, id)| ((ns.to_owned(), key.to_owned()), id))
+            .collect();
+        let next_id = state.next_id();
+        let last_checkpoint_lsn = report.snapshot.as_ref().map(|_| state.applied_lsn()).unwrap_or(0);
+        info!(
+            memories = state.len(),
+            snapshot = ?report.snapshot,
+            snapshot_ms = report.snapshot_load.as_millis() as u64,
+            replayed = report.replayed_records,
+            replay_ms = report.replay.as_millis() as u64,
+            "store opened"
+        );
+        let state = Arc::new(RwLock::new(state));
+        let wal_config = WalConfig {
+            segment_bytes: config.wal_segment_bytes,
+            fsync: config.fsync,
+            ..WalConfig::new(dir.clone())
+        };
+        let wal = Wal::start(wal_config, fs, next_lsn, Applier { state: state.clone() })?;
+        let inner = Inner {
+            dir,
+            state,
+            wal: RwLock::new(Some(Arc::new(wal))),
+            limits: config.limits.clone(),
+            keys: Mutex::new(keys),
+            next_id: AtomicU64::new(next_id),
+            dimension: AtomicU32::new(dimension),
+            checkpoint_lock: tokio::sync::Mutex::new(()),
+            checkpoint_running: AtomicBool::new(false),
+            checkpoint_wal_bytes: AtomicU64::new(config.checkpoint_wal_bytes),
+            bytes_since_checkpoint: AtomicU64::new(0),
+            last_checkpoint_lsn: AtomicU64::new(last_checkpoint_lsn),
+            checkpoints_total: AtomicU64::new(0),
+            background: TaskTracker::new(),
+            report,
+            _lock: lock,
+        };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// What start-up found.
+    pub fn open_report(&self) -> &OpenReport {
+        &self.inner.report
+    }
+
+    /// Changes the WAL volume that triggers a checkpoint (config reload).
+    pub fn set_checkpoint_wal_bytes(&self, bytes: u64) {
+        self.inner.checkpoint_wal_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Stores a batch durably; returns the ids in request order.
+    pub async fn remember(&self, request: &ArchivedRememberRequest, now_ms: i64) -> Result<Vec<u64>, StoreError> {
+        let limits = &self.inner.limits;
+        let count = request.memories.len();
+        if count == 0 {
+            return Err(StoreError::EmptyBatch);
+        }
+        if count > limits.max_batch {
+            return Err(StoreError::BatchTooLarge {
+                len: count,
+                max: limits.max_batch,
+            });
+        }
+        let mut memories = Vec::with_capacity(count);
+        for (index, input) in request.memories.iter().enumerate() {
+            memories.push(validate_memory(index, input, limits, now_ms)?);
+        }
+        self.fix_dimension(&memories)?;
+        self.assign_ids(&mut memories);
+        let ids = memories.iter().map(|m| m.id).collect();
+        self.log(WalRecord::Remember(memories)).await?;
+        Ok(ids)
+    }
+
+    /// Deletes by ids, namespace or tags; returns how many were deleted.
+    pub async fn forget(&self, request: &ArchivedForgetRequest) -> Result<u64, StoreError> {
+        let ids = {
+            let state = self.read();
+            match request {
+                ArchivedForgetRequest::Ids(ids) => {
+                    if ids.len() > self.inner.limits.max_forget_ids {
+                        let max = self.inner.limits.max_forget_ids;
+                        return Err(StoreError::BatchTooLarge { len: ids.len(), max });
+                    }
+                    let mut ids: Vec<u64> = ids
+                        .iter()
+                        .map(|id| id.to_native())
+                        .filter(|id| state.get(*id).is_some())
+                        .collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    ids
+                }
+                ArchivedForgetRequest::Namespace(namespace) if namespace.is_empty() => {
+                    return Err(StoreError::InvalidArgument(
+                        "forget by namespace needs a namespace".into(),
+                    ));
+                }
+                ArchivedForgetRequest::Namespace(namespace) => state.matching(namespace, &[]),
+                ArchivedForgetRequest::Tags { tags, .. } if tags.is_empty() => {
+                    return Err(StoreError::InvalidArgument(
+                        "forget by tags needs at least one tag".into(),
+                    ));
+                }
+                ArchivedForgetRequest::Tags { namespace, tags } => {
+                    let tags: Vec<(&str, &str)> = tags.iter().map(|t| (t.key.as_str(), t.value.as_str())).collect();
+                    state.matching(namespace.as_ref().map(|n| n.as_str()).unwrap_or(""), &tags)
+                }
+            }
+        };
+        let count = ids.len() as u64;
+        if count > 0 {
+            self.log(WalRecord::Forget(ids)).await?;
+        }
+        Ok(count)
+    }
+
+    /// Records feedback on a memory, durably.
+    pub async fn feedback(&self, request: &ArchivedFeedbackRequest) -> Result<(), StoreError> {
+        let memory_id = request.memory_id.to_native();
+        if self.read().get(memory_id).is_none() {
+            return Err(StoreError::UnknownMemory(memory_id));
+        }
+        let record = WalRecord::Feedback {
+            memory_id,
+            recall_request_id: request.recall_request_id.to_native(),
+            useful: request.useful,
+        };
+        self.log(record).await.map(|_| ())
+    }
+
+    /// Exact recall over the acknowledged memories.
+    pub fn recall(&self, request: &ArchivedRecallRequest) -> Result<Vec<RecallHit>, StoreError> {
+        let limits = &self.inner.limits;
+        let k = match request.k.to_native() {
+            0 => 8,
+            k if k > limits.max_k => {
+                return Err(StoreError::InvalidArgument(format!(
+                    "k = {k} exceeds the maximum of {}",
+                    limits.max_k
+                )));
+            }
+            k => k as usize,
+        };
+        let vector: Option<Vec<f32>> = request
+            .vector
+            .as_ref()
+            .map(|v| v.iter().map(|x| x.to_native()).collect());
+        if let Some(vector) = &vector {
+            model::check_vector(0, vector, limits)?;
+            let expected = self.inner.dimension.load(Ordering::Relaxed);
+            if expected != 0 && expected as usize != vector.len() {
+                return Err(StoreError::DimensionMismatch {
+                    expected,
+                    got: vector.len() as u32,
+                });
+            }
+        }
+        let text = request
+            .text
+            .as_ref()
+            .map(|t| t.as_str())
+            .filter(|t| !t.trim().is_empty());
+        if text.is_none() && vector.is_none() {
+            return Err(StoreError::InvalidArgument("a recall needs a text or a vector".into()));
+        }
+        let filter: Vec<(&str, &str)> = request
+            .filter
+            .iter()
+            .map(|t| (t.key.as_str(), t.value.as_str()))
+            .collect();
+        let query = Query {
+            namespace: request.namespace.as_str(),
+            text,
+            vector: vector.as_deref(),
+            k,
+            filter: &filter,
+        };
+        let state = self.read();
+        let hits = state.recall(&query).into_iter().filter_map(|scored| {
+            let memory = state.get(scored.id)?;
+            let mut why = Vec::new();
+            if let Some(value) = scored.vector {
+                why.push(Signal {
+                    name: "vector".into(),
+                    value,
+                });
+            }
+            if let Some(value) = scored.lexical {
+                why.push(Signal {
+                    name: "lexical".into(),
+                    value,
+                });
+            }
+            Some(RecallHit {
+                id: scored.id,
+                score: scored.score,
+                text: memory.text().to_owned(),
+                namespace: memory.namespace().to_owned(),
+                why,
+            })
+        });
+        Ok(hits.collect())
+    }
+
+    /// Makes everything acknowledged so far durable (meaningful under a relaxed
+    /// fsync policy); returns the durable LSN.
+    pub async fn flush(&self) -> Result<Lsn, StoreError> {
+        Ok(self.wal()?.flush().await?)
+    }
+
+    /// Writes a snapshot of the current state and drops what it covers.
+    /// Returns the LSN it covers. One checkpoint runs at a time.
+    pub async fn checkpoint(&self) -> Result<Lsn, StoreError> {
+        let inner = &self.inner;
+        let _one_at_a_time = inner.checkpoint_lock.lock().await;
+        let applied = self.read().applied_lsn();
+        if applied == inner.last_checkpoint_lsn.load(Ordering::Relaxed) && applied != 0 {
+            return Ok(applied);
+        }
+        let started = Instant::now();
+        let wal = self.wal()?;
+        wal.rotate().await?;
+        let (state, dir) = (inner.state.clone(), inner.dir.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            // The read lock pauses applying new records while the state is
+            // copied (not while it is written to disk).
+            let body = state.read().unwrap_or_else(|p| p.into_inner()).to_snapshot_body();
+            snapshot::write(&dir, &body).map(|path| (path, body.lsn))
+        })
+        .await
+        .map_err(|e| StoreError::Storage(format!("checkpoint task failed: {e}")))?;
+        let (path, lsn) = written.map_err(storage)?;
+        snapshot::remove_others(&inner.dir, &path).map_err(storage)?;
+        wal.remove_segments_up_to(lsn)?;
+        inner.last_checkpoint_lsn.store(lsn, Ordering::Relaxed);
+        inner.checkpoints_total.fetch_add(1, Ordering::Relaxed);
+        info!(lsn, path = %path.display(), ms = started.elapsed().as_millis() as u64, "checkpoint written");
+        Ok(lsn)
+    }
+
+    /// Graceful end: waits for background checkpoints, checkpoints, and stops
+    /// the WAL writer after it fsynced everything.
+    pub async fn close(&self) -> Result<Lsn, StoreError> {
+        self.inner.background.close();
+        self.inner.background.wait().await;
+        let checkpointed = self.checkpoint().await;
+        let taken = self.inner.wal.write().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(mut wal) = taken else { return checkpointed };
+        // Requests still holding the WAL (past the shutdown bound) finish within
+        // their own await; give them a moment, then stop the writer regardless.
+        for _ in 0..100 {
+            match Arc::try_unwrap(wal) {
+                Ok(owned) => {
+                    let flushed = tokio::task::spawn_blocking(move || owned.shutdown())
+                        .await
+                        .map_err(|e| StoreError::Storage(format!("WAL shutdown task failed: {e}")))??;
+                    return checkpointed.map(|lsn| lsn.max(flushed));
+                }
+                Err(shared) => wal = shared,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        warn!("WAL still in use at shutdown; its writer stops when the process exits");
+        checkpointed
+    }
+
+    /// Counters for Stats.
+    pub fn counters(&self) -> Vec<Counter> {
+        let inner = &self.inner;
+        let state = self.read();
+        let wal = self.wal().map(|wal| wal.stats()).ok();
+        let report = &inner.report;
+        let mut counters = vec![
+            counter("memories", state.len() as u64),
+            counter("namespaces", state.namespace_count() as u64),
+            counter("dimension", u64::from(inner.dimension.load(Ordering::Relaxed))),
+            counter("applied_lsn", state.applied_lsn()),
+            counter("last_checkpoint_lsn", inner.last_checkpoint_lsn.load(Ordering::Relaxed)),
+            counter("checkpoints_total", inner.checkpoints_total.load(Ordering::Relaxed)),
+            counter("snapshot_load_ms", report.snapshot_load.as_millis() as u64),
+            counter("replay_records", report.replayed_records),
+            counter("replay_ms", report.replay.as_millis() as u64),
+            counter("torn_records_truncated", report.torn_records),
+        ];
+        counters.extend(wal.map(|stats| wal_counters(&stats)).unwrap_or_default());
+        counters
+    }
+
+    fn wal(&self) -> Result<Arc<Wal<Ticket>>, StoreError> {
+        let wal = self.inner.wal.read().unwrap_or_else(|p| p.into_inner());
+        wal.clone().ok_or(StoreError::ShuttingDown)
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.inner.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends a record and waits until it is durable and applied.
+    async fn log(&self, record: WalRecord) -> Result<Lsn, StoreError> {
+        let payload = encode_record(&record);
+        let bytes = payload.len() as u64;
+        let (done, reply) = oneshot::channel();
+        self.wal()?.append(payload, Ticket { record, done }).await?;
+        let lsn = match reply.await {
+            Ok(Ok(lsn)) => lsn,
+            Ok(Err(failure)) if failure.disk_full => return Err(StoreError::DiskFull(failure.message)),
+            Ok(Err(failure)) => return Err(StoreError::Storage(failure.message)),
+            Err(_) => return Err(StoreError::ShuttingDown),
+        };
+        self.note_logged(bytes);
+        Ok(lsn)
+    }
+
+    /// Starts a background checkpoint once enough WAL accumulated.
+    fn note_logged(&self, bytes: u64) {
+        let inner = &self.inner;
+        let total = inner.bytes_since_checkpoint.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if total < inner.checkpoint_wal_bytes.load(Ordering::Relaxed)
+            || inner.checkpoint_running.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        inner.bytes_since_checkpoint.store(0, Ordering::Relaxed);
+        let store = self.clone();
+        inner.background.spawn(async move {
+            if let Err(error) = store.checkpoint().await {
+                warn!(%error, "background checkpoint failed");
+            }
+            store.inner.checkpoint_running.store(false, Ordering::Release);
+        });
+    }
+
+    /// Fixes the store's dimension with the first vector; rejects mismatches.
+    fn fix_dimension(&self, memories: &[StoredMemory]) -> Result<(), StoreError> {
+        let mut dims = memories
+            .iter()
+            .filter_map(|m| m.vector.as_ref().map(|v| v.len() as u32));
+        let Some(first) = dims.next() else { return Ok(()) };
+        if let Some(other) = dims.find(|d| *d != first) {
+            return Err(StoreError::DimensionMismatch {
+                expected: first,
+                got: other,
+            });
+        }
+        match self
+            .inner
+            .dimension
+            .compare_exchange(0, first, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Ok(()),
+            Err(current) if current == first => Ok(()),
+            Err(current) => Err(StoreError::DimensionMismatch {
+                expected: current,
+                got: first,
+            }),
+        }
+    }
+
+    /// Assigns ids: a known key keeps its id (upsert), everything else gets a new one.
+    fn assign_ids(&self, memories: &mut [StoredMemory]) {
+        let inner = &self.inner;
+        let mut keys = inner.keys.lock().unwrap_or_else(|p| p.into_inner());
+        for memory in memories {
+            memory.id = match &memory.key {
+                Some(key) => *keys
+                    .entry((memory.namespace.clone(), key.clone()))
+                    .or_insert_with(|| inner.next_id.fetch_add(1, Ordering::Relaxed)),
+                None => inner.next_id.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+    }
+}
+
+/// WAL counters, with the fdatasync latency histogram as one counter per
+/// log2 bucket (`wal_fsync_le_<upper bound>_ns`).
+fn wal_counters(stats: &wal::WalStats) -> Vec<Counter> {
+    let mut counters = vec![
+        counter("wal_bytes", stats.bytes_on_disk),
+        counter("wal_segments", stats.segments),
+        counter("wal_durable_lsn", stats.durable_lsn),
+        counter("wal_records_acked", stats.records_acked),
+        counter("wal_records_failed", stats.records_failed),
+        counter("wal_groups", stats.groups),
+        counter("wal_fsyncs", stats.fsyncs),
+        counter("wal_failed", u64::from(stats.failed)),
+    ];
+    for (upper_bound_ns, count) in &stats.fsync_latency_ns {
+        counters.push(counter(&format!("wal_fsync_le_{upper_bound_ns}_ns"), *count));
+    }
+    counters
+}
+
+fn counter(name: &str, value: u64) -> Counter {
+    Counter {
+        name: name.to_owned(),
+        value,
+    }
+}
+
+fn storage(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Storage(error.to_string())
+}
+
+/// The configured dimension must agree with the stored data.
+fn check_dimension(state: &State, limits: &Limits) -> Result<u32, StoreError> {
+    match (state.dimension(), limits.dimension) {
+        (Some(stored), configured) if configured != 0 && configured != stored => Err(StoreError::Storage(format!(
+            "the configured dimension {configured} differs from the stored vectors' dimension {stored}"
+        ))),
+        (Some(stored), _) => Ok(stored),
+        (None, configured) => Ok(configured),
+    }
+}
+
+/// One daemon per data directory: an exclusive flock on `<dir>/LOCK`.
+fn lock_data_dir(dir: &Path) -> Result<Flock<File>, StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| StoreError::Storage(format!("cannot create the data directory {}: {e}", dir.display())))?;
+    let path = dir.join("LOCK");
+    let file = File::create(&path).map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        StoreError::Storage(format!(
+            "the data directory {} is in use by another nexusd ({errno})",
+            dir.display()
+        ))
+    })
+}

@@ -1,0 +1,298 @@
+//! The memory model: what a stored memory is, the WAL record bodies, the
+//! limits every write is checked against, and the store's typed errors.
+//!
+//! Validation turns an archived `RememberRequest` (already copied out of
+//! shared memory and bytecheck-validated) into owned `StoredMemory` values,
+//! or a specific error naming the offending field. Nothing here touches disk
+//! (the WAL is `wal/`, snapshots `snapshot.rs`) or decides ids (`mod.rs`).
+
+use nexus_shm_protocol::wire::{ArchivedMemoryInput, ErrorCode};
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::store::wal::WalError;
+
+/// A label on a stored memory.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StoredTag {
+    /// Label name.
+    pub key: String,
+    /// Label value.
+    pub value: String,
+}
+
+/// A memory as the WAL and snapshots hold it (ids assigned, time resolved).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct StoredMemory {
+    /// Daemon-assigned, monotonic, never reused.
+    pub id: u64,
+    /// Client key for idempotent upsert (unique within a namespace).
+    pub key: Option<String>,
+    /// Scope.
+    pub namespace: String,
+    /// The text.
+    pub text: String,
+    /// Embedding (dimension fixed per store).
+    pub vector: Option<Vec<f32>>,
+    /// Labels.
+    pub tags: Vec<StoredTag>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+    /// Scoring weight.
+    pub importance: f32,
+    /// Provenance.
+    pub source: Option<String>,
+}
+
+/// One WAL record. A client batch is one record: durable whole or not at all.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum WalRecord {
+    /// Insert or replace (same id) these memories.
+    Remember(Vec<StoredMemory>),
+    /// Delete these ids (resolved from the request's filter before logging).
+    Forget(Vec<u64>),
+    /// A recalled memory was (not) useful.
+    Feedback {
+        /// The memory judged.
+        memory_id: u64,
+        /// The recall it came from.
+        recall_request_id: u64,
+        /// The judgement.
+        useful: bool,
+    },
+}
+
+/// Limits on writes and queries. Each bounds memory or time per request.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Bytes of text per memory (64 KiB: a long chunk; bigger belongs in chunking).
+    pub max_text_bytes: usize,
+    /// Tags per memory.
+    pub max_tags: usize,
+    /// Bytes of one tag key or value.
+    pub max_tag_bytes: usize,
+    /// Bytes of a namespace, key or source.
+    pub max_name_bytes: usize,
+    /// Largest vector dimension accepted (4096 covers common embedders).
+    pub max_dimension: u32,
+    /// Memories per Remember request.
+    pub max_batch: usize,
+    /// Results per Recall.
+    pub max_k: u32,
+    /// Ids per Forget.
+    pub max_forget_ids: usize,
+    /// Dimension fixed by configuration (0: fixed by the first vector stored).
+    pub dimension: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_text_bytes: 64 * 1024,
+            max_tags: 32,
+            max_tag_bytes: 256,
+            max_name_bytes: 256,
+            max_dimension: 4096,
+            max_batch: 10_000,
+            max_k: 1000,
+            max_forget_ids: 100_000,
+            dimension: 0,
+        }
+    }
+}
+
+/// Why a store operation failed, as the client sees it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A Remember with no memories.
+    #[error("the batch is empty: send at least one memory")]
+    EmptyBatch,
+    /// Too many memories in one request.
+    #[error("the batch has {len} memories; the maximum is {max}")]
+    BatchTooLarge {
+        /// Memories sent.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A field exceeds its byte limit.
+    #[error("memory {index}: {field} is {len} bytes; the maximum is {max}")]
+    FieldTooLong {
+        /// Position in the batch.
+        index: usize,
+        /// Which field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Too many tags on one memory.
+    #[error("memory {index} has {len} tags; the maximum is {max}")]
+    TooManyTags {
+        /// Position in the batch.
+        index: usize,
+        /// Tags sent.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A vector's dimension differs from the store's.
+    #[error("vector dimension {got} differs from the store's dimension {expected}")]
+    DimensionMismatch {
+        /// The store's dimension.
+        expected: u32,
+        /// What was sent.
+        got: u32,
+    },
+    /// A vector is empty or larger than allowed.
+    #[error("vector dimension {got} is outside 1..={max}")]
+    BadDimension {
+        /// What was sent.
+        got: usize,
+        /// The limit.
+        max: u32,
+    },
+    /// A NaN or infinity in a vector or the importance.
+    #[error("memory {index}: {field} contains a NaN or infinite value")]
+    NotFinite {
+        /// Position in the batch (or 0 for a query).
+        index: usize,
+        /// Which field.
+        field: &'static str,
+    },
+    /// An argument out of range or inconsistent.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Feedback on a memory that does not exist.
+    #[error("memory {0} does not exist")]
+    UnknownMemory(u64),
+    /// The write-ahead log refused or failed the write (disk full, fsync error, ...).
+    #[error("the write was not made durable: {0}")]
+    Wal(#[from] WalError),
+    /// The disk is full: the write was not made durable; later writes retry.
+    #[error("{0}")]
+    DiskFull(String),
+    /// Shutdown began before the write was logged.
+    #[error("nexusd is shutting down")]
+    ShuttingDown,
+    /// Reading or writing a snapshot or the data directory failed.
+    #[error("{0}")]
+    Storage(String),
+}
+
+impl StoreError {
+    /// The stable wire code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
+            Self::DimensionMismatch { .. } => ErrorCode::DimensionMismatch,
+            Self::Wal(WalError::DiskFull { .. }) | Self::DiskFull(_) => ErrorCode::DiskFull,
+            Self::Wal(_) | Self::Storage(_) => ErrorCode::StorageFailed,
+            Self::ShuttingDown => ErrorCode::ShuttingDown,
+            Self::UnknownMemory(_) => ErrorCode::NotFound,
+            _ => ErrorCode::InvalidArgument,
+        }
+    }
+}
+
+/// Checks one memory of a batch and returns it owned (without an id yet).
+pub fn validate_memory(
+    index: usize,
+    input: &ArchivedMemoryInput,
+    limits: &Limits,
+    now_ms: i64,
+) -> Result<StoredMemory, StoreError> {
+    let name = |field: &'static str, text: &str| check_len(index, field, text.len(), limits.max_name_bytes);
+    if input.namespace.is_empty() {
+        return Err(StoreError::InvalidArgument(format!(
+            "memory {index}: namespace is empty"
+        )));
+    }
+    name("namespace", &input.namespace)?;
+    check_len(index, "text", input.text.len(), limits.max_text_bytes)?;
+    if let Some(key) = input.key.as_ref() {
+        name("key", key)?;
+    }
+    if let Some(source) = input.source.as_ref() {
+        name("source", source)?;
+    }
+    if input.tags.len() > limits.max_tags {
+        return Err(StoreError::TooManyTags {
+            index,
+            len: input.tags.len(),
+            max: limits.max_tags,
+        });
+    }
+    for tag in input.tags.iter() {
+        check_len(index, "tag", tag.key.len().max(tag.value.len()), limits.max_tag_bytes)?;
+    }
+    let importance = input.importance.to_native();
+    if !importance.is_finite() {
+        return Err(StoreError::NotFinite {
+            index,
+            field: "importance",
+        });
+    }
+    let vector = input
+        .vector
+        .as_ref()
+        .map(|v| v.iter().map(|x| x.to_native()).collect::<Vec<f32>>());
+    if let Some(vector) = &vector {
+        check_vector(index, vector, limits)?;
+    }
+    Ok(StoredMemory {
+        id: 0,
+        key: input.key.as_ref().map(|k| k.to_string()),
+        namespace: input.namespace.to_string(),
+        text: input.text.to_string(),
+        vector,
+        tags: input
+            .tags
+            .iter()
+            .map(|t| StoredTag {
+                key: t.key.to_string(),
+                value: t.value.to_string(),
+            })
+            .collect(),
+        created_at_ms: input.created_at_ms.as_ref().map(|t| t.to_native()).unwrap_or(now_ms),
+        importance,
+        source: input.source.as_ref().map(|s| s.to_string()),
+    })
+}
+
+/// Checks a vector's values and size (not yet its match with the store's dimension).
+pub fn check_vector(index: usize, vector: &[f32], limits: &Limits) -> Result<(), StoreError> {
+    if vector.is_empty() || vector.len() > limits.max_dimension as usize {
+        return Err(StoreError::BadDimension {
+            got: vector.len(),
+            max: limits.max_dimension,
+        });
+    }
+    if vector.iter().any(|x| !x.is_finite()) {
+        return Err(StoreError::NotFinite { index, field: "vector" });
+    }
+    Ok(())
+}
+
+fn check_len(index: usize, field: &'static str, len: usize, max: usize) -> Result<(), StoreError> {
+    if len > max {
+        Err(StoreError::FieldTooLong { index, field, len, max })
+    } else {
+        Ok(())
+    }
+}
+
+/// Encodes a record for the WAL (16-aligned bytes; the WAL pads and frames them).
+pub fn encode_record(record: &WalRecord) -> Vec<u8> {
+    rkyv::to_bytes::<rkyv::rancor::Error>(record)
+        .expect("serializing into a growable buffer cannot fail")
+        .into_vec()
+}
+
+/// Decodes a WAL payload (16-aligned, as the WAL hands it back).
+pub fn decode_record(payload: &[u8]) -> Result<WalRecord, String> {
+    let archived = rkyv::access::<ArchivedWalRecord, rkyv::rancor::Error>(payload).map_err(|e| e.to_string())?;
+    rkyv::deserialize::<WalRecord, rkyv::rancor::Error>(archived).map_err(|e| e.to_string())
+}
