@@ -329,7 +329,7 @@ impl Producer {
     where
         F: FnMut(&mut [MaybeUninit<u8>]) -> Option<usize>,
     {
-        if space <= FRAME_HEADER_BYTES {
+        if space < FRAME_HEADER_BYTES {
             return None;
         }
         let slot_bytes = (space - FRAME_HEADER_BYTES).min(self.memory.max_frame_bytes);
