@@ -23,6 +23,7 @@ use crate::config::{Config, Settings};
 use crate::handler::Shared;
 use crate::listener::BoundSocket;
 use crate::store::Store;
+use crate::store::wal::{RealFs, WalFs};
 
 /// Changes the log filter of the running daemon (SIGHUP).
 type LogHandle = reload::Handle<EnvFilter, Registry>;
@@ -63,6 +64,12 @@ config file, SIGUSR1 checkpoint now.
 
 /// Runs the daemon with the process's arguments; returns its exit code.
 pub fn main() -> ExitCode {
+    main_with_wal_fs(Arc::new(RealFs))
+}
+
+/// `main` with the WAL's file system chosen by the caller: the daemon under test
+/// (`nexusd-it`) passes one that can inject faults; `nexusd` passes `RealFs`.
+pub fn main_with_wal_fs(wal_fs: Arc<dyn WalFs>) -> ExitCode {
     let (config_file, flags) = match parse(std::env::args_os().skip(1)) {
         Ok(Some(parsed)) => parsed,
         Ok(None) => return ExitCode::SUCCESS,
@@ -79,7 +86,7 @@ pub fn main() -> ExitCode {
         }
     };
     let log = init_logging(&config.log);
-    match serve(config, flags, log) {
+    match serve(config, flags, log, wal_fs) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -88,7 +95,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config, flags: Settings, log: LogHandle) -> anyhow::Result<()> {
+fn serve(config: Config, flags: Settings, log: LogHandle, wal_fs: Arc<dyn WalFs>) -> anyhow::Result<()> {
     raise_fd_limit();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.worker_threads > 0 {
@@ -103,7 +110,7 @@ fn serve(config: Config, flags: Settings, log: LogHandle) -> anyhow::Result<()> 
         let signals = forward_signals()?;
         // Replay happens before the socket exists: a client that can connect
         // sees every acknowledged write.
-        let store = Store::open(&config.store_config()).context("cannot open the memory store")?;
+        let store = Store::open(&config.store_config(), wal_fs).context("cannot open the memory store")?;
         let socket = BoundSocket::bind(&config.socket_path, config.socket_mode)?;
         info!(version = env!("CARGO_PKG_VERSION"), data_dir = %config.data_dir.display(), "nexusd ready");
         let shared = Shared::new(config, store.clone());

@@ -8,11 +8,16 @@
 //! themselves, not here.
 
 mod bad_frames;
+mod crash;
+mod disk_faults;
 mod dying_clients;
 mod fanout;
 mod handshake;
 mod lifecycle;
+mod signals;
+mod store;
 mod transport;
+mod wal_damage;
 
 use nexus_tests::{Binaries, Daemon};
 
@@ -26,4 +31,9 @@ const BINARIES: Binaries = Binaries {
 /// A daemon with `extra_args`, in a fresh temp dir.
 fn start(extra_args: &[&str]) -> Daemon {
     Daemon::start(BINARIES, extra_args)
+}
+
+/// A daemon with `extra_args` and extra environment variables.
+fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Daemon {
+    Daemon::start_with_env(BINARIES, extra_args, env)
 }

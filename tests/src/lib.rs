@@ -8,10 +8,19 @@
 //! - [`wait_until`] and the watchdog: every wait is bounded, so a hang fails
 //!   the test instead of blocking the suite;
 //! - one `check_*` helper per boundary (handshake bytes, raw frames, calls,
-//!   resources), so a change of API touches one function.
+//!   resources), so a change of API touches one function;
+//! - [`store`]: memories, recall, and the ledger of acknowledged writes the
+//!   crash tests compare a restarted daemon against;
+//! - [`disk`]: a tmpfs mount, a disk filler, and the WAL and snapshot file
+//!   formats as far as tests damage them.
 //!
 //! What it deliberately does not do: decide what the daemon should answer.
-//! The expectations live in the tests; this crate only moves bytes and waits.
+//! The expectations live in the tests; this crate only moves bytes and waits
+//! (the one exception, the ledger, states the durability contract every
+//! crash test shares: acknowledged means present, a batch is all or nothing).
+
+pub mod disk;
+pub mod store;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -54,6 +63,10 @@ pub const RSS_TOLERANCE_BYTES: u64 = 16 << 20;
 /// and a few hundred frames fill a ring.
 pub const SMALL_RING_BYTES: u32 = 16 * 1024;
 
+/// Ring size of [`Daemon::large_client`]: frames up to 4 MiB, enough for a
+/// thousand recalled memories or a 10 001-memory batch.
+pub const LARGE_RING_BYTES: u32 = 8 << 20;
+
 /// Paths of the binaries under test. Only an integration test target sees
 /// `CARGO_BIN_EXE_*`, so `tests/it` fills this in and hands it over.
 #[derive(Debug, Clone, Copy)]
@@ -70,10 +83,45 @@ pub struct TestDir {
     path: PathBuf,
 }
 
+/// How a [`Daemon`] is started: flags, environment, data directory. Kept by
+/// the daemon for every restart; [`Daemon::set_args`] and
+/// [`Daemon::set_env`] change it for the next one.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// Flags after `--socket` and `--data-dir`.
+    pub args: Vec<String>,
+    /// Extra environment variables (e.g. `NEXUS_FAULT_INJECT`).
+    pub env: Vec<(String, String)>,
+    /// The data directory (default: `data` in the daemon's temp dir).
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Launch {
+    /// A launch with these flags, no extra environment, the default data dir.
+    pub fn args(args: &[&str]) -> Self {
+        Self {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Adds an environment variable.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Uses `dir` as the data directory (e.g. on a small tmpfs).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+}
+
 /// A running `nexusd-it` with its own socket and data dir.
 pub struct Daemon {
     binaries: Binaries,
-    extra_args: Vec<String>,
+    launch: Launch,
     child: Option<Child>,
     /// The connection that proved the daemon ready, kept open for Stats so
     /// that reading counters does not itself open and close connections
@@ -154,9 +202,22 @@ impl Daemon {
 
     /// Starts a daemon in a directory the test prepared (a stale socket, ...).
     pub fn start_in(binaries: Binaries, dir: TestDir, extra_args: &[&str]) -> Self {
+        Self::launch(binaries, dir, Launch::args(extra_args))
+    }
+
+    /// Starts a daemon with extra environment variables (`NEXUS_FAULT_INJECT`).
+    pub fn start_with_env(binaries: Binaries, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
+        let launch = env
+            .iter()
+            .fold(Launch::args(extra_args), |launch, (key, value)| launch.env(key, value));
+        Self::launch(binaries, TestDir::new(), launch)
+    }
+
+    /// Starts a daemon in `dir` as `launch` says; returns once it completed a handshake.
+    pub fn launch(binaries: Binaries, dir: TestDir, launch: Launch) -> Self {
         let mut daemon = Self {
             binaries,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            launch,
             child: None,
             observer: Mutex::new(None),
             peers_started: AtomicU32::new(0),
@@ -177,6 +238,24 @@ impl Daemon {
         &self.dir
     }
 
+    /// The data directory (snapshots, `LOCK`, `wal/`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.launch
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("data"))
+    }
+
+    /// Replaces the flags for the next start (`restart`, `run_to_exit`).
+    pub fn set_args(&mut self, extra_args: &[&str]) {
+        self.launch.args = extra_args.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// Replaces the extra environment for the next start.
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.launch.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    }
+
     /// The daemon's pid (panics after `kill`).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("the daemon is running").id()
@@ -190,6 +269,18 @@ impl Daemon {
     /// A shared-memory client with small rings.
     pub fn client(&self) -> Client {
         self.client_over(Transport::SharedMemory)
+    }
+
+    /// A shared-memory client with [`LARGE_RING_BYTES`] rings, for big batches
+    /// and recalls of up to a thousand memories.
+    pub fn large_client(&self) -> Client {
+        let options = ConnectOptions {
+            request_ring_bytes: LARGE_RING_BYTES,
+            response_ring_bytes: LARGE_RING_BYTES,
+            ..test_options(Transport::SharedMemory)
+        };
+        Client::connect_with(self.socket_path(), options)
+            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.socket_path().display()))
     }
 
     /// A client with small rings over `transport`.
@@ -291,8 +382,9 @@ impl Daemon {
         }
     }
 
-    /// Kills the daemon if it runs and starts it again with the same
-    /// arguments in the same directory (replacing the stale socket).
+    /// Kills the daemon if it runs and starts it again in the same
+    /// directory (replacing the stale socket), with the same arguments
+    /// unless `set_args`/`set_env` changed them.
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
@@ -304,6 +396,22 @@ impl Daemon {
         let mut child = self.child.take().expect("the daemon is running");
         signal(child.id(), Signal::SIGTERM);
         wait_for_exit(&mut child, "nexusd to exit after SIGTERM")
+    }
+
+    /// Starts the (stopped) daemon as configured and expects it to refuse:
+    /// waits (bounded) for its exit and returns the status and what this run
+    /// wrote to stderr (also kept in the daemon's log). A daemon that starts
+    /// serving instead is killed when the wait times out, failing the test.
+    #[track_caller]
+    pub fn run_to_exit(&mut self) -> (ExitStatus, String) {
+        assert!(self.child.is_none(), "run_to_exit needs a stopped daemon");
+        let stderr_path = self.stderr_path();
+        let log_start = std::fs::metadata(&stderr_path).map(|m| m.len()).unwrap_or(0);
+        let mut child = spawn_logged(self.command(), &stderr_path, Stdio::null());
+        let status = wait_for_exit(&mut child, "nexusd to exit (it was expected to refuse to start)");
+        let log = std::fs::read(&stderr_path).unwrap_or_default();
+        let this_run = log.get(log_start as usize..).unwrap_or_default();
+        (status, String::from_utf8_lossy(this_run).into_owned())
     }
 
     /// Runs another daemon on this daemon's socket (a different data dir)
@@ -321,17 +429,25 @@ impl Daemon {
         (status, std::fs::read_to_string(&stderr_path).unwrap_or_default())
     }
 
-    fn spawn(&mut self) {
-        let socket = self.socket_path();
+    /// The daemon's command line as `self.launch` says.
+    fn command(&self) -> Command {
         let mut command = Command::new(self.binaries.daemon);
         command
             .arg("--socket")
-            .arg(&socket)
+            .arg(self.socket_path())
             .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
-            .args(&self.extra_args)
+            .arg(self.data_dir())
+            .args(&self.launch.args)
             .env_remove("NEXUS_SOCKET")
-            .env_remove("NEXUS_LOG");
+            .env_remove("NEXUS_LOG")
+            .env_remove(nexus_daemon::store::wal::FAULT_INJECT_ENV)
+            .envs(self.launch.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
+    fn spawn(&mut self) {
+        let socket = self.socket_path();
+        let command = self.command();
         // Owned by `self` at once, so a panic below still kills it in `Drop`
         // (which also prints its stderr).
         let child = self

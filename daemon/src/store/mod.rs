@@ -36,7 +36,7 @@ use tracing::{info, warn};
 use self::model::{Limits, StoreError, StoredMemory, WalRecord, encode_record, validate_memory};
 use self::snapshot::Snapshot;
 use self::state::{Query, State};
-use self::wal::{Committer, FsyncPolicy, Lsn, Wal, WalConfig, WalError};
+use self::wal::{Committer, FsyncPolicy, Lsn, Wal, WalConfig, WalError, WalFs};
 
 /// How to open the store.
 #[derive(Debug, Clone)]
@@ -154,7 +154,9 @@ impl Committer for Applier {
 
 impl Store {
     /// Opens (or creates) the store in `config.data_dir`: snapshot, replay, WAL.
-    pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+    /// `fs` is the WAL's file system: `RealFs` in production, a fault-injecting one
+    /// in the daemon under test.
+    pub fn open(config: &StoreConfig, fs: Arc<dyn WalFs>) -> Result<Self, StoreError> {
         let dir = config.data_dir.clone();
         let lock = lock_data_dir(&dir)?;
         let started = Instant::now();
@@ -168,7 +170,6 @@ impl Store {
             ..OpenReport::default()
         };
         let mut state = State::from_snapshot(snapshot);
-        let fs = wal::fs_from_env();
         let replayed = wal::replay(
             &dir,
             fs.as_ref(),
@@ -302,6 +303,7 @@ impl Store {
         };
         let count = ids.len() as u64;
         if count > 0 {
+            self.release_keys(&ids);
             self.log(WalRecord::Forget(ids)).await?;
         }
         Ok(count)
@@ -547,6 +549,15 @@ impl Store {
                 got: first,
             }),
         }
+    }
+
+    /// Forgotten memories give their keys up, so remembering a key again creates
+    /// a new memory with a fresh id (ids are never reused). Done before the
+    /// Forget is logged: a Remember of that key racing with it either lands
+    /// first (an upsert the Forget then deletes) or gets a fresh id.
+    fn release_keys(&self, forgotten: &[u64]) {
+        let mut keys = self.inner.keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.retain(|_, id| forgotten.binary_search(id).is_err());
     }
 
     /// Assigns ids: a known key keeps its id (upsert), everything else gets a new one.

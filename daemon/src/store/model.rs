@@ -168,8 +168,9 @@ pub enum StoreError {
     /// Feedback on a memory that does not exist.
     #[error("memory {0} does not exist")]
     UnknownMemory(u64),
-    /// The write-ahead log refused or failed the write (disk full, fsync error, ...).
-    #[error("the write was not made durable: {0}")]
+    /// The write-ahead log refused or failed the write (disk full, fsync error,
+    /// corruption found at start-up, ...); its message says which.
+    #[error(transparent)]
     Wal(#[from] WalError),
     /// The disk is full: the write was not made durable; later writes retry.
     #[error("{0}")]

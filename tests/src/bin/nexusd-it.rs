@@ -1,11 +1,13 @@
-//! `nexusd-it`: the daemon under test, byte for byte the same program as
-//! `nexusd` (same allocator, same `nexus_daemon::cli::main`).
+//! `nexusd-it`: the daemon under test: the same program as `nexusd` (same
+//! allocator, same `nexus_daemon::cli`), except that its WAL file system honours
+//! `NEXUS_FAULT_INJECT` (ENOSPC, failed fdatasync) so the fault tests can break
+//! a real daemon. The shipped `nexusd` has no such hook.
 //!
 //! It exists only because cargo hands an integration test the path of a
 //! binary (`CARGO_BIN_EXE_*`) when that binary belongs to the test's own
 //! package: this wrapper makes `cargo nextest run -p nexus-tests` build the
 //! daemon it drives, with no separate `cargo build -p nexus-daemon` step. It
-//! deliberately adds nothing; any behaviour belongs in `nexus_daemon::cli`.
+//! adds nothing else; any behaviour belongs in `nexus_daemon::cli`.
 
 use std::process::ExitCode;
 
@@ -13,5 +15,5 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    nexus_daemon::cli::main()
+    nexus_daemon::cli::main_with_wal_fs(nexus_daemon::store::wal::test_fs_from_env())
 }

@@ -3,8 +3,8 @@
 //! Two implementations: [`RealFs`] (std + `fallocate`) and [`FaultyFs`], which wraps it
 //! and fails chosen operations: the N-th write with ENOSPC, the N-th fdatasync with EIO,
 //! or every write and allocation while "the disk is full". Tests drive it through
-//! [`Faults`]; with the `fault-injection` feature, [`fs_from_env`] builds it from
-//! `NEXUS_FAULT_INJECT` so end-to-end tests can break a real `nexusd`.
+//! [`Faults`]; [`test_fs_from_env`] builds it from `NEXUS_FAULT_INJECT` for the
+//! daemon under test (`nexusd-it`) so end-to-end tests can break a real daemon.
 //!
 //! Not here: a simulated disk that drops unsynced writes at a crash (the trait leaves
 //! room for one; it is future work), and any policy about what an error means (the
@@ -25,7 +25,7 @@ use rkyv::util::AlignedVec;
 
 use super::WalError;
 
-/// Environment variable read by [`fs_from_env`] under the `fault-injection` feature:
+/// Environment variable read by [`test_fs_from_env`] (the test daemon only):
 /// comma-separated `write-enospc-after:<n>`, `fsync-eio-after:<n>`, `disk-full`.
 pub const FAULT_INJECT_ENV: &str = "NEXUS_FAULT_INJECT";
 
@@ -366,18 +366,18 @@ impl WalFile for FaultyFile {
     }
 }
 
-/// The file system the daemon should use: [`RealFs`], or with the `fault-injection`
-/// feature and [`FAULT_INJECT_ENV`] set, a [`FaultyFs`] armed from it.
+/// For the daemon under test only (`nexusd-it`; the shipped `nexusd` never calls
+/// this): a [`FaultyFs`] armed from [`FAULT_INJECT_ENV`] when it is set, else [`RealFs`].
 ///
 /// # Panics
 ///
-/// With the feature on, if the variable holds an invalid spec: a fault test that
-/// silently ran without its fault would pass for the wrong reason.
-pub fn fs_from_env() -> Arc<dyn WalFs> {
-    #[cfg(feature = "fault-injection")]
+/// If the variable holds an invalid spec: a fault test that silently ran without
+/// its fault would pass for the wrong reason.
+pub fn test_fs_from_env() -> Arc<dyn WalFs> {
     if let Ok(spec) = std::env::var(FAULT_INJECT_ENV) {
         let fs = FaultyFs::from_spec(&spec).unwrap_or_else(|error| panic!("{FAULT_INJECT_ENV}: {error}"));
-        tracing::warn!(spec, "WAL fault injection armed");
+        // Runs before the daemon installs its log subscriber, so straight to stderr.
+        eprintln!("WAL fault injection armed: {spec}");
         return Arc::new(fs);
     }
     Arc::new(RealFs)

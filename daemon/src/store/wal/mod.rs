@@ -19,7 +19,7 @@
 //! wal.shutdown() -> Result<Lsn, WalError>                     // drain, write, sync, join (bounded)
 //! replay(dir, fs, after_lsn, salvage, apply) -> Result<ReplayReport, WalError>
 //! measure_fdatasync(dir, samples) -> Result<Vec<Duration>, WalError>  // bare 4 KiB append + fdatasync
-//! fs_from_env() -> Arc<dyn WalFs>   // RealFs, or FaultyFs from NEXUS_FAULT_INJECT (feature `fault-injection`)
+//! test_fs_from_env() -> Arc<dyn WalFs>  // FaultyFs from NEXUS_FAULT_INJECT, for nexusd-it only
 //! ```
 //!
 //! Life of a record: `append` puts `(payload, ticket)` on a bounded queue
@@ -77,7 +77,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use fs::{FAULT_INJECT_ENV, Faults, FaultyFs, RealFs, WalDirEntry, WalFile, WalFs, fs_from_env, measure_fdatasync};
+pub use fs::{
+    FAULT_INJECT_ENV, Faults, FaultyFs, RealFs, WalDirEntry, WalFile, WalFs, measure_fdatasync, test_fs_from_env,
+};
 pub use record::MAX_PAYLOAD_BYTES;
 pub use replay::{ReplayReport, Salvaged, TornTail, replay};
 pub use writer::{RotateInfo, SealedSegment, Wal, WalStats};
