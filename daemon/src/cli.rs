@@ -67,9 +67,20 @@ pub fn main() -> ExitCode {
     main_with_wal_fs(Arc::new(RealFs))
 }
 
+/// Opts the process out of transparent huge pages. The allocator asks for them
+/// on its heap segments where the kernel allows it (THP "madvise" mode): one live
+/// allocation then pins 2 MiB, so memory freed when clients leave never shrinks
+/// RSS, and the idle daemon starts at 12 MiB instead of 4.5 MiB (nexus-bench
+/// fanout). The snapshot's vectors are file-backed and unaffected.
+/// Must run before the first heap allocation to matter; returns the errno to log later.
+fn disable_transparent_huge_pages() -> Result<(), nix::errno::Errno> {
+    nix::sys::prctl::set_thp_disable(true)
+}
+
 /// `main` with the WAL's file system chosen by the caller: the daemon under test
 /// (`nexusd-it`) passes one that can inject faults; `nexusd` passes `RealFs`.
 pub fn main_with_wal_fs(wal_fs: Arc<dyn WalFs>) -> ExitCode {
+    let thp = disable_transparent_huge_pages();
     let (config_file, flags) = match parse(std::env::args_os().skip(1)) {
         Ok(Some(parsed)) => parsed,
         Ok(None) => return ExitCode::SUCCESS,
@@ -86,6 +97,9 @@ pub fn main_with_wal_fs(wal_fs: Arc<dyn WalFs>) -> ExitCode {
         }
     };
     let log = init_logging(&config.log);
+    if let Err(errno) = thp {
+        tracing::warn!(%errno, "could not opt out of transparent huge pages");
+    }
     match serve(config, flags, log, wal_fs) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
