@@ -1,1 +1,27 @@
+//! nexus-benches: the measuring logic of issue 2, as a library.
+//!
+//! The `nexus-bench` binary is a thin command line over these functions, so an
+//! integration test can run the very same measurement against a daemon it
+//! started. Each module is one benchmark:
+//!
+//! - [`ping`]: Ping round trips through shared memory and through the Unix
+//!   socket transport of the same daemon, alternated for fairness;
+//! - [`idle`]: the daemon's CPU use while many clients sit idle;
+//! - [`fanout`]: daemon fds/RSS before and after a thousand short clients;
+//! - [`report`]: percentiles and the human-readable tables;
+//! - [`daemon`]: starting a throwaway `nexusd` so one command reproduces a figure;
+//! - [`stats`]: the daemon gauges read through `Stats`.
+//!
+//! What this crate does not do: tune or fix the daemon or client. It measures
+//! them through their public APIs only. The ring micro-benchmarks (no daemon)
+//! are the criterion bench `benches/ring.rs`.
 
+pub mod daemon;
+pub mod error;
+pub mod fanout;
+pub mod idle;
+pub mod ping;
+pub mod report;
+pub mod stats;
+
+pub use error::BenchError;

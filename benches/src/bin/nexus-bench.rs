@@ -1,1 +1,177 @@
-fn main() {}
+//! `nexus-bench`: the command line of the Memory Nexus load benchmarks.
+//!
+//! Parses flags, optionally starts a throwaway daemon (`--spawn-daemon`),
+//! calls the measuring functions of the `nexus_benches` library and prints
+//! their report (a table, or one JSON object with `--json`). No measuring
+//! logic lives here, so tests can run exactly what this binary runs.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nexus_benches::daemon::SpawnedDaemon;
+use nexus_benches::fanout::{FanoutConfig, run_fanout};
+use nexus_benches::idle::{IdleConfig, run_idle};
+use nexus_benches::ping::{PingConfig, run_ping};
+use nexus_benches::report;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const USAGE: &str = "\
+nexus-bench — Memory Nexus load benchmarks
+
+USAGE:
+  nexus-bench ping   [COMMON] [--iterations N] [--warmup N] [--rounds R] [--payload BYTES] [--depth D] [--spin-us US]
+  nexus-bench idle   [COMMON] [--clients N] [--seconds S] [--ring-bytes N]
+  nexus-bench fanout [COMMON] [--clients N] [--pings N] [--ring-bytes N] [--settle-timeout-ms MS]
+
+COMMON:
+  --socket PATH             the daemon's socket (default: $NEXUS_SOCKET, else the daemon's default)
+  --spawn-daemon NEXUSD     start this nexusd on a temp socket and data dir, measure, stop it
+  --daemon-arg ARG          one more argument for the spawned daemon (repeatable)
+  --json                    print one JSON object instead of a table
+
+ping: shared memory vs the Unix-socket transport of the same daemon, alternating
+  rounds after a warm-up. Defaults: 100000 iterations per transport, 10000 warm-up,
+  10 rounds, payload 0, depth 1, client spin 0.
+idle: daemon CPU while N clients (default 100) sit idle for S seconds (default 10).
+fanout: daemon fds/RSS before and after N clients (default 1000, 16 KiB rings,
+  3 pings each) connect and leave.
+";
+
+/// The parsed command line.
+struct Args {
+    command: Command,
+    socket: Option<PathBuf>,
+    spawn_daemon: Option<PathBuf>,
+    daemon_args: Vec<OsString>,
+    json: bool,
+}
+
+enum Command {
+    Ping(PingConfig),
+    Idle(IdleConfig),
+    Fanout(FanoutConfig),
+}
+
+fn main() -> anyhow::Result<()> {
+    let Some(args) = parse(std::env::args_os().skip(1))? else {
+        return Ok(());
+    };
+    let daemon = match &args.spawn_daemon {
+        Some(binary) => Some(
+            SpawnedDaemon::start(binary, &args.daemon_args)
+                .with_context(|| format!("--spawn-daemon {}", binary.display()))?,
+        ),
+        None => None,
+    };
+    let socket = match (&daemon, &args.socket) {
+        (Some(daemon), _) => daemon.socket().to_path_buf(),
+        (None, Some(socket)) => socket.clone(),
+        (None, None) => nexus_shm_protocol::default_socket_path(),
+    };
+    let output = run(args.command, socket, args.json)?;
+    if let Some(daemon) = daemon {
+        let status = daemon.stop().context("stopping the spawned daemon")?;
+        if !status.success() {
+            eprintln!("nexus-bench: the spawned daemon exited with {status}");
+        }
+    }
+    print!("{output}");
+    Ok(())
+}
+
+/// Runs one benchmark and renders its report.
+fn run(command: Command, socket: PathBuf, json: bool) -> anyhow::Result<String> {
+    let rendered = match command {
+        Command::Ping(config) => {
+            let config = PingConfig { socket, ..config };
+            let result = run_ping(&config).context("ping benchmark")?;
+            render(json, &result, || report::ping_table(&config, &result))?
+        }
+        Command::Idle(config) => {
+            let result = run_idle(&IdleConfig { socket, ..config }).context("idle benchmark")?;
+            render(json, &result, || report::idle_table(&result))?
+        }
+        Command::Fanout(config) => {
+            let result = run_fanout(&FanoutConfig { socket, ..config }).context("fanout benchmark")?;
+            render(json, &result, || report::fanout_table(&result))?
+        }
+    };
+    Ok(rendered)
+}
+
+fn render<T: serde::Serialize>(json: bool, value: &T, table: impl FnOnce() -> String) -> anyhow::Result<String> {
+    if json {
+        Ok(serde_json::to_string(value)? + "\n")
+    } else {
+        Ok(table())
+    }
+}
+
+/// Parses the command line; `Ok(None)` when --help was answered.
+fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<Args>> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_args(args);
+    // The socket is known only once every flag is read (--spawn-daemon picks one).
+    let placeholder = PathBuf::new();
+    let mut command = match parser.next()? {
+        Some(Value(name)) if name == "ping" => Command::Ping(PingConfig::new(placeholder)),
+        Some(Value(name)) if name == "idle" => Command::Idle(IdleConfig::new(placeholder)),
+        Some(Value(name)) if name == "fanout" => Command::Fanout(FanoutConfig::new(placeholder)),
+        Some(Short('h') | Long("help")) | None => {
+            print!("{USAGE}");
+            return Ok(None);
+        }
+        Some(other) => bail!("{}\n\n{USAGE}", other.unexpected()),
+    };
+    let (mut socket, mut spawn_daemon, mut daemon_args, mut json) = (None, None, Vec::new(), false);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("socket") => socket = Some(parser.value()?.into()),
+            Long("spawn-daemon") => spawn_daemon = Some(parser.value()?.into()),
+            Long("daemon-arg") => daemon_args.push(parser.value()?),
+            Long("json") => json = true,
+            Short('h') | Long("help") => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            Long(flag) => {
+                let flag = flag.to_owned();
+                let value = parser.value()?.string()?;
+                set_option(&mut command, &flag, &value).with_context(|| format!("--{flag} {value}"))?;
+            }
+            other => bail!("{}\n\n{USAGE}", other.unexpected()),
+        }
+    }
+    Ok(Some(Args {
+        command,
+        socket,
+        spawn_daemon,
+        daemon_args,
+        json,
+    }))
+}
+
+/// Applies a subcommand-specific `--flag value`.
+fn set_option(command: &mut Command, flag: &str, value: &str) -> anyhow::Result<()> {
+    match (command, flag) {
+        (Command::Ping(c), "iterations") => c.iterations = value.parse()?,
+        (Command::Ping(c), "warmup") => c.warmup = value.parse()?,
+        (Command::Ping(c), "rounds") => c.rounds = value.parse()?,
+        (Command::Ping(c), "payload") => c.payload_bytes = value.parse()?,
+        (Command::Ping(c), "depth") => c.depth = value.parse()?,
+        (Command::Ping(c), "spin-us") => c.client_spin = Duration::from_micros(value.parse()?),
+        (Command::Idle(c), "clients") => c.n_clients = value.parse()?,
+        (Command::Idle(c), "seconds") => c.window = Duration::try_from_secs_f64(value.parse()?)?,
+        (Command::Idle(c), "ring-bytes") => c.ring_bytes = value.parse()?,
+        (Command::Fanout(c), "clients") => c.n_clients = value.parse()?,
+        (Command::Fanout(c), "pings") => c.pings_per_client = value.parse()?,
+        (Command::Fanout(c), "ring-bytes") => c.ring_bytes = value.parse()?,
+        (Command::Fanout(c), "settle-timeout-ms") => c.settle_timeout = Duration::from_millis(value.parse()?),
+        _ => bail!("unknown option for this benchmark\n\n{USAGE}"),
+    }
+    Ok(())
+}
