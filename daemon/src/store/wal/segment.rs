@@ -98,6 +98,10 @@ pub(crate) struct ActiveSegment {
     pub end_offset: u64,
     /// File length as far as we know (preallocation included).
     pub len_bytes: u64,
+    /// Bytes `[0, zeroed_until)` have been written (header, records, or zeros
+    /// written ahead of the records): overwriting them needs no extent
+    /// conversion at the next fdatasync.
+    pub zeroed_until: u64,
 }
 
 impl ActiveSegment {
@@ -170,6 +174,7 @@ pub(crate) fn create_segment(
         salt: header.salt,
         end_offset: SEGMENT_HEADER_BYTES as u64,
         len_bytes: 0,
+        zeroed_until: SEGMENT_HEADER_BYTES as u64,
     };
     if let Err(error) = fill_new_segment(&mut segment, &header, prealloc_bytes) {
         return Err(discard_partial(fs, wal_dir, &segment.path, error));

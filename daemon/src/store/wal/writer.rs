@@ -29,6 +29,16 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Buckets of the log2 histograms: enough for any u64 value.
 const HISTOGRAM_BUCKETS: usize = 65;
 
+/// How far past the last record [`Writer::zero_ahead`] writes zeros: 1 MiB
+/// costs one longer fdatasync (~2 ms here) per ~1 MiB of log.
+const ZERO_AHEAD_BYTES: u64 = 1 << 20;
+
+/// Capacity of the group buffer kept between groups.
+const RETAINED_BUF_BYTES: usize = 16 << 20;
+
+/// The zeros written ahead, a piece at a time.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
 /// Handle to a running WAL. `Send + Sync`: share it with `Arc`; [`Wal::shutdown`] needs
 /// the last owner.
 pub struct Wal<T> {
@@ -513,7 +523,9 @@ impl<C: Committer> Writer<C> {
             Err(error) => self.fail(&mut group, &error),
         }
         self.group = group; // keep the allocation
-        if self.buf.capacity() > 2 * self.config.max_group_bytes {
+        // Keep room for the biggest groups seen (a 1,000-memory batch is one ~3 MB
+        // record); give back only what is beyond any sane group.
+        if self.buf.capacity() > RETAINED_BUF_BYTES.max(2 * self.config.max_group_bytes) {
             self.buf = Vec::with_capacity(self.config.max_group_bytes);
         }
     }
@@ -532,6 +544,10 @@ impl<C: Committer> Writer<C> {
         }
         debug_assert_eq!(self.buf.len() as u64, group_bytes);
         let offset = self.active.end_offset;
+        if let Err(source) = self.zero_ahead(offset + group_bytes) {
+            let error = self.recover_from_write_error(source, offset);
+            return Err(self.escalate(error));
+        }
         if let Err(source) = self.active.file.write_all_at(&self.buf, offset) {
             let error = self.recover_from_write_error(source, offset);
             return Err(self.escalate(error));
@@ -546,6 +562,36 @@ impl<C: Committer> Writer<C> {
         Ok(first_lsn)
     }
 
+    /// Makes sure `[.., end)` and the next [`ZERO_AHEAD_BYTES`] are written
+    /// blocks, by writing zeros past the last record, at most once per chunk.
+    ///
+    /// Why: fallocated space is "unwritten" to the file system, so an fdatasync
+    /// after writing into it must also commit the extent conversion to the
+    /// journal; over blocks already written it only flushes data. Measured on
+    /// these machines (ext4, virtio): append 4 KiB + fdatasync 232 µs into
+    /// fallocated space, 155 µs into written space. PostgreSQL zero-fills whole
+    /// WAL segments for the same reason; zeroing a chunk ahead instead keeps
+    /// segment creation (and so start-up and rotation) cheap. The zeros are
+    /// made durable by the group's own fdatasync, and replay already reads
+    /// zeros as the end of the log.
+    fn zero_ahead(&mut self, end: u64) -> std::io::Result<()> {
+        let segment = &mut self.active;
+        if end <= segment.zeroed_until {
+            return Ok(());
+        }
+        let start = segment.zeroed_until.max(end);
+        let stop = (end + ZERO_AHEAD_BYTES).min(segment.len_bytes.max(self.config.segment_bytes));
+        let mut at = start;
+        while at < stop {
+            let piece = (stop - at).min(ZEROS.len() as u64);
+            segment.file.write_all_at(&ZEROS[..piece as usize], at)?;
+            at += piece;
+        }
+        segment.zeroed_until = stop.max(end);
+        segment.len_bytes = segment.len_bytes.max(segment.zeroed_until);
+        Ok(())
+    }
+
     /// After a failed write at `offset`: out of space is survivable (truncate the
     /// partial group away, sync, let later appends retry); anything else is not.
     fn recover_from_write_error(&mut self, source: std::io::Error, offset: u64) -> WalError {
@@ -557,6 +603,7 @@ impl<C: Committer> Writer<C> {
             return WalError::io("truncate", &self.active.path, source);
         }
         self.active.len_bytes = offset;
+        self.active.zeroed_until = self.active.zeroed_until.min(offset);
         let reserve_bytes = self.config.segment_bytes.saturating_sub(offset);
         if reserve_bytes > 0 && self.active.file.allocate(offset, reserve_bytes).is_ok() {
             self.active.len_bytes = offset + reserve_bytes;
