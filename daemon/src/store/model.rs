@@ -287,9 +287,35 @@ fn check_len(index: usize, field: &'static str, len: usize, max: usize) -> Resul
 
 /// Encodes a record for the WAL (16-aligned bytes; the WAL pads and frames them).
 pub fn encode_record(record: &WalRecord) -> Vec<u8> {
-    rkyv::to_bytes::<rkyv::rancor::Error>(record)
+    // Straight into a Vec sized up front: rkyv pads by position, not address,
+    // so the bytes are the same as in an aligned buffer (the WAL hands them
+    // back 16-aligned for access). This saves the buffer's repeated growth and
+    // the final copy out of an AlignedVec: a batch of 1,000 memories is ~3 MB.
+    let buffer = Vec::with_capacity(encoded_size_hint(record));
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(record, buffer)
         .expect("serializing into a growable buffer cannot fail")
-        .into_vec()
+}
+
+/// A close upper estimate of a record's archived size.
+fn encoded_size_hint(record: &WalRecord) -> usize {
+    const PER_ITEM_OVERHEAD: usize = 128;
+    match record {
+        WalRecord::Remember(memories) => memories
+            .iter()
+            .map(|m| {
+                let strings = m.namespace.len()
+                    + m.text.len()
+                    + m.key.as_ref().map_or(0, String::len)
+                    + m.source.as_ref().map_or(0, String::len);
+                let tags: usize = m.tags.iter().map(|t| t.key.len() + t.value.len() + 16).sum();
+                let vector = m.vector.as_ref().map_or(0, |v| v.len() * 4);
+                strings + tags + vector + PER_ITEM_OVERHEAD
+            })
+            .sum::<usize>()
+            .saturating_add(PER_ITEM_OVERHEAD),
+        WalRecord::Forget(ids) => ids.len() * 8 + PER_ITEM_OVERHEAD,
+        WalRecord::Feedback { .. } => PER_ITEM_OVERHEAD,
+    }
 }
 
 /// Decodes a WAL payload (16-aligned, as the WAL hands it back).
