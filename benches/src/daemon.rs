@@ -26,7 +26,7 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 pub const STOP_GRACE: Duration = Duration::from_secs(8);
 
 /// Poll period while waiting for the daemon to come up or go away.
-const POLL_PERIOD: Duration = Duration::from_millis(10);
+const POLL_PERIOD: Duration = Duration::from_millis(2);
 
 /// Lines of the daemon's log quoted in errors.
 const LOG_TAIL_LINES: usize = 20;
@@ -36,6 +36,8 @@ pub struct SpawnedDaemon {
     child: Option<Child>,
     dir: PathBuf,
     socket: PathBuf,
+    /// The directory was made for this daemon and is removed with it.
+    owns_dir: bool,
 }
 
 impl SpawnedDaemon {
@@ -43,8 +45,23 @@ impl SpawnedDaemon {
     /// plus `extra_args`, and waits until it answers a Ping.
     pub fn start(binary: &Path, extra_args: &[OsString]) -> Result<Self, BenchError> {
         let dir = fresh_temp_dir()?;
+        let mut daemon = Self::start_in(binary, &dir, extra_args, STARTUP_TIMEOUT)?;
+        daemon.owns_dir = true;
+        Ok(daemon)
+    }
+
+    /// Starts `binary` on the socket and data directory inside `dir` (which is
+    /// kept: a restart finds the data of the previous run there) and waits up
+    /// to `ready_within` until it answers a Ping.
+    pub fn start_in(
+        binary: &Path,
+        dir: &Path,
+        extra_args: &[OsString],
+        ready_within: Duration,
+    ) -> Result<Self, BenchError> {
+        let dir = dir.to_path_buf();
         let socket = dir.join("nexusd.sock");
-        let log = File::create(dir.join("nexusd.log"))?;
+        let log = File::options().create(true).append(true).open(dir.join("nexusd.log"))?;
         let child = Command::new(binary)
             .arg("--socket")
             .arg(&socket)
@@ -63,9 +80,30 @@ impl SpawnedDaemon {
             child: Some(child),
             dir,
             socket,
+            owns_dir: false,
         };
-        daemon.wait_until_serving()?;
+        daemon.wait_until_serving(ready_within)?;
         Ok(daemon)
+    }
+
+    /// A fresh temporary directory for [`start_in`](Self::start_in); the caller removes it.
+    pub fn temp_dir() -> Result<PathBuf, BenchError> {
+        fresh_temp_dir()
+    }
+
+    /// The daemon's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Kills the daemon with SIGKILL (a crash: no checkpoint, no WAL flush
+    /// beyond what was acknowledged) and reaps it.
+    pub fn kill(mut self) -> Result<ExitStatus, BenchError> {
+        let Some(mut child) = self.child.take() else {
+            unreachable!("the child is only taken by stop or kill, which consume self");
+        };
+        child.kill()?;
+        Ok(child.wait()?)
     }
 
     /// The socket the daemon listens on.
@@ -76,12 +114,12 @@ impl SpawnedDaemon {
     /// Stops the daemon (SIGTERM, SIGKILL after [`STOP_GRACE`]) and returns its status.
     pub fn stop(mut self) -> Result<ExitStatus, BenchError> {
         let Some(mut child) = self.child.take() else {
-            unreachable!("the child is only taken by stop, which consumes self");
+            unreachable!("the child is only taken by stop or kill, which consume self");
         };
         terminate(&mut child)
     }
 
-    fn wait_until_serving(&mut self) -> Result<(), BenchError> {
+    fn wait_until_serving(&mut self, ready_within: Duration) -> Result<(), BenchError> {
         let started = Instant::now();
         let options = ConnectOptions {
             name: "nexus-bench readiness probe".into(),
@@ -101,7 +139,7 @@ impl SpawnedDaemon {
             {
                 return Ok(());
             }
-            if started.elapsed() > STARTUP_TIMEOUT {
+            if started.elapsed() > ready_within {
                 return Err(BenchError::DaemonNotReady {
                     socket: self.socket.clone(),
                     waited: started.elapsed(),
@@ -129,7 +167,9 @@ impl Drop for SpawnedDaemon {
             // Best effort on the error path: the run already failed.
             let _ = terminate(&mut child);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! nexus-benches: the measuring logic of issue 2, as a library.
+//! nexus-benches: the measuring logic of the benchmarks, as a library.
 //!
 //! The `nexus-bench` binary is a thin command line over these functions, so an
 //! integration test can run the very same measurement against a daemon it
@@ -8,6 +8,8 @@
 //!   socket transport of the same daemon, alternated for fairness;
 //! - [`idle`]: the daemon's CPU use while many clients sit idle;
 //! - [`fanout`]: daemon fds/RSS before and after a thousand short clients;
+//! - [`remember`]: durable Remember throughput and latency against a bare fdatasync;
+//! - [`startup`]: restart time from a big snapshot, and the WAL replay rate;
 //! - [`report`]: percentiles and the human-readable tables;
 //! - [`daemon`]: starting a throwaway `nexusd` so one command reproduces a figure;
 //! - [`stats`]: the daemon gauges read through `Stats`.
@@ -21,7 +23,9 @@ pub mod error;
 pub mod fanout;
 pub mod idle;
 pub mod ping;
+pub mod remember;
 pub mod report;
+pub mod startup;
 pub mod stats;
 
 pub use error::BenchError;

@@ -13,6 +13,8 @@ use serde::Serialize;
 use crate::fanout::FanoutReport;
 use crate::idle::IdleReport;
 use crate::ping::{PingConfig, PingReport};
+use crate::remember::RememberReport;
+use crate::startup::{Restart, StartupReport};
 
 /// Latency percentiles and throughput of one transport.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -143,6 +145,66 @@ pub fn fanout_table(report: &FanoutReport) -> String {
     for failure in &report.failures {
         let _ = writeln!(out, "failure: {failure}");
     }
+    out
+}
+
+/// The remember result as a table.
+pub fn remember_table(r: &RememberReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "remember over {}: {} clients, batch {}, {}-d vectors, {} B texts: {} memories in {} requests",
+        r.transport, r.clients, r.batch, r.dim, r.text_bytes, r.memories, r.requests
+    );
+    let _ = writeln!(
+        out,
+        "throughput {}/s memories ({}/s requests); WAL: {} fdatasyncs, {:.1} memories each",
+        grouped(r.throughput_per_s),
+        grouped(r.requests_per_s),
+        r.wal_fsyncs,
+        r.memories_per_fsync
+    );
+    let _ = writeln!(
+        out,
+        "request latency p50 {}  p99 {}  p99.9 {}",
+        micros(r.p50_ns),
+        micros(r.p99_ns),
+        micros(r.p999_ns)
+    );
+    let _ = writeln!(
+        out,
+        "bare fdatasync on {}: p50 {}  p99 {}  (p50 - fdatasync p50: {:.2} µs)",
+        r.fsync_dir.display(),
+        micros(r.fdatasync_p50_ns),
+        micros(r.fdatasync_p99_ns),
+        r.p50_over_fdatasync_ns as f64 / 1000.0
+    );
+    out
+}
+
+/// The startup result as a table.
+pub fn startup_table(r: &StartupReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "startup: {} memories ({}-d, {} B texts) filled at {}/s; checkpoint {} ms, snapshot {:.1} MiB",
+        r.memories,
+        r.dim,
+        r.text_bytes,
+        grouped(r.fill_per_s),
+        r.checkpoint_ms,
+        r.snapshot_bytes as f64 / (1 << 20) as f64
+    );
+    let line = |out: &mut String, name: &str, x: &Restart| {
+        let _ = writeln!(
+            out,
+            "{name:<14} ready {:>6} ms  (snapshot load {} ms, replayed {} records in {} ms, {} memories)",
+            x.ready_ms, x.snapshot_load_ms, x.replay_records, x.replay_ms, x.memories
+        );
+    };
+    line(&mut out, "from snapshot", &r.from_snapshot);
+    line(&mut out, "after SIGKILL", &r.from_wal);
+    let _ = writeln!(out, "WAL replay: {} records/s", grouped(r.replay_records_per_s));
     out
 }
 

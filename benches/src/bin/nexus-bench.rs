@@ -14,7 +14,10 @@ use nexus_benches::daemon::SpawnedDaemon;
 use nexus_benches::fanout::{FanoutConfig, run_fanout};
 use nexus_benches::idle::{IdleConfig, run_idle};
 use nexus_benches::ping::{PingConfig, run_ping};
+use nexus_benches::remember::{RememberConfig, run_remember};
 use nexus_benches::report;
+use nexus_benches::startup::{StartupConfig, run_startup};
+use nexus_client::Transport;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -26,6 +29,10 @@ USAGE:
   nexus-bench ping   [COMMON] [--iterations N] [--warmup N] [--rounds R] [--payload BYTES] [--depth D] [--spin-us US]
   nexus-bench idle   [COMMON] [--clients N] [--seconds S] [--ring-bytes N]
   nexus-bench fanout [COMMON] [--clients N] [--pings N] [--ring-bytes N] [--settle-timeout-ms MS]
+  nexus-bench remember [COMMON] [--clients C] [--batch B] [--count N] [--dim D] [--text-bytes T] [--uds]
+                     [--warmup REQUESTS] [--fsync-dir DIR] [--fsync-samples N]
+  nexus-bench startup --spawn-daemon NEXUSD [--daemon-arg ARG]... [--memories N] [--replay-records N]
+                     [--dim D] [--text-bytes T] [--json]
 
 COMMON:
   --socket PATH             the daemon's socket (default: $NEXUS_SOCKET, else the daemon's default)
@@ -39,6 +46,13 @@ ping: shared memory vs the Unix-socket transport of the same daemon, alternating
 idle: daemon CPU while N clients (default 100) sit idle for S seconds (default 10).
 fanout: daemon fds/RSS before and after N clients (default 1000, 16 KiB rings,
   3 pings each) connect and leave.
+remember: durable Remember from C client threads (default 1), B memories per
+  request (default 1), N memories in all (default 10000), D-dimensional vectors
+  (default 384), T-byte texts (default 1024); with a bare fdatasync measured on
+  --fsync-dir (default: the spawned daemon's data dir, else nexusd's default).
+startup: fill a fresh store with N memories (default 1000000), checkpoint, time
+  the restart from the snapshot; write --replay-records (default 200000) single
+  records, SIGKILL, time the restart and the WAL replay rate.
 ";
 
 /// The parsed command line.
@@ -54,12 +68,28 @@ enum Command {
     Ping(PingConfig),
     Idle(IdleConfig),
     Fanout(FanoutConfig),
+    Remember(RememberConfig),
+    Startup(StartupConfig),
 }
 
 fn main() -> anyhow::Result<()> {
     let Some(args) = parse(std::env::args_os().skip(1))? else {
         return Ok(());
     };
+    if let Command::Startup(config) = args.command {
+        // It starts, kills and restarts its own daemons.
+        let Some(binary) = args.spawn_daemon else {
+            bail!("startup needs --spawn-daemon NEXUSD: it restarts the daemon it measures");
+        };
+        let config = StartupConfig {
+            binary,
+            daemon_args: args.daemon_args,
+            ..config
+        };
+        let result = run_startup(&config).context("startup benchmark")?;
+        print!("{}", render(args.json, &result, || report::startup_table(&result))?);
+        return Ok(());
+    }
     let daemon = match &args.spawn_daemon {
         Some(binary) => Some(
             SpawnedDaemon::start(binary, &args.daemon_args)
@@ -72,7 +102,11 @@ fn main() -> anyhow::Result<()> {
         (None, Some(socket)) => socket.clone(),
         (None, None) => nexus_shm_protocol::default_socket_path(),
     };
-    let output = run(args.command, socket, args.json)?;
+    let data_dir = match &daemon {
+        Some(daemon) => daemon.data_dir(),
+        None => nexus_daemon::config::Config::default().data_dir,
+    };
+    let output = run(args.command, socket, data_dir, args.json)?;
     if let Some(daemon) = daemon {
         let status = daemon.stop().context("stopping the spawned daemon")?;
         if !status.success() {
@@ -84,7 +118,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Runs one benchmark and renders its report.
-fn run(command: Command, socket: PathBuf, json: bool) -> anyhow::Result<String> {
+/// `data_dir` is the daemon's, where a bare fdatasync is measured unless `--fsync-dir` says otherwise.
+fn run(command: Command, socket: PathBuf, data_dir: PathBuf, json: bool) -> anyhow::Result<String> {
     let rendered = match command {
         Command::Ping(config) => {
             let config = PingConfig { socket, ..config };
@@ -99,6 +134,20 @@ fn run(command: Command, socket: PathBuf, json: bool) -> anyhow::Result<String> 
             let result = run_fanout(&FanoutConfig { socket, ..config }).context("fanout benchmark")?;
             render(json, &result, || report::fanout_table(&result))?
         }
+        Command::Remember(config) => {
+            let fsync_dir = match config.fsync_dir.as_os_str().is_empty() {
+                true => data_dir,
+                false => config.fsync_dir,
+            };
+            let result = run_remember(&RememberConfig {
+                socket,
+                fsync_dir,
+                ..config
+            })
+            .context("remember benchmark")?;
+            render(json, &result, || report::remember_table(&result))?
+        }
+        Command::Startup(_) => unreachable!("startup is run by main before any daemon is spawned"),
     };
     Ok(rendered)
 }
@@ -121,6 +170,8 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<Args
         Some(Value(name)) if name == "ping" => Command::Ping(PingConfig::new(placeholder)),
         Some(Value(name)) if name == "idle" => Command::Idle(IdleConfig::new(placeholder)),
         Some(Value(name)) if name == "fanout" => Command::Fanout(FanoutConfig::new(placeholder)),
+        Some(Value(name)) if name == "remember" => Command::Remember(RememberConfig::new(placeholder, PathBuf::new())),
+        Some(Value(name)) if name == "startup" => Command::Startup(StartupConfig::new(placeholder)),
         Some(Short('h') | Long("help")) | None => {
             print!("{USAGE}");
             return Ok(None);
@@ -134,6 +185,10 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<Args
             Long("spawn-daemon") => spawn_daemon = Some(parser.value()?.into()),
             Long("daemon-arg") => daemon_args.push(parser.value()?),
             Long("json") => json = true,
+            Long("uds") => match &mut command {
+                Command::Remember(config) => config.transport = Transport::Socket,
+                _ => bail!("--uds is an option of remember (ping measures both transports)\n\n{USAGE}"),
+            },
             Short('h') | Long("help") => {
                 print!("{USAGE}");
                 return Ok(None);
@@ -171,6 +226,18 @@ fn set_option(command: &mut Command, flag: &str, value: &str) -> anyhow::Result<
         (Command::Fanout(c), "pings") => c.pings_per_client = value.parse()?,
         (Command::Fanout(c), "ring-bytes") => c.ring_bytes = value.parse()?,
         (Command::Fanout(c), "settle-timeout-ms") => c.settle_timeout = Duration::from_millis(value.parse()?),
+        (Command::Remember(c), "clients") => c.clients = value.parse()?,
+        (Command::Remember(c), "batch") => c.batch = value.parse()?,
+        (Command::Remember(c), "count") => c.count = value.parse()?,
+        (Command::Remember(c), "dim") => c.dim = value.parse()?,
+        (Command::Remember(c), "text-bytes") => c.text_bytes = value.parse()?,
+        (Command::Remember(c), "warmup") => c.warmup_requests = value.parse()?,
+        (Command::Remember(c), "fsync-dir") => c.fsync_dir = value.into(),
+        (Command::Remember(c), "fsync-samples") => c.fsync_samples = value.parse()?,
+        (Command::Startup(c), "memories") => c.memories = value.parse()?,
+        (Command::Startup(c), "replay-records") => c.replay_records = value.parse()?,
+        (Command::Startup(c), "dim") => c.dim = value.parse()?,
+        (Command::Startup(c), "text-bytes") => c.text_bytes = value.parse()?,
         _ => bail!("unknown option for this benchmark\n\n{USAGE}"),
     }
     Ok(())
