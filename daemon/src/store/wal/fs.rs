@@ -12,7 +12,7 @@
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,13 +53,34 @@ pub trait WalFs: Send + Sync + fmt::Debug {
     fn open_rw(&self, path: &Path) -> io::Result<Box<dyn WalFile>>;
     /// Reads a whole file into a 16-aligned buffer; fails with `InvalidData` rather than
     /// allocate for a file longer than `max_bytes`.
-    fn read_all(&self, path: &Path, max_bytes: u64) -> io::Result<AlignedVec<16>>;
+    fn read_all(&self, path: &Path, max_bytes: u64) -> io::Result<FileBytes>;
     /// The regular files in `dir` (not recursive).
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<WalDirEntry>>;
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// fsync of the directory itself, so created, renamed and removed entries persist.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// A whole file's bytes, 16-aligned: mapped read-only (replay reads segments
+/// of up to 1 GiB once, front to back: no copy, no zeroed buffer) or owned.
+#[derive(Debug)]
+pub enum FileBytes {
+    /// A read-only memory map of the file.
+    Mapped(memmap2::Mmap),
+    /// Bytes in memory (empty files; other `WalFs` implementations).
+    Owned(AlignedVec<16>),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Mapped(map) => map,
+            Self::Owned(bytes) => bytes,
+        }
+    }
 }
 
 /// An open segment (or scratch) file.
@@ -97,8 +118,8 @@ impl WalFs for RealFs {
         Ok(Box::new(RealFile(file)))
     }
 
-    fn read_all(&self, path: &Path, max_bytes: u64) -> io::Result<AlignedVec<16>> {
-        let mut file = File::open(path)?;
+    fn read_all(&self, path: &Path, max_bytes: u64) -> io::Result<FileBytes> {
+        let file = File::open(path)?;
         let len_bytes = file.metadata()?.len();
         if len_bytes > max_bytes {
             let message = format!(
@@ -107,11 +128,22 @@ impl WalFs for RealFs {
             );
             return Err(io::Error::new(io::ErrorKind::InvalidData, message));
         }
-        let len = usize::try_from(len_bytes).map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
-        let mut bytes = AlignedVec::<16>::with_capacity(len);
-        // `take` bounds the read even if the file grew since `metadata`.
-        bytes.extend_from_reader(&mut (&mut file).take(max_bytes))?;
-        Ok(bytes)
+        if len_bytes == 0 {
+            // mmap refuses empty files.
+            return Ok(FileBytes::Owned(AlignedVec::new()));
+        }
+        // SAFETY: the WAL's files are only written by this process's one WAL
+        // writer, and read_all is called before the writer starts (replay) or on
+        // sealed segments it no longer writes; the data directory is locked
+        // (flock) against other daemons. So the mapped bytes are not truncated
+        // or changed while read (truncation would SIGBUS, a change would only
+        // fail a checksum); replay cuts a torn tail only after its scan, and
+        // reads the map no more. The map is page-aligned, so payloads stay
+        // 16-aligned.
+        let map = unsafe { memmap2::MmapOptions::new().len(len_bytes as usize).map(&file) }?;
+        // One pass front to back: ask for read-ahead.
+        let _ = map.advise(memmap2::Advice::Sequential);
+        Ok(FileBytes::Mapped(map))
     }
 
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<WalDirEntry>> {
@@ -318,7 +350,7 @@ impl WalFs for FaultyFs {
         }))
     }
 
-    fn read_all(&self, path: &Path, max_bytes: u64) -> io::Result<AlignedVec<16>> {
+    fn read_all(&self, path: &Path, max_bytes: u64) -> io::Result<FileBytes> {
         RealFs.read_all(path, max_bytes)
     }
 
