@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every nexus-bench measurement RUNS times (default 3) against throwaway
+# daemons and writes one JSON object per run to OUT (default target/bench-results),
+# one file per benchmark. ARCHITECTURE.md ("Measured") quotes the medians.
+#
+#   benches/measure.sh [RUNS] [OUT]
+#
+# Run it on an otherwise idle machine: the figures are latencies of wake-ups
+# and fdatasyncs, which any other load moves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-3}
+out=${2:-target/bench-results}
+mkdir -p "$out"
+cargo build --release -p nexus-daemon -p nexus-benches
+bench=target/release/nexus-bench
+daemon=target/release/nexusd
+
+measure() {
+    local name=$1
+    shift
+    : >"$out/$name.jsonl"
+    for run in $(seq 1 "$runs"); do
+        echo "== $name (run $run/$runs)" >&2
+        "$bench" "$@" --spawn-daemon "$daemon" --json >>"$out/$name.jsonl"
+    done
+}
+
+measure ping --iterations 50000 --warmup 5000 --rounds 10
+measure ping-depth64 --depth 64 --iterations 500000 --warmup 50000 --rounds 6
+measure ping-spin --spin-us 50 --daemon-arg=--spin-us=50 --iterations 50000 --rounds 6
+measure idle --clients 100 --seconds 10
+measure fanout --clients 1000
+measure remember-1 --clients 1 --batch 1 --count 5000
+measure remember-16 --clients 16 --batch 1 --count 50000
+measure remember-16-uds --clients 16 --batch 1 --count 50000 --uds
+measure remember-batch1000 --clients 2 --batch 1000 --count 60000
+measure startup --memories 1000000 --replay-records 200000
+echo "results in $out" >&2
