@@ -16,6 +16,7 @@ cargo build --release -p nexus-daemon -p nexus-benches
 bench=target/release/nexus-bench
 daemon=target/release/nexusd
 
+# measure NAME SUBCOMMAND [FLAGS...]
 measure() {
     local name=$1
     shift
@@ -23,17 +24,20 @@ measure() {
     for run in $(seq 1 "$runs"); do
         echo "== $name (run $run/$runs)" >&2
         "$bench" "$@" --spawn-daemon "$daemon" --json >>"$out/$name.jsonl"
+        # The machine's floor beside each ping run, so the two can be compared.
+        if [[ $name == ping ]]; then "$bench" floor --json >>"$out/floor.jsonl"; fi
     done
 }
 
-measure ping --iterations 50000 --warmup 5000 --rounds 10
-measure ping-depth64 --depth 64 --iterations 500000 --warmup 50000 --rounds 6
-measure ping-spin --spin-us 50 --daemon-arg=--spin-us=50 --iterations 50000 --rounds 6
-measure idle --clients 100 --seconds 10
-measure fanout --clients 1000
-measure remember-1 --clients 1 --batch 1 --count 5000
-measure remember-16 --clients 16 --batch 1 --count 50000
-measure remember-16-uds --clients 16 --batch 1 --count 50000 --uds
-measure remember-batch1000 --clients 2 --batch 1000 --count 60000
-measure startup --memories 1000000 --replay-records 200000
+: >"$out/floor.jsonl"
+measure ping ping --iterations 50000 --warmup 5000 --rounds 10
+measure ping-depth64 ping --depth 64 --iterations 500000 --warmup 50000 --rounds 6
+measure ping-spin ping --spin-us 50 --daemon-arg=--spin-us=50 --iterations 50000 --rounds 6
+measure idle idle --clients 100 --seconds 10
+measure fanout fanout --clients 1000
+measure remember-1 remember --clients 1 --batch 1 --count 5000
+measure remember-16 remember --clients 16 --batch 1 --count 50000
+measure remember-16-uds remember --clients 16 --batch 1 --count 50000 --uds
+measure remember-batch1000 remember --clients 2 --batch 1000 --count 60000
+measure startup startup --memories 1000000 --replay-records 200000
 echo "results in $out" >&2

@@ -8,6 +8,7 @@
 //!   socket transport of the same daemon, alternated for fairness;
 //! - [`idle`]: the daemon's CPU use while many clients sit idle;
 //! - [`fanout`]: daemon fds/RSS before and after a thousand short clients;
+//! - [`floor`]: the machine's own wake-up round trip (no daemon), to read `ping` against;
 //! - [`remember`]: durable Remember throughput and latency against a bare fdatasync;
 //! - [`startup`]: restart time from a big snapshot, and the WAL replay rate;
 //! - [`report`]: percentiles and the human-readable tables;
@@ -21,6 +22,7 @@
 pub mod daemon;
 pub mod error;
 pub mod fanout;
+pub mod floor;
 pub mod idle;
 pub mod ping;
 pub mod remember;

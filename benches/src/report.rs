@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::fanout::FanoutReport;
+use crate::floor::FloorReport;
 use crate::idle::IdleReport;
 use crate::ping::{PingConfig, PingReport};
 use crate::remember::RememberReport;
@@ -206,6 +207,18 @@ pub fn startup_table(r: &StartupReport) -> String {
     line(&mut out, "after SIGKILL", &r.from_wal);
     let _ = writeln!(out, "WAL replay: {} records/s", grouped(r.replay_records_per_s));
     out
+}
+
+/// The floor result as a table.
+pub fn floor_table(r: &FloorReport) -> String {
+    format!(
+        "floor: {} round trips between two threads\neventfd pair   p50 {}  p99 {}\nsocketpair     p50 {}  p99 {}\n",
+        r.round_trips,
+        micros(r.eventfd_p50_ns),
+        micros(r.eventfd_p99_ns),
+        micros(r.socketpair_p50_ns),
+        micros(r.socketpair_p99_ns)
+    )
 }
 
 fn micros(ns: u64) -> String {

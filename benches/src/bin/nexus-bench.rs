@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use nexus_benches::daemon::SpawnedDaemon;
 use nexus_benches::fanout::{FanoutConfig, run_fanout};
+use nexus_benches::floor::{DEFAULT_ROUND_TRIPS, run_floor};
 use nexus_benches::idle::{IdleConfig, run_idle};
 use nexus_benches::ping::{PingConfig, run_ping};
 use nexus_benches::remember::{RememberConfig, run_remember};
@@ -31,6 +32,7 @@ USAGE:
   nexus-bench fanout [COMMON] [--clients N] [--pings N] [--ring-bytes N] [--settle-timeout-ms MS]
   nexus-bench remember [COMMON] [--clients C] [--batch B] [--count N] [--dim D] [--text-bytes T] [--uds]
                      [--warmup REQUESTS] [--fsync-dir DIR] [--fsync-samples N]
+  nexus-bench floor [--round-trips N] [--json]
   nexus-bench startup --spawn-daemon NEXUSD [--daemon-arg ARG]... [--memories N] [--replay-records N]
                      [--dim D] [--text-bytes T] [--json]
 
@@ -50,6 +52,8 @@ remember: durable Remember from C client threads (default 1), B memories per
   request (default 1), N memories in all (default 10000), D-dimensional vectors
   (default 384), T-byte texts (default 1024); with a bare fdatasync measured on
   --fsync-dir (default: the spawned daemon's data dir, else nexusd's default).
+floor: no daemon; the machine's round trip through two eventfds and through a
+  Unix socketpair between two threads (what a depth-1 ping cannot beat).
 startup: fill a fresh store with N memories (default 1000000), checkpoint, time
   the restart from the snapshot; write --replay-records (default 200000) single
   records, SIGKILL, time the restart and the WAL replay rate.
@@ -70,12 +74,18 @@ enum Command {
     Fanout(FanoutConfig),
     Remember(RememberConfig),
     Startup(StartupConfig),
+    Floor { round_trips: u64 },
 }
 
 fn main() -> anyhow::Result<()> {
     let Some(args) = parse(std::env::args_os().skip(1))? else {
         return Ok(());
     };
+    if let Command::Floor { round_trips } = args.command {
+        let result = run_floor(round_trips).context("floor benchmark")?;
+        print!("{}", render(args.json, &result, || report::floor_table(&result))?);
+        return Ok(());
+    }
     if let Command::Startup(config) = args.command {
         // It starts, kills and restarts its own daemons.
         let Some(binary) = args.spawn_daemon else {
@@ -147,7 +157,9 @@ fn run(command: Command, socket: PathBuf, data_dir: PathBuf, json: bool) -> anyh
             .context("remember benchmark")?;
             render(json, &result, || report::remember_table(&result))?
         }
-        Command::Startup(_) => unreachable!("startup is run by main before any daemon is spawned"),
+        Command::Startup(_) | Command::Floor { .. } => {
+            unreachable!("startup and floor are run by main before any daemon is spawned")
+        }
     };
     Ok(rendered)
 }
@@ -172,6 +184,9 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<Args
         Some(Value(name)) if name == "fanout" => Command::Fanout(FanoutConfig::new(placeholder)),
         Some(Value(name)) if name == "remember" => Command::Remember(RememberConfig::new(placeholder, PathBuf::new())),
         Some(Value(name)) if name == "startup" => Command::Startup(StartupConfig::new(placeholder)),
+        Some(Value(name)) if name == "floor" => Command::Floor {
+            round_trips: DEFAULT_ROUND_TRIPS,
+        },
         Some(Short('h') | Long("help")) | None => {
             print!("{USAGE}");
             return Ok(None);
@@ -234,6 +249,7 @@ fn set_option(command: &mut Command, flag: &str, value: &str) -> anyhow::Result<
         (Command::Remember(c), "warmup") => c.warmup_requests = value.parse()?,
         (Command::Remember(c), "fsync-dir") => c.fsync_dir = value.into(),
         (Command::Remember(c), "fsync-samples") => c.fsync_samples = value.parse()?,
+        (Command::Floor { round_trips }, "round-trips") => *round_trips = value.parse()?,
         (Command::Startup(c), "memories") => c.memories = value.parse()?,
         (Command::Startup(c), "replay-records") => c.replay_records = value.parse()?,
         (Command::Startup(c), "dim") => c.dim = value.parse()?,
