@@ -127,9 +127,7 @@ impl Connection {
             Ok(ok) => ok,
             Err(refusal) => return self.refuse(refusal).await,
         };
-        let metrics = &self.shared.metrics;
-        bump(&metrics.connections_total);
-        metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+        bump(&self.shared.metrics.connections_total);
         let end = match admitted {
             Admitted::SharedMemory(session) => session.run(self.stream, &self.shutdown).await,
             Admitted::Socket { max_frame_bytes } => {
@@ -155,12 +153,23 @@ impl Connection {
             )
         })?;
         debug!(connection = self.id, name = %hello.name, flags = hello.flags, "handshake");
+        // Counted before the welcome is sent: a client that holds its welcome
+        // must find itself in the Stats that any connection reads next.
+        let shared = self.shared.clone();
+        let open = &shared.metrics.connections_open;
+        open.fetch_add(1, Ordering::Relaxed);
         let admitted = if hello.flags & FLAG_SOCKET_TRANSPORT != 0 {
-            self.admit_socket().await?
+            self.admit_socket().await
         } else {
-            self.admit_shared_memory(&hello).await?
+            self.admit_shared_memory(&hello).await
         };
-        Ok((admitted, permit))
+        match admitted {
+            Ok(admitted) => Ok((admitted, permit)),
+            Err(refusal) => {
+                open.fetch_sub(1, Ordering::Relaxed);
+                Err(refusal)
+            }
+        }
     }
 
     fn check_peer(&self) -> Result<(), Refusal> {
