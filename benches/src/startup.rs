@@ -197,14 +197,15 @@ fn restart_figures(daemon: &SpawnedDaemon, spawned: Instant) -> Result<Restart, 
     })
 }
 
-/// Bytes of the snapshot files in the data directory.
+/// Size of the snapshot the daemon would load from `data_dir` (found the way the daemon finds it).
 fn snapshot_bytes(data_dir: &std::path::Path) -> Result<u64, BenchError> {
-    let mut total = 0;
-    for entry in std::fs::read_dir(data_dir)? {
-        let entry = entry?;
-        if entry.file_name().to_string_lossy().contains("snapshot") && entry.file_type()?.is_file() {
-            total += entry.metadata()?.len();
-        }
+    let latest = nexus_daemon::store::snapshot::latest(data_dir)
+        .map_err(|e| BenchError::InvalidArgument(format!("no readable snapshot after Checkpoint: {e}")))?;
+    match latest {
+        Some(path) => Ok(std::fs::metadata(path)?.len()),
+        None => Err(BenchError::InvalidArgument(format!(
+            "Checkpoint succeeded but {} holds no snapshot",
+            data_dir.display()
+        ))),
     }
-    Ok(total)
 }
