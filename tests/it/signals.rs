@@ -108,6 +108,19 @@ fn sigusr1_writes_a_checkpoint() {
     );
     let snapshot = daemon.data_dir().join(format!("snapshot-{lsn:020}.nxs"));
     assert_eq!(snapshots(&daemon.data_dir()), vec![snapshot]);
+    // The running daemon now reads those memories from the new snapshot.
+    check_namespace(&daemon.large_client(), &ledger, "served after the checkpoint");
+
+    // A second checkpoint over a state that is part snapshot, part new writes.
+    ledger
+        .remember(&client, 1, batch_texts(1, BATCH_MEMORIES, 4))
+        .expect("remember after the checkpoint");
+    signal(daemon.pid(), Signal::SIGUSR1);
+    daemon.wait_for_counter("checkpoints_total", "the second SIGUSR1 wrote a checkpoint", |n| n == 2);
+    let lsn = daemon.stats_counter("last_checkpoint_lsn");
+    let snapshot = daemon.data_dir().join(format!("snapshot-{lsn:020}.nxs"));
+    assert_eq!(snapshots(&daemon.data_dir()), vec![snapshot], "the older snapshot is gone");
+    check_namespace(&daemon.large_client(), &ledger, "served after the second checkpoint");
 
     daemon.restart();
     assert_eq!(daemon.stats_counter("last_checkpoint_lsn"), lsn, "the start loaded it");

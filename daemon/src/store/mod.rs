@@ -12,6 +12,7 @@
 //! Checkpoint: rotate the WAL, write the state as a snapshot (temp, fsync,
 //! rename, fsync dir), then delete the snapshots and WAL segments it covers.
 
+pub mod logged;
 pub mod model;
 pub mod snapshot;
 pub mod state;
@@ -33,7 +34,8 @@ use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use self::model::{Limits, StoreError, StoredMemory, WalRecord, encode_record, validate_memory};
+use self::logged::LoggedRecord;
+use self::model::{Limits, StoreError, StoredMemory, WalRecord, validate_memory};
 use self::snapshot::Snapshot;
 use self::state::{Query, State};
 use self::wal::{Committer, FsyncPolicy, Lsn, Wal, WalConfig, WalError, WalFs};
@@ -115,8 +117,17 @@ struct Inner {
 
 /// A record on its way through the WAL, with the reply for its writer.
 struct Ticket {
-    record: WalRecord,
+    record: Arc<LoggedRecord>,
     done: oneshot::Sender<Result<Lsn, WriteFailure>>,
+}
+
+/// The WAL's view of a record the state will also hold: the same bytes, not a copy.
+struct SharedRecord(Arc<LoggedRecord>);
+
+impl AsRef<[u8]> for SharedRecord {
+    fn as_ref(&self) -> &[u8] {
+        self.0.bytes()
+    }
 }
 
 /// Why a WAL write failed, in a form that can be handed to the waiting request.
@@ -126,21 +137,73 @@ struct WriteFailure {
     message: String,
 }
 
-/// Runs on the WAL's writer thread: applies durable records in LSN order,
-/// then acknowledges them.
+/// Groups of durable records waiting for the apply thread. Bounded: when the
+/// apply thread falls this far behind, the WAL writer waits for it.
+const APPLY_QUEUE_GROUPS: usize = 64;
+
+/// The WAL's committer. On the writer thread it only collects each durable
+/// group and hands it over with one wake-up; the `nexus-apply` thread applies
+/// the group to the state (in LSN order, under one write lock) and then
+/// answers its writers. So the writer starts the next group's write and
+/// fdatasync right after a sync returns, while the last group is applied and
+/// its clients are woken: CPU work overlaps the disk's.
 struct Applier {
-    state: Arc<RwLock<State>>,
+    group: Vec<(Lsn, Ticket)>,
+    /// `None` once dropped (then the thread is joined).
+    to_thread: Option<std::sync::mpsc::SyncSender<Vec<(Lsn, Ticket)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Applier {
+    fn start(state: Arc<RwLock<State>>) -> Result<Self, StoreError> {
+        let (to_thread, groups) = std::sync::mpsc::sync_channel::<Vec<(Lsn, Ticket)>>(APPLY_QUEUE_GROUPS);
+        let thread = std::thread::Builder::new()
+            .name("nexus-apply".into())
+            .spawn(move || {
+                for group in groups {
+                    apply_group(&state, group);
+                }
+            })
+            .map_err(|e| StoreError::Storage(format!("cannot start the apply thread: {e}")))?;
+        Ok(Self {
+            group: Vec::new(),
+            to_thread: Some(to_thread),
+            thread: Some(thread),
+        })
+    }
+}
+
+/// Applies a durable group, then acknowledges each record: a client hears "ok"
+/// only once a read can see its write.
+fn apply_group(state: &RwLock<State>, group: Vec<(Lsn, Ticket)>) {
+    let mut replies = Vec::with_capacity(group.len());
+    {
+        let mut state = state.write().unwrap_or_else(|p| p.into_inner());
+        for (lsn, ticket) in group {
+            state.apply(lsn, ticket.record);
+            replies.push((lsn, ticket.done));
+        }
+    }
+    for (lsn, done) in replies {
+        let _ = done.send(Ok(lsn));
+    }
 }
 
 impl Committer for Applier {
     type Ticket = Ticket;
 
     fn durable(&mut self, lsn: Lsn, ticket: Ticket) {
-        self.state
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .apply(lsn, ticket.record);
-        let _ = ticket.done.send(Ok(lsn));
+        self.group.push((lsn, ticket));
+    }
+
+    fn group_done(&mut self) {
+        let group = std::mem::take(&mut self.group);
+        let Some(to_thread) = &self.to_thread else { return };
+        if to_thread.send(group).is_err() {
+            // The apply thread is gone (it panicked): the group's tickets are
+            // dropped, so their writers get "shutting down" rather than an ack.
+            tracing::error!("the apply thread stopped; durable records are no longer applied");
+        }
     }
 
     fn failed(&mut self, ticket: Ticket, error: &WalError) {
@@ -149,6 +212,20 @@ impl Committer for Applier {
             message: error.to_string(),
         };
         let _ = ticket.done.send(Err(failure));
+    }
+}
+
+impl Drop for Applier {
+    /// Runs when the WAL writer exits: every durable group is applied and
+    /// acknowledged before `Wal::shutdown` returns.
+    fn drop(&mut self) {
+        self.group_done();
+        self.to_thread = None;
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the apply thread panicked");
+        }
     }
 }
 
@@ -176,7 +253,7 @@ impl Store {
             state.applied_lsn(),
             config.salvage_wal,
             |lsn, payload| {
-                state.apply(lsn, model::decode_record(payload)?);
+                state.apply(lsn, Arc::new(LoggedRecord::replayed(&payload)?));
                 Ok(())
             },
         )?;
@@ -209,7 +286,7 @@ impl Store {
             fsync: config.fsync,
             ..WalConfig::new(dir.clone())
         };
-        let wal = Wal::start(wal_config, fs, next_lsn, Applier { state: state.clone() })?;
+        let wal = Wal::start(wal_config, fs, next_lsn, Applier::start(state.clone())?)?;
         let inner = Inner {
             dir,
             state,
@@ -415,16 +492,14 @@ impl Store {
         let started = Instant::now();
         let wal = self.wal()?;
         wal.rotate().await?;
+        // The lock is held only to copy the id map (shares the bytes); the
+        // snapshot is written while writes go on.
+        let frozen = self.read().freeze();
         let (state, dir) = (inner.state.clone(), inner.dir.clone());
-        let written = tokio::task::spawn_blocking(move || {
-            // The read lock pauses applying new records while the state is
-            // copied (not while it is written to disk).
-            let body = state.read().unwrap_or_else(|p| p.into_inner()).to_snapshot_body();
-            snapshot::write(&dir, &body).map(|path| (path, body.lsn))
-        })
-        .await
-        .map_err(|e| StoreError::Storage(format!("checkpoint task failed: {e}")))?;
-        let (path, lsn) = written.map_err(storage)?;
+        let written = tokio::task::spawn_blocking(move || write_and_rebase(&state, &dir, &frozen))
+            .await
+            .map_err(|e| StoreError::Storage(format!("checkpoint task failed: {e}")))?;
+        let (path, lsn) = written?;
         snapshot::remove_others(&inner.dir, &path).map_err(storage)?;
         wal.remove_segments_up_to(lsn)?;
         inner.last_checkpoint_lsn.store(lsn, Ordering::Relaxed);
@@ -492,10 +567,14 @@ impl Store {
 
     /// Appends a record and waits until it is durable and applied.
     async fn log(&self, record: WalRecord) -> Result<Lsn, StoreError> {
-        let payload = encode_record(&record);
-        let bytes = payload.len() as u64;
+        let record = Arc::new(LoggedRecord::encode(&record));
+        let bytes = record.len() as u64;
         let (done, reply) = oneshot::channel();
-        self.wal()?.append(payload, Ticket { record, done }).await?;
+        let ticket = Ticket {
+            record: Arc::clone(&record),
+            done,
+        };
+        self.wal()?.append(SharedRecord(record), ticket).await?;
         let lsn = match reply.await {
             Ok(Ok(lsn)) => lsn,
             Ok(Err(failure)) if failure.disk_full => return Err(StoreError::DiskFull(failure.message)),
@@ -575,6 +654,30 @@ impl Store {
     }
 }
 
+/// Writes `frozen` as a snapshot, opens it, and moves the state's unchanged
+/// memories onto it (see [`State::rebase`]). A snapshot that cannot be read
+/// back is removed, so a restart never meets it.
+fn write_and_rebase(state: &RwLock<State>, dir: &Path, frozen: &state::Frozen) -> Result<(PathBuf, Lsn), StoreError> {
+    let body = frozen.to_snapshot_body();
+    let path = snapshot::write(dir, &body).map_err(storage)?;
+    drop(body);
+    let opened = match Snapshot::open(&path) {
+        Ok(opened) => opened,
+        Err(error) => {
+            let _ = std::fs::remove_file(&path);
+            return Err(StoreError::Storage(format!(
+                "the snapshot just written does not read back ({error}); it was removed"
+            )));
+        }
+    };
+    let moved = state
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .rebase(frozen, Arc::new(opened));
+    tracing::debug!(moved, "state rebased on the new snapshot");
+    Ok((path, frozen.lsn()))
+}
+
 /// WAL counters, with the fdatasync latency histogram as one counter per
 /// log2 bucket (`wal_fsync_le_<upper bound>_ns`).
 fn wal_counters(stats: &wal::WalStats) -> Vec<Counter> {
@@ -583,6 +686,7 @@ fn wal_counters(stats: &wal::WalStats) -> Vec<Counter> {
         counter("wal_segments", stats.segments),
         counter("wal_durable_lsn", stats.durable_lsn),
         counter("wal_records_acked", stats.records_acked),
+        counter("wal_record_bytes", stats.record_bytes),
         counter("wal_records_failed", stats.records_failed),
         counter("wal_groups", stats.groups),
         counter("wal_fsyncs", stats.fsyncs),

@@ -1,37 +1,60 @@
 //! The in-memory state: every live memory, indexed by id, namespace and key.
 //!
-//! Memories loaded from a snapshot stay in the memory map (their text and
-//! vector are read in place); memories written since live on the heap. The
-//! state changes only through [`State::apply`], called in LSN order by the
-//! WAL's writer thread after a record is durable (and by replay at start), so
-//! the state is always exactly "snapshot + applied WAL records".
+//! Every memory is read in place from archived bytes: memories loaded from a
+//! snapshot stay in its memory map, memories written since stay in the WAL
+//! record that brought them ([`LoggedRecord`]). The state changes only
+//! through [`State::apply`], called in LSN order by the apply thread after a
+//! record is durable (and by replay at start), so the state is always exactly
+//! "snapshot + applied WAL records".
 //!
 //! Recall here is an exact scan (vector cosine and/or term overlap); the
 //! indexed recall pipeline is a later issue. Nothing here does I/O.
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use crate::store::model::{ArchivedStoredMemory, StoredMemory, StoredTag, WalRecord};
+use crate::store::logged::LoggedRecord;
+use crate::store::model::{ArchivedStoredMemory, ArchivedWalRecord, StoredMemory};
 use crate::store::snapshot::{FeedbackTally, Snapshot, SnapshotBody};
 use crate::store::wal::Lsn;
 
-/// Where a memory lives.
+/// Where a memory lives. Cloning shares the bytes (both places are immutable).
+#[derive(Clone)]
 enum Entry {
     /// Index into the snapshot's memories.
     Base(u32),
-    /// Written after the snapshot.
-    Heap(Box<StoredMemory>),
+    /// Index into the memories of a WAL record applied after the snapshot.
+    Logged(Arc<LoggedRecord>, u32),
 }
 
 /// A read-only view of one memory, wherever it lives.
 #[derive(Clone, Copy)]
-pub enum MemoryView<'a> {
-    /// In the snapshot's memory map.
-    Base(&'a ArchivedStoredMemory),
-    /// On the heap.
-    Heap(&'a StoredMemory),
+pub struct MemoryView<'a>(&'a ArchivedStoredMemory);
+
+/// Hashes daemon-assigned ids (not chosen by clients) with one multiply and
+/// fold instead of SipHash: the id map is the hottest map of apply and replay.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(u64::from(*byte) ^ self.0.rotate_left(8));
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        let product = u128::from(id ^ self.0) * 0x9E37_79B9_7F4A_7C15;
+        self.0 = (product >> 64) as u64 ^ product as u64;
+    }
 }
+
+type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// Feedback counts of one memory.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -74,10 +97,10 @@ pub struct Scored {
 #[derive(Default)]
 pub struct State {
     base: Option<Arc<Snapshot>>,
-    entries: HashMap<u64, Entry>,
+    entries: IdMap<Entry>,
     namespaces: HashMap<String, BTreeSet<u64>>,
     keys: HashMap<(String, String), u64>,
-    feedback: HashMap<u64, Tally>,
+    feedback: IdMap<Tally>,
     dim: Option<u32>,
     next_id: u64,
     applied_lsn: Lsn,
@@ -113,14 +136,18 @@ impl State {
     }
 
     /// Applies one durable record. Replay and live writes go through here.
-    pub fn apply(&mut self, lsn: Lsn, record: WalRecord) {
+    pub fn apply(&mut self, lsn: Lsn, logged: Arc<LoggedRecord>) {
         debug_assert!(lsn > self.applied_lsn, "records are applied in LSN order");
-        match record {
-            WalRecord::Remember(memories) => memories.into_iter().for_each(|m| self.put(m)),
-            WalRecord::Forget(ids) => ids.into_iter().for_each(|id| self.remove(id)),
-            WalRecord::Feedback { memory_id, useful, .. } => {
-                let tally = self.feedback.entry(memory_id).or_default();
-                if useful {
+        match logged.record() {
+            ArchivedWalRecord::Remember(memories) => {
+                for (index, memory) in memories.iter().enumerate() {
+                    self.put(memory, Entry::Logged(Arc::clone(&logged), index as u32));
+                }
+            }
+            ArchivedWalRecord::Forget(ids) => ids.iter().for_each(|id| self.remove(id.to_native())),
+            ArchivedWalRecord::Feedback { memory_id, useful, .. } => {
+                let tally = self.feedback.entry(memory_id.to_native()).or_default();
+                if *useful {
                     tally.useful += 1;
                 } else {
                     tally.not_useful += 1;
@@ -179,13 +206,7 @@ impl State {
 
     /// One memory.
     pub fn get(&self, id: u64) -> Option<MemoryView<'_>> {
-        match self.entries.get(&id)? {
-            Entry::Heap(memory) => Some(MemoryView::Heap(memory)),
-            Entry::Base(index) => {
-                let base = self.base.as_ref().expect("base entries exist only with a snapshot");
-                Some(MemoryView::Base(&base.body().memories[*index as usize]))
-            }
-        }
+        Some(view(self.base.as_deref(), self.entries.get(&id)?))
     }
 
     /// Ids of a namespace's memories carrying all `tags` ("" = every namespace).
@@ -208,15 +229,12 @@ impl State {
         scored
     }
 
-    /// Everything, as owned values, for a checkpoint.
-    pub fn to_snapshot_body(&self) -> SnapshotBody {
-        let mut ids: Vec<u64> = self.entries.keys().copied().collect();
-        ids.sort_unstable();
-        let memories = ids
-            .iter()
-            .filter_map(|id| self.get(*id))
-            .map(|view| view.to_owned())
-            .collect();
+    /// The state as of now, detached from the lock: a copy of the id map that
+    /// shares every memory's bytes, which never change. A checkpoint writes
+    /// the snapshot from it while writes go on.
+    pub fn freeze(&self) -> Frozen {
+        let mut entries: Vec<(u64, Entry)> = self.entries.iter().map(|(id, e)| (*id, e.clone())).collect();
+        entries.sort_unstable_by_key(|(id, _)| *id);
         let mut feedback: Vec<FeedbackTally> = self
             .feedback
             .iter()
@@ -227,25 +245,62 @@ impl State {
             })
             .collect();
         feedback.sort_by_key(|t| t.memory_id);
-        SnapshotBody {
+        Frozen {
             lsn: self.applied_lsn,
             next_id: self.next_id,
             dim: self.dim.unwrap_or(0),
-            memories,
+            base: self.base.clone(),
+            entries,
             feedback,
         }
     }
 
-    fn put(&mut self, memory: StoredMemory) {
-        if self.entries.contains_key(&memory.id) {
-            self.remove(memory.id);
+    /// After `frozen` was written as `snapshot` (and the snapshot opened):
+    /// every memory still exactly as frozen is read from the new snapshot
+    /// from now on, which lets go of the WAL records and the old snapshot
+    /// that held it. Memories written or deleted since are left alone.
+    /// Returns how many memories moved.
+    pub fn rebase(&mut self, frozen: &Frozen, snapshot: Arc<Snapshot>) -> usize {
+        let same_base = match (&self.base, &frozen.base) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        assert!(same_base, "checkpoints run one at a time; only rebase changes the base");
+        assert_eq!(
+            snapshot.body().memories.len(),
+            frozen.entries.len(),
+            "the snapshot holds exactly the frozen memories"
+        );
+        let mut moved = 0;
+        for (index, (id, then)) in frozen.entries.iter().enumerate() {
+            let Some(now) = self.entries.get_mut(id) else { continue };
+            if same_entry(now, then) {
+                *now = Entry::Base(index as u32);
+                moved += 1;
+            }
         }
-        if let Some(vector) = &memory.vector {
+        // Every memory of the old base was frozen (apply only adds Logged
+        // entries), so it either moved just now or changed since: none is left.
+        debug_assert_eq!(
+            self.entries.values().filter(|e| matches!(e, Entry::Base(_))).count(),
+            moved,
+            "no entry points into the old base"
+        );
+        self.base = Some(snapshot);
+        moved
+    }
+
+    fn put(&mut self, memory: &ArchivedStoredMemory, entry: Entry) {
+        let id = memory.id.to_native();
+        if self.entries.contains_key(&id) {
+            self.remove(id);
+        }
+        if let Some(vector) = memory.vector.as_ref() {
             self.dim.get_or_insert(vector.len() as u32);
         }
-        self.next_id = self.next_id.max(memory.id + 1);
-        self.index(memory.id, &memory.namespace, memory.key.as_deref());
-        self.entries.insert(memory.id, Entry::Heap(Box::new(memory)));
+        self.index(id, &memory.namespace, memory.key.as_ref().map(|k| k.as_str()));
+        self.entries.insert(id, entry);
     }
 
     fn index(&mut self, id: u64, namespace: &str, key: Option<&str>) {
@@ -319,59 +374,98 @@ impl State {
     }
 }
 
+/// The state at one LSN, outside the lock (see [`State::freeze`]).
+pub struct Frozen {
+    lsn: Lsn,
+    next_id: u64,
+    dim: u32,
+    base: Option<Arc<Snapshot>>,
+    /// By ascending id.
+    entries: Vec<(u64, Entry)>,
+    feedback: Vec<FeedbackTally>,
+}
+
+impl Frozen {
+    /// The LSN it reflects.
+    pub fn lsn(&self) -> Lsn {
+        self.lsn
+    }
+
+    /// Memories held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when it holds no memory.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Everything, as owned values, for the snapshot writer.
+    pub fn to_snapshot_body(&self) -> SnapshotBody {
+        let base = self.base.as_deref();
+        SnapshotBody {
+            lsn: self.lsn,
+            next_id: self.next_id,
+            dim: self.dim,
+            memories: self.entries.iter().map(|(_, e)| view(base, e).to_owned()).collect(),
+            feedback: self.feedback.clone(),
+        }
+    }
+}
+
+fn view<'a>(base: Option<&'a Snapshot>, entry: &'a Entry) -> MemoryView<'a> {
+    MemoryView(match entry {
+        Entry::Logged(logged, index) => match logged.record() {
+            ArchivedWalRecord::Remember(memories) => &memories[*index as usize],
+            _ => unreachable!("only Remember records hold memories"),
+        },
+        Entry::Base(index) => {
+            let base = base.expect("base entries exist only with a snapshot");
+            &base.body().memories[*index as usize]
+        }
+    })
+}
+
+/// The same memory in the same place (not merely equal content).
+fn same_entry(a: &Entry, b: &Entry) -> bool {
+    match (a, b) {
+        (Entry::Base(x), Entry::Base(y)) => x == y,
+        (Entry::Logged(r, i), Entry::Logged(q, j)) => Arc::ptr_eq(r, q) && i == j,
+        _ => false,
+    }
+}
+
 impl<'a> MemoryView<'a> {
     /// Memory id.
     pub fn id(&self) -> u64 {
-        match self {
-            Self::Base(m) => m.id.to_native(),
-            Self::Heap(m) => m.id,
-        }
+        self.0.id.to_native()
     }
 
     /// Namespace.
     pub fn namespace(&self) -> &'a str {
-        match self {
-            Self::Base(m) => m.namespace.as_str(),
-            Self::Heap(m) => &m.namespace,
-        }
+        self.0.namespace.as_str()
     }
 
     /// Client key.
     pub fn key(&self) -> Option<&'a str> {
-        match self {
-            Self::Base(m) => m.key.as_ref().map(|k| k.as_str()),
-            Self::Heap(m) => m.key.as_deref(),
-        }
+        self.0.key.as_ref().map(|k| k.as_str())
     }
 
     /// Text.
     pub fn text(&self) -> &'a str {
-        match self {
-            Self::Base(m) => m.text.as_str(),
-            Self::Heap(m) => &m.text,
-        }
+        self.0.text.as_str()
     }
 
     /// True when the memory carries the tag.
     pub fn has_tag(&self, key: &str, value: &str) -> bool {
-        match self {
-            Self::Base(m) => m.tags.iter().any(|t| t.key == key && t.value == value),
-            Self::Heap(m) => m.tags.iter().any(|t| t.key == key && t.value == value),
-        }
+        self.0.tags.iter().any(|t| t.key == key && t.value == value)
     }
 
     /// Cosine similarity with `query`, if the memory has a vector of that size.
     pub fn cosine(&self, query: &[f32]) -> Option<f32> {
-        match self {
-            Self::Base(m) => {
-                let v = m.vector.as_ref()?;
-                (v.len() == query.len()).then(|| cosine(query, v.iter().map(|x| x.to_native())))
-            }
-            Self::Heap(m) => {
-                let v = m.vector.as_ref()?;
-                (v.len() == query.len()).then(|| cosine(query, v.iter().copied()))
-            }
-        }
+        let v = self.0.vector.as_ref()?;
+        (v.len() == query.len()).then(|| cosine(query, v.iter().map(|x| x.to_native())))
     }
 
     /// Fraction of the query's distinct terms that occur in the text.
@@ -383,27 +477,7 @@ impl<'a> MemoryView<'a> {
 
     /// An owned copy.
     pub fn to_owned(&self) -> StoredMemory {
-        match self {
-            Self::Heap(m) => (*m).clone(),
-            Self::Base(m) => StoredMemory {
-                id: m.id.to_native(),
-                key: m.key.as_ref().map(|k| k.to_string()),
-                namespace: m.namespace.to_string(),
-                text: m.text.to_string(),
-                vector: m.vector.as_ref().map(|v| v.iter().map(|x| x.to_native()).collect()),
-                tags: m
-                    .tags
-                    .iter()
-                    .map(|t| StoredTag {
-                        key: t.key.to_string(),
-                        value: t.value.to_string(),
-                    })
-                    .collect(),
-                created_at_ms: m.created_at_ms.to_native(),
-                importance: m.importance.to_native(),
-                source: m.source.as_ref().map(|s| s.to_string()),
-            },
-        }
+        rkyv::deserialize::<StoredMemory, rkyv::rancor::Error>(self.0).expect("validated archives deserialize")
     }
 }
 
@@ -436,6 +510,11 @@ fn cosine(query: &[f32], memory: impl Iterator<Item = f32>) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::model::WalRecord;
+
+    fn logged(record: WalRecord) -> Arc<LoggedRecord> {
+        Arc::new(LoggedRecord::encode(&record))
+    }
 
     fn memory(id: u64, namespace: &str, text: &str, vector: Option<Vec<f32>>) -> StoredMemory {
         StoredMemory {
@@ -459,7 +538,7 @@ mod tests {
             memory(2, "a", "sea", Some(vec![0.7, 0.7])),
             memory(3, "b", "sun", Some(vec![1.0, 0.0])),
         ];
-        state.apply(1, WalRecord::Remember(batch));
+        state.apply(1, logged(WalRecord::Remember(batch)));
         let query = Query {
             namespace: "a",
             text: None,
@@ -479,7 +558,7 @@ mod tests {
             memory(1, "a", "Caroline went hiking", None),
             memory(2, "a", "Melanie paints", None),
         ];
-        state.apply(1, WalRecord::Remember(batch));
+        state.apply(1, logged(WalRecord::Remember(batch)));
         let query = Query {
             namespace: "a",
             text: Some("who went hiking?"),
@@ -488,9 +567,48 @@ mod tests {
             filter: &[],
         };
         assert_eq!(state.recall(&query).iter().map(|s| s.id).collect::<Vec<_>>(), vec![1]);
-        state.apply(2, WalRecord::Forget(vec![1]));
+        state.apply(2, logged(WalRecord::Forget(vec![1])));
         assert!(state.recall(&query).is_empty());
         assert_eq!(state.len(), 1);
         assert_eq!(state.applied_lsn(), 2);
+    }
+
+    #[test]
+    fn a_checkpoint_rebases_unchanged_memories_and_keeps_later_writes() {
+        let dir = std::env::temp_dir().join(format!("nexus-state-rebase-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut state = State::from_snapshot(None);
+        let batch = vec![
+            memory(1, "a", "one", Some(vec![1.0, 0.0])),
+            memory(2, "a", "two", Some(vec![0.0, 1.0])),
+            memory(3, "a", "three", None),
+        ];
+        state.apply(1, logged(WalRecord::Remember(batch)));
+        let frozen = state.freeze();
+        // Writes after the freeze: replace 2, delete 3, add 4.
+        state.apply(2, logged(WalRecord::Remember(vec![memory(2, "a", "two, again", None)])));
+        state.apply(3, logged(WalRecord::Forget(vec![3])));
+        state.apply(4, logged(WalRecord::Remember(vec![memory(4, "b", "four", None)])));
+
+        let path = crate::store::snapshot::write(&dir, &frozen.to_snapshot_body()).unwrap();
+        let snapshot = Arc::new(Snapshot::open(&path).unwrap());
+        assert_eq!(snapshot.lsn(), 1);
+        assert_eq!(state.rebase(&frozen, snapshot), 1, "only memory 1 is unchanged");
+        drop(frozen);
+
+        let text = |id| state.get(id).map(|m| m.text().to_owned());
+        assert_eq!(text(1).as_deref(), Some("one"));
+        assert_eq!(text(2).as_deref(), Some("two, again"));
+        assert_eq!(text(3), None);
+        assert_eq!(text(4).as_deref(), Some("four"));
+        assert!(matches!(state.entries.get(&1), Some(Entry::Base(0))));
+        assert_eq!(state.applied_lsn(), 4);
+        assert_eq!(state.len(), 3);
+        // A second freeze reads memory 1 from the new base.
+        let again = state.freeze().to_snapshot_body();
+        assert_eq!(again.memories.iter().map(|m| m.id).collect::<Vec<_>>(), vec![1, 2, 4]);
+        assert_eq!(again.memories[0].vector, Some(vec![1.0, 0.0]));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

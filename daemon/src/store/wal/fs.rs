@@ -135,11 +135,13 @@ impl WalFs for RealFs {
         // SAFETY: the WAL's files are only written by this process's one WAL
         // writer, and read_all is called before the writer starts (replay) or on
         // sealed segments it no longer writes; the data directory is locked
-        // (flock) against other daemons. So the mapped bytes are not truncated
-        // or changed while read (truncation would SIGBUS, a change would only
-        // fail a checksum); replay cuts a torn tail only after its scan, and
-        // reads the map no more. The map is page-aligned, so payloads stay
-        // 16-aligned.
+        // (flock) against other daemons. So the mapped bytes are not changed
+        // while read (a change would only fail a checksum) and never truncated
+        // below a byte that is read: replay cuts a torn tail (or salvages) only
+        // after its scan and only past the last valid record, and the payloads
+        // it keeps (`KeptPayload`) all lie before that point; truncation would
+        // SIGBUS only on pages wholly past the new end. The map is
+        // page-aligned, so payloads stay 16-aligned.
         let map = unsafe { memmap2::MmapOptions::new().len(len_bytes as usize).map(&file) }?;
         // One pass front to back: ask for read-ahead.
         let _ = map.advise(memmap2::Advice::Sequential);

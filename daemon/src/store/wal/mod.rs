@@ -81,7 +81,7 @@ pub use fs::{
     FAULT_INJECT_ENV, Faults, FaultyFs, RealFs, WalDirEntry, WalFile, WalFs, measure_fdatasync, test_fs_from_env,
 };
 pub use record::MAX_PAYLOAD_BYTES;
-pub use replay::{ReplayReport, Salvaged, TornTail, replay};
+pub use replay::{KeptPayload, ReplayPayload, ReplayReport, Salvaged, TornTail, replay};
 pub use writer::{RotateInfo, SealedSegment, Wal, WalStats};
 
 /// Log sequence number: 1 for the first record ever, +1 per record, never reused once
@@ -200,6 +200,7 @@ impl WalConfig {
 }
 
 /// Receives the outcome of every appended record, on the writer thread, in LSN order.
+/// Time spent here is time the next group waits: keep it short.
 pub trait Committer: Send + 'static {
     /// What the caller attached to a record (typically the client's reply channel).
     type Ticket: Send + 'static;
@@ -210,6 +211,11 @@ pub trait Committer: Send + 'static {
 
     /// The record was not acknowledged and has no LSN; tell the client it failed.
     fn failed(&mut self, ticket: Self::Ticket, error: &WalError);
+
+    /// Every record of the group just committed went to [`Committer::durable`]; the
+    /// writer moves on to the next group after this returns. A committer that hands
+    /// its work to another thread sends it here, once per group.
+    fn group_done(&mut self) {}
 }
 
 /// Everything that can go wrong in the WAL, named as the caller sees it.

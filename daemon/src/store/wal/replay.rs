@@ -13,10 +13,12 @@
 //! Not here: what a payload means (the `apply` callback), and locking the directory.
 //! On error, `apply` may already have seen a prefix: the caller discards that state.
 
+use std::ops::{Deref, Range};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::fs::WalFs;
+use super::fs::{FileBytes, WalFs};
 use super::record::{self, InvalidRecord, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES};
 use super::segment::{self, MAX_SEGMENT_FILE_BYTES, SEGMENT_HEADER_BYTES, SegmentFile, SegmentHeader};
 use super::{Lsn, WalError};
@@ -69,7 +71,7 @@ pub fn replay(
     fs: &dyn WalFs,
     after_lsn: Lsn,
     salvage: bool,
-    mut apply: impl FnMut(Lsn, &[u8]) -> Result<(), String>,
+    mut apply: impl FnMut(Lsn, ReplayPayload<'_>) -> Result<(), String>,
 ) -> Result<ReplayReport, WalError> {
     let started = Instant::now();
     let wal_dir = segment::wal_dir(dir);
@@ -107,6 +109,57 @@ pub fn replay(
     Ok(report)
 }
 
+/// One record's payload as replay hands it to `apply`: 16-aligned bytes to read
+/// in place, which `apply` may also [`keep`](ReplayPayload::keep) without a copy.
+pub struct ReplayPayload<'a> {
+    segment: &'a Arc<FileBytes>,
+    range: Range<usize>,
+}
+
+impl ReplayPayload<'_> {
+    /// The payload, owned: it shares the segment's bytes (its memory map stays
+    /// alive while any kept payload does, even after the file is deleted).
+    pub fn keep(&self) -> KeptPayload {
+        KeptPayload {
+            segment: Arc::clone(self.segment),
+            range: self.range.clone(),
+        }
+    }
+}
+
+impl Deref for ReplayPayload<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.segment[self.range.clone()]
+    }
+}
+
+/// A replayed payload kept beyond replay (see [`ReplayPayload::keep`]).
+///
+/// Its bytes never change: replay only ever shortens a segment past its last
+/// valid record (torn tail, salvage), so every byte of a valid record stays in
+/// the file, and the WAL writer never writes to a segment that existed when
+/// the daemon started (each start opens a new one).
+pub struct KeptPayload {
+    segment: Arc<FileBytes>,
+    range: Range<usize>,
+}
+
+impl Deref for KeptPayload {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.segment[self.range.clone()]
+    }
+}
+
+impl std::fmt::Debug for KeptPayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeptPayload").field("range", &self.range).finish()
+    }
+}
+
 /// Where and why the log is damaged beyond a torn tail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Damage {
@@ -122,7 +175,7 @@ fn replay_segment(
     after_lsn: Lsn,
     expected_lsn: &mut Option<Lsn>,
     report: &mut ReplayReport,
-    apply: &mut impl FnMut(Lsn, &[u8]) -> Result<(), String>,
+    apply: &mut impl FnMut(Lsn, ReplayPayload<'_>) -> Result<(), String>,
 ) -> Result<Option<Damage>, WalError> {
     if file.len_bytes > MAX_SEGMENT_FILE_BYTES {
         let reason = format!(
@@ -132,7 +185,7 @@ fn replay_segment(
         return Ok(Some(Damage { offset: 0, reason }));
     }
     let bytes = fs.read_all(&file.path, MAX_SEGMENT_FILE_BYTES);
-    let bytes = bytes.map_err(|source| WalError::io("read", &file.path, source))?;
+    let bytes = Arc::new(bytes.map_err(|source| WalError::io("read", &file.path, source))?);
     let mut on_record = |lsn: Lsn, payload: &[u8]| {
         debug_assert!(
             (payload.as_ptr() as usize).is_multiple_of(RECORD_ALIGN_BYTES),
@@ -145,6 +198,11 @@ fn replay_segment(
             return Ok(());
         }
         report.records += 1;
+        let start = payload.as_ptr() as usize - bytes.as_ptr() as usize;
+        let payload = ReplayPayload {
+            segment: &bytes,
+            range: start..start + payload.len(),
+        };
         apply(lsn, payload).map_err(|message| WalError::ApplyFailed { lsn, message })
     };
     let scan = scan_segment(&bytes, file.first_lsn, *expected_lsn, after_lsn, &mut on_record)?;

@@ -33,6 +33,12 @@ const HISTOGRAM_BUCKETS: usize = 65;
 /// costs one longer fdatasync (~2 ms here) per ~1 MiB of log.
 const ZERO_AHEAD_BYTES: u64 = 1 << 20;
 
+/// Groups at least this big are written without zeroing ahead: their own
+/// fdatasync takes milliseconds, so the journal commit that writing into
+/// preallocated space adds is noise, while zeroing would double the bytes the
+/// disk writes (a bandwidth-bound batch would run at half speed).
+const BIG_GROUP_BYTES: u64 = 256 << 10;
+
 /// Capacity of the group buffer kept between groups.
 const RETAINED_BUF_BYTES: usize = 16 << 20;
 
@@ -81,6 +87,8 @@ pub struct WalStats {
     /// `Interval`/`Never`).
     pub acked_lsn: Lsn,
     pub records_acked: u64,
+    /// Bytes of acknowledged records, framing included (what the log grew by).
+    pub record_bytes: u64,
     pub records_failed: u64,
     pub groups: u64,
     /// fdatasyncs of segment files (groups, flushes, rotations, creations).
@@ -131,14 +139,18 @@ impl<T: Send + 'static> Wal<T> {
 
     /// Queues a record. `Ok` means queued: the outcome arrives at the [`Committer`].
     /// On `Err` the ticket is dropped and the committer never sees it.
-    pub async fn append(&self, payload: Vec<u8>, ticket: T) -> Result<(), WalError> {
+    /// The payload is any owner of the bytes (a `Vec<u8>`, or a shared record the
+    /// caller keeps using): the writer only reads it.
+    pub async fn append(&self, payload: impl AsRef<[u8]> + Send + 'static, ticket: T) -> Result<(), WalError> {
         self.shared.check_failed()?;
-        if payload.len() > MAX_PAYLOAD_BYTES {
+        let len = payload.as_ref().len();
+        if len > MAX_PAYLOAD_BYTES {
             return Err(WalError::PayloadTooLarge {
-                len: payload.len(),
+                len,
                 max: MAX_PAYLOAD_BYTES,
             });
         }
+        let payload = Payload(Box::new(payload));
         let command = Command::Append { payload, ticket };
         self.tx.send(command).await.map_err(|_| WalError::Closed)
     }
@@ -216,9 +228,22 @@ impl<T> std::fmt::Debug for Wal<T> {
     }
 }
 
+/// A record's bytes, owned by whatever the caller handed to [`Wal::append`].
+struct Payload(Box<dyn AsRef<[u8]> + Send>);
+
+impl Payload {
+    fn bytes(&self) -> &[u8] {
+        (*self.0).as_ref()
+    }
+
+    fn len(&self) -> usize {
+        self.bytes().len()
+    }
+}
+
 enum Command<T> {
     Append {
-        payload: Vec<u8>,
+        payload: Payload,
         ticket: T,
     },
     Flush {
@@ -247,6 +272,7 @@ struct Shared {
     durable_lsn: AtomicU64,
     acked_lsn: AtomicU64,
     records_acked: AtomicU64,
+    record_bytes: AtomicU64,
     records_failed: AtomicU64,
     groups: AtomicU64,
     fsyncs: AtomicU64,
@@ -266,6 +292,7 @@ impl Shared {
             durable_lsn: AtomicU64::new(last_lsn),
             acked_lsn: AtomicU64::new(last_lsn),
             records_acked: AtomicU64::new(0),
+            record_bytes: AtomicU64::new(0),
             records_failed: AtomicU64::new(0),
             groups: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
@@ -321,6 +348,7 @@ impl Shared {
             durable_lsn: self.durable_lsn.load(Ordering::Relaxed),
             acked_lsn: self.acked_lsn.load(Ordering::Relaxed),
             records_acked: self.records_acked.load(Ordering::Relaxed),
+            record_bytes: self.record_bytes.load(Ordering::Relaxed),
             records_failed: self.records_failed.load(Ordering::Relaxed),
             groups: self.groups.load(Ordering::Relaxed),
             fsyncs: self.fsyncs.load(Ordering::Relaxed),
@@ -388,7 +416,7 @@ impl Drop for ExitSignal {
 
 /// A queued record of the group being built.
 struct Pending<T> {
-    payload: Vec<u8>,
+    payload: Payload,
     ticket: T,
 }
 
@@ -540,11 +568,11 @@ impl<C: Committer> Writer<C> {
         let first_lsn = self.next_lsn;
         self.buf.clear();
         for (lsn, pending) in (first_lsn..).zip(group) {
-            record::encode_into(&mut self.buf, self.active.salt, lsn, &pending.payload);
+            record::encode_into(&mut self.buf, self.active.salt, lsn, pending.payload.bytes());
         }
         debug_assert_eq!(self.buf.len() as u64, group_bytes);
         let offset = self.active.end_offset;
-        if let Err(source) = self.zero_ahead(offset + group_bytes) {
+        if let Err(source) = self.zero_ahead(offset, offset + group_bytes) {
             let error = self.recover_from_write_error(source, offset);
             return Err(self.escalate(error));
         }
@@ -574,9 +602,16 @@ impl<C: Committer> Writer<C> {
     /// segment creation (and so start-up and rotation) cheap. The zeros are
     /// made durable by the group's own fdatasync, and replay already reads
     /// zeros as the end of the log.
-    fn zero_ahead(&mut self, end: u64) -> std::io::Result<()> {
+    ///
+    /// A big group (see [`BIG_GROUP_BYTES`]) is not zeroed ahead: its own bytes
+    /// are written blocks once written, which is all `zeroed_until` promises.
+    fn zero_ahead(&mut self, offset: u64, end: u64) -> std::io::Result<()> {
         let segment = &mut self.active;
         if end <= segment.zeroed_until {
+            return Ok(());
+        }
+        if end - offset >= BIG_GROUP_BYTES {
+            segment.zeroed_until = end;
             return Ok(());
         }
         let start = segment.zeroed_until.max(end);
@@ -635,10 +670,15 @@ impl<C: Committer> Writer<C> {
         self.shared
             .records_acked
             .fetch_add(group.len() as u64, Ordering::Relaxed);
+        let group_bytes: usize = group.iter().map(|p| record::framed_len(p.payload.len())).sum();
+        self.shared
+            .record_bytes
+            .fetch_add(group_bytes as u64, Ordering::Relaxed);
         self.shared.acked_lsn.store(last_lsn, Ordering::Relaxed);
         for (lsn, pending) in (first_lsn..).zip(group.drain(..)) {
             self.committer.durable(lsn, pending.ticket);
         }
+        self.committer.group_done();
         if self.sync_deadline().is_some_and(|deadline| deadline <= Instant::now()) {
             self.sync_quietly();
         }

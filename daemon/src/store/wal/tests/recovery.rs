@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::super::segment::SEGMENT_HEADER_BYTES;
-use super::super::{RealFs, WalConfig, WalError, replay};
+use super::super::{RealFs, ReplayPayload, WalConfig, WalError, replay};
 use super::support::{TempDir, append_and_flush, check_replay, config, expected, replay_all, start, write_raw_segment};
 
 /// Flips one byte of a file.
@@ -205,7 +205,7 @@ fn empty_or_missing_directory_replays_nothing() {
 fn apply_error_stops_replay_with_the_lsn() {
     let dir = TempDir::new("apply");
     write_raw_segment(&dir, 1..=5);
-    let refuse_third = |lsn, _: &[u8]| if lsn == 3 { Err("no".to_owned()) } else { Ok(()) };
+    let refuse_third = |lsn, _: ReplayPayload<'_>| if lsn == 3 { Err("no".to_owned()) } else { Ok(()) };
     let error = replay(dir.path(), &RealFs, 0, false, refuse_third).unwrap_err();
     assert!(matches!(error, WalError::ApplyFailed { lsn: 3, .. }), "{error}");
 }

@@ -1,0 +1,203 @@
+//! A WAL record kept as its archived bytes: validated once, then read in place.
+//!
+//! Memories written since the last snapshot live in these records, the way
+//! snapshot memories live in the snapshot's map: the state points at
+//! `(record, index)` instead of holding an owned copy of each memory. A live
+//! write encodes its record once, and the same bytes go to the WAL and into
+//! the state; replay keeps each payload where it lies in the segment's memory
+//! map and applies it without decoding or copying. So there is no per-field
+//! allocation on either path.
+//!
+//! A record stays in memory while any memory in it is live (a batch of 1,000
+//! with 999 forgotten keeps the whole batch), until a checkpoint moves the
+//! live memories into the new snapshot; this is the price of one allocation
+//! per record instead of several per memory.
+
+use rkyv::util::AlignedVec;
+
+use crate::store::model::{ArchivedWalRecord, WalRecord};
+use crate::store::wal::{KeptPayload, ReplayPayload};
+
+/// Alignment of archived records (matches the WAL's payload alignment).
+const ALIGN: usize = 16;
+
+/// An archived [`WalRecord`] whose bytes passed bytecheck validation.
+pub struct LoggedRecord {
+    /// Never mutated after validation.
+    bytes: Bytes,
+}
+
+/// Where a record's bytes are.
+enum Bytes {
+    /// Encoded by this process (a live write), or copied.
+    Owned(AlignedVec<ALIGN>),
+    /// In a WAL segment's memory map (replay).
+    Kept(KeptPayload),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Owned(bytes) => bytes,
+            Self::Kept(payload) => payload,
+        }
+    }
+}
+
+impl LoggedRecord {
+    /// Encodes `record`. Not validated again (in release builds): rkyv's
+    /// serializer output for a type is a valid archive of that type, which is
+    /// the contract `rkyv::access_unchecked` relies on; validating it would be
+    /// a second pass over every byte of a batch for nothing.
+    pub fn encode(record: &WalRecord) -> Self {
+        let buffer = AlignedVec::<ALIGN>::with_capacity(encoded_size_hint(record));
+        let bytes = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(record, buffer)
+            .expect("serializing into a growable buffer cannot fail");
+        debug_assert!(
+            rkyv::access::<ArchivedWalRecord, rkyv::rancor::Error>(&bytes).is_ok(),
+            "rkyv's own output validates"
+        );
+        Self {
+            bytes: Bytes::Owned(bytes),
+        }
+    }
+
+    /// Validates a payload being replayed and keeps it where it lies.
+    pub fn replayed(payload: &ReplayPayload<'_>) -> Result<Self, String> {
+        if !(payload.as_ptr() as usize).is_multiple_of(ALIGN) {
+            return Self::copied(payload);
+        }
+        Self::validated(Bytes::Kept(payload.keep()))
+    }
+
+    /// Copies bytes (an archived `WalRecord`) and validates them.
+    pub fn copied(payload: &[u8]) -> Result<Self, String> {
+        let mut bytes = AlignedVec::<ALIGN>::with_capacity(payload.len());
+        bytes.extend_from_slice(payload);
+        Self::validated(Bytes::Owned(bytes))
+    }
+
+    /// The one way in for bytes this process did not just serialize.
+    fn validated(bytes: Bytes) -> Result<Self, String> {
+        rkyv::access::<ArchivedWalRecord, rkyv::rancor::Error>(&bytes).map_err(|e| e.to_string())?;
+        Ok(Self { bytes })
+    }
+
+    /// The record, read in place.
+    pub fn record(&self) -> &ArchivedWalRecord {
+        // SAFETY: `bytes` are a valid `ArchivedWalRecord`: either rkyv's own
+        // serialization of a `WalRecord` (`encode`) or bytes that passed full
+        // bytecheck validation (`validated`, used for everything else). They
+        // do not change afterwards: owned bytes are private and only lent out as
+        // `&[u8]`; kept WAL bytes are never rewritten (see `KeptPayload`).
+        // Both are 16-aligned (`AlignedVec<16>`; `replayed` copies otherwise),
+        // which meets the archive's alignment.
+        unsafe { rkyv::access_unchecked::<ArchivedWalRecord>(&self.bytes) }
+    }
+
+    /// The encoded bytes (what the WAL writes).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Never true for a valid record; here for completeness.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+impl std::fmt::Debug for LoggedRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoggedRecord")
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// A close upper estimate of a record's archived size, so encoding does not
+/// grow (and copy) its buffer: a batch of 1,000 memories is ~3 MB.
+fn encoded_size_hint(record: &WalRecord) -> usize {
+    const PER_ITEM_OVERHEAD: usize = 128;
+    match record {
+        WalRecord::Remember(memories) => memories
+            .iter()
+            .map(|m| {
+                let strings = m.namespace.len()
+                    + m.text.len()
+                    + m.key.as_ref().map_or(0, String::len)
+                    + m.source.as_ref().map_or(0, String::len);
+                let tags: usize = m.tags.iter().map(|t| t.key.len() + t.value.len() + 16).sum();
+                let vector = m.vector.as_ref().map_or(0, |v| v.len() * 4);
+                strings + tags + vector + PER_ITEM_OVERHEAD
+            })
+            .sum::<usize>()
+            .saturating_add(PER_ITEM_OVERHEAD),
+        WalRecord::Forget(ids) => ids.len() * 8 + PER_ITEM_OVERHEAD,
+        WalRecord::Feedback { .. } => PER_ITEM_OVERHEAD,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::model::{ArchivedWalRecord, StoredMemory};
+
+    fn remember(texts: &[&str]) -> WalRecord {
+        WalRecord::Remember(
+            texts
+                .iter()
+                .enumerate()
+                .map(|(i, text)| StoredMemory {
+                    id: i as u64 + 1,
+                    key: None,
+                    namespace: "ns".into(),
+                    text: (*text).into(),
+                    vector: Some(vec![0.5; 8]),
+                    tags: vec![],
+                    created_at_ms: 7,
+                    importance: 1.0,
+                    source: None,
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn an_encoded_record_reads_back_in_place_and_from_a_payload_copy() {
+        let record = remember(&["first", "second"]);
+        let logged = LoggedRecord::encode(&record);
+        let copied = LoggedRecord::copied(logged.bytes()).unwrap();
+        for view in [&logged, &copied] {
+            let ArchivedWalRecord::Remember(memories) = view.record() else {
+                panic!("a Remember record")
+            };
+            assert_eq!(memories.len(), 2);
+            assert_eq!(memories[1].text.as_str(), "second");
+            assert_eq!(memories[1].id.to_native(), 2);
+        }
+        let back = rkyv::deserialize::<WalRecord, rkyv::rancor::Error>(copied.record()).unwrap();
+        assert_eq!(back, record);
+    }
+
+    #[test]
+    fn damaged_payloads_are_refused_not_trusted() {
+        let logged = LoggedRecord::encode(&remember(&["hello world"]));
+        let mut bytes = logged.bytes().to_vec();
+        let at = bytes
+            .windows(11)
+            .position(|w| w == b"hello world")
+            .expect("the text is in the record");
+        bytes[at] = 0xff; // no longer UTF-8
+        let error = LoggedRecord::copied(&bytes).unwrap_err();
+        assert!(!error.is_empty());
+        assert!(LoggedRecord::copied(&[]).is_err());
+        assert!(LoggedRecord::copied(&[0xff; 3]).is_err());
+    }
+}
