@@ -14,7 +14,7 @@
 //! rotates over a few distinct batches), so the figures are the daemon's and
 //! the transport's, not the benchmark's allocator's.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -181,6 +181,14 @@ pub struct RememberReport {
     pub wal_fsyncs: u64,
     /// Memories per WAL fdatasync (group commit at work when above `batch`).
     pub memories_per_fsync: f64,
+    /// WAL bytes (framing included) per memory stored.
+    pub wal_bytes_per_memory: f64,
+    /// Median rate of a bare "write 4 MiB + fdatasync" on `fsync_dir`, MB/s:
+    /// the disk's durable write bandwidth in the same run.
+    pub disk_sync_write_mb_s: f64,
+    /// `disk_sync_write_mb_s / wal_bytes_per_memory`: the most memories per
+    /// second this disk could make durable at this memory size, whatever the CPU.
+    pub disk_bound_per_s: f64,
 }
 
 /// Runs the load against the daemon at `config.socket`.
@@ -189,7 +197,6 @@ pub fn run_remember(config: &RememberConfig) -> Result<RememberReport, BenchErro
     let half = config.fsync_samples / 2;
     let mut fsync_ns = bare_fdatasync(config, half)?;
     let observer = connect_observer(&config.socket)?;
-    let fsyncs_before = wal_fsyncs(&observer)?;
 
     let remaining = Arc::new(AtomicU64::new(config.requests()));
     let start_line = Arc::new(Barrier::new(config.clients + 1));
@@ -201,8 +208,14 @@ pub fn run_remember(config: &RememberConfig) -> Result<RememberReport, BenchErro
                 .spawn(move || client_loop(&config, client, &remaining, &start_line))
         })
         .collect::<Result<_, _>>()?;
-    // Every client is connected and warmed up when the barrier opens; one that
-    // failed before it still waits there, so the barrier cannot hang.
+    // The barrier opens twice: once every client is connected and warmed up
+    // (then the WAL counters are read, so the warm-up is not counted), then to
+    // start. A client that failed before it still waits, so it cannot hang.
+    start_line.wait();
+    let counters_before = (
+        wal_counter(&observer, "wal_fsyncs"),
+        wal_counter(&observer, "wal_record_bytes"),
+    );
     start_line.wait();
     let started = Instant::now();
     let mut latencies_ns = Vec::with_capacity(config.requests() as usize);
@@ -217,8 +230,10 @@ pub fn run_remember(config: &RememberConfig) -> Result<RememberReport, BenchErro
     if let Some(e) = first_error {
         return Err(e);
     }
-    let wal_fsyncs = wal_fsyncs(&observer)? - fsyncs_before;
+    let wal_fsyncs = wal_counter(&observer, "wal_fsyncs")? - counters_before.0?;
+    let wal_bytes = wal_counter(&observer, "wal_record_bytes")? - counters_before.1?;
     fsync_ns.extend(bare_fdatasync(config, config.fsync_samples - half)?);
+    let disk_sync_write_mb_s = sync_write_bandwidth(&config.fsync_dir)? / 1e6;
 
     latencies_ns.sort_unstable();
     fsync_ns.sort_unstable();
@@ -247,6 +262,9 @@ pub fn run_remember(config: &RememberConfig) -> Result<RememberReport, BenchErro
         fsync_dir: config.fsync_dir.clone(),
         wal_fsyncs,
         memories_per_fsync: ratio(memories as f64, wal_fsyncs as f64),
+        wal_bytes_per_memory: ratio(wal_bytes as f64, memories as f64),
+        disk_sync_write_mb_s,
+        disk_bound_per_s: ratio(disk_sync_write_mb_s * 1e6, ratio(wal_bytes as f64, memories as f64)),
     })
 }
 
@@ -263,6 +281,7 @@ fn client_loop(
         Ok(ready) => ready,
         Err(e) => {
             start_line.wait();
+            start_line.wait();
             return Err(e);
         }
     };
@@ -270,7 +289,8 @@ fn client_loop(
         let request = &mut requests[i as usize % BATCHES_PER_CLIENT];
         remember(&mut connection, request, config).map(drop)
     });
-    start_line.wait();
+    start_line.wait(); // warmed up: the WAL counters are read now
+    start_line.wait(); // go
     warmed?;
     let mut samples = Vec::new();
     let mut turn = 0;
@@ -379,9 +399,40 @@ fn bare_fdatasync(config: &RememberConfig, samples: usize) -> Result<Vec<u64>, B
     Ok(probed.iter().map(|d| d.as_nanos() as u64).collect())
 }
 
-fn wal_fsyncs(observer: &nexus_client::Client) -> Result<u64, BenchError> {
+fn wal_counter(observer: &nexus_client::Client, name: &'static str) -> Result<u64, BenchError> {
     let stats = observer.stats().map_err(client_step("Stats"))?;
-    nexus_client::counter(&stats, "wal_fsyncs").ok_or(BenchError::MissingCounter("wal_fsyncs"))
+    nexus_client::counter(&stats, name).ok_or(BenchError::MissingCounter(name))
+}
+
+/// Bytes per chunk of the bandwidth probe: the size of a big group.
+const BANDWIDTH_CHUNK_BYTES: usize = 4 << 20;
+/// Chunks written by the bandwidth probe (64 MiB in all).
+const BANDWIDTH_CHUNKS: usize = 16;
+
+/// The disk's durable write bandwidth on `dir`, bytes/s: the median of
+/// "write 4 MiB, fdatasync" over 16 chunks appended to a scratch file.
+fn sync_write_bandwidth(dir: &Path) -> Result<f64, BenchError> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join(format!(".nexus-bandwidth-probe-{}", std::process::id()));
+    let probe = || -> std::io::Result<Vec<f64>> {
+        let file = std::fs::File::create(&path)?;
+        let chunk = vec![0x5A_u8; BANDWIDTH_CHUNK_BYTES];
+        let mut rates = Vec::with_capacity(BANDWIDTH_CHUNKS);
+        for n in 0..BANDWIDTH_CHUNKS {
+            let started = Instant::now();
+            file.write_all_at(&chunk, (n * BANDWIDTH_CHUNK_BYTES) as u64)?;
+            file.sync_data()?;
+            rates.push(BANDWIDTH_CHUNK_BYTES as f64 / started.elapsed().as_secs_f64());
+        }
+        Ok(rates)
+    };
+    let measured = probe();
+    let _ = std::fs::remove_file(&path);
+    let mut rates = measured.map_err(|e| {
+        BenchError::InvalidArgument(format!("cannot measure write bandwidth in {}: {e}", dir.display()))
+    })?;
+    rates.sort_by(f64::total_cmp);
+    Ok(rates[rates.len() / 2])
 }
 
 /// Words the texts are made of.

@@ -180,6 +180,13 @@ pub fn remember_table(r: &RememberReport) -> String {
         micros(r.fdatasync_p99_ns),
         r.p50_over_fdatasync_ns as f64 / 1000.0
     );
+    let _ = writeln!(
+        out,
+        "disk: {:.0} MB/s durable writes (4 MiB + fdatasync); {:.0} WAL bytes per memory: at most {}/s memories",
+        r.disk_sync_write_mb_s,
+        r.wal_bytes_per_memory,
+        grouped(r.disk_bound_per_s)
+    );
     out
 }
 
