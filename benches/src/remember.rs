@@ -183,8 +183,9 @@ pub struct RememberReport {
     pub memories_per_fsync: f64,
     /// WAL bytes (framing included) per memory stored.
     pub wal_bytes_per_memory: f64,
-    /// Median rate of a bare "write 4 MiB + fdatasync" on `fsync_dir`, MB/s:
-    /// the disk's durable write bandwidth in the same run.
+    /// Median rate of a bare "write 4 MiB + fdatasync" on `fsync_dir` (8 chunks
+    /// before the load, 8 after), MB/s: the disk's durable write bandwidth in
+    /// the same run.
     pub disk_sync_write_mb_s: f64,
     /// `disk_sync_write_mb_s / wal_bytes_per_memory`: the most memories per
     /// second this disk could make durable at this memory size, whatever the CPU.
@@ -196,6 +197,7 @@ pub fn run_remember(config: &RememberConfig) -> Result<RememberReport, BenchErro
     config.validate()?;
     let half = config.fsync_samples / 2;
     let mut fsync_ns = bare_fdatasync(config, half)?;
+    let mut write_rates = sync_write_rates(&config.fsync_dir)?;
     let observer = connect_observer(&config.socket)?;
 
     let remaining = Arc::new(AtomicU64::new(config.requests()));
@@ -233,7 +235,9 @@ pub fn run_remember(config: &RememberConfig) -> Result<RememberReport, BenchErro
     let wal_fsyncs = wal_counter(&observer, "wal_fsyncs")? - counters_before.0?;
     let wal_bytes = wal_counter(&observer, "wal_record_bytes")? - counters_before.1?;
     fsync_ns.extend(bare_fdatasync(config, config.fsync_samples - half)?);
-    let disk_sync_write_mb_s = sync_write_bandwidth(&config.fsync_dir)? / 1e6;
+    write_rates.extend(sync_write_rates(&config.fsync_dir)?);
+    write_rates.sort_by(f64::total_cmp);
+    let disk_sync_write_mb_s = write_rates[write_rates.len() / 2] / 1e6;
 
     latencies_ns.sort_unstable();
     fsync_ns.sort_unstable();
@@ -406,12 +410,12 @@ fn wal_counter(observer: &nexus_client::Client, name: &'static str) -> Result<u6
 
 /// Bytes per chunk of the bandwidth probe: the size of a big group.
 const BANDWIDTH_CHUNK_BYTES: usize = 4 << 20;
-/// Chunks written by the bandwidth probe (64 MiB in all).
-const BANDWIDTH_CHUNKS: usize = 16;
+/// Chunks written by each bandwidth probe (one before the load, one after).
+const BANDWIDTH_CHUNKS: usize = 8;
 
-/// The disk's durable write bandwidth on `dir`, bytes/s: the median of
-/// "write 4 MiB, fdatasync" over 16 chunks appended to a scratch file.
-fn sync_write_bandwidth(dir: &Path) -> Result<f64, BenchError> {
+/// The disk's durable write rate on `dir`, bytes/s, of each of 8 chunks of
+/// "write 4 MiB, fdatasync" appended to a scratch file.
+fn sync_write_rates(dir: &Path) -> Result<Vec<f64>, BenchError> {
     use std::os::unix::fs::FileExt;
     let path = dir.join(format!(".nexus-bandwidth-probe-{}", std::process::id()));
     let probe = || -> std::io::Result<Vec<f64>> {
@@ -428,11 +432,8 @@ fn sync_write_bandwidth(dir: &Path) -> Result<f64, BenchError> {
     };
     let measured = probe();
     let _ = std::fs::remove_file(&path);
-    let mut rates = measured.map_err(|e| {
-        BenchError::InvalidArgument(format!("cannot measure write bandwidth in {}: {e}", dir.display()))
-    })?;
-    rates.sort_by(f64::total_cmp);
-    Ok(rates[rates.len() / 2])
+    measured
+        .map_err(|e| BenchError::InvalidArgument(format!("cannot measure write bandwidth in {}: {e}", dir.display())))
 }
 
 /// Words the texts are made of.

@@ -119,7 +119,11 @@ fn sigusr1_writes_a_checkpoint() {
     daemon.wait_for_counter("checkpoints_total", "the second SIGUSR1 wrote a checkpoint", |n| n == 2);
     let lsn = daemon.stats_counter("last_checkpoint_lsn");
     let snapshot = daemon.data_dir().join(format!("snapshot-{lsn:020}.nxs"));
-    assert_eq!(snapshots(&daemon.data_dir()), vec![snapshot], "the older snapshot is gone");
+    assert_eq!(
+        snapshots(&daemon.data_dir()),
+        vec![snapshot],
+        "the older snapshot is gone"
+    );
     check_namespace(&daemon.large_client(), &ledger, "served after the second checkpoint");
 
     daemon.restart();
