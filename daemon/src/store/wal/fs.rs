@@ -12,7 +12,7 @@
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{FallocateFlags, fallocate};
+use nix::sys::uio::pwritev;
 use rkyv::util::AlignedVec;
 
 use super::WalError;
@@ -87,6 +88,9 @@ impl std::ops::Deref for FileBytes {
 pub trait WalFile: Send + fmt::Debug {
     /// `pwrite` until every byte is written.
     fn write_all_at(&mut self, bytes: &[u8], offset: u64) -> io::Result<()>;
+    /// Writes `pieces` one after another from `offset`, every byte (`pwritev`):
+    /// one write, without first copying the pieces into one buffer.
+    fn write_pieces_at(&mut self, pieces: &[&[u8]], offset: u64) -> io::Result<()>;
     /// `fdatasync`.
     fn sync_data(&mut self) -> io::Result<()>;
     /// Reserves `[offset, offset + len_bytes)` (`fallocate`, mode 0: the file grows).
@@ -176,9 +180,31 @@ impl WalFs for RealFs {
     }
 }
 
+/// Most pieces one `pwritev` takes (Linux's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
 impl WalFile for RealFile {
     fn write_all_at(&mut self, bytes: &[u8], offset: u64) -> io::Result<()> {
         self.0.write_all_at(bytes, offset)
+    }
+
+    fn write_pieces_at(&mut self, pieces: &[&[u8]], mut offset: u64) -> io::Result<()> {
+        let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|piece| IoSlice::new(piece)).collect();
+        let mut remaining = &mut slices[..];
+        IoSlice::advance_slices(&mut remaining, 0); // drop leading empty pieces
+        while !remaining.is_empty() {
+            let at = i64::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            let batch = remaining.len().min(IOV_MAX);
+            let written = match pwritev(&self.0, &remaining[..batch], at) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(written) => written,
+                Err(Errno::EINTR) => continue,
+                Err(errno) => return Err(io::Error::from(errno)),
+            };
+            offset += written as u64;
+            IoSlice::advance_slices(&mut remaining, written);
+        }
+        Ok(())
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
@@ -374,6 +400,11 @@ impl WalFs for FaultyFs {
 }
 
 impl WalFile for FaultyFile {
+    /// One write, as far as the faults are concerned.
+    fn write_pieces_at(&mut self, pieces: &[&[u8]], offset: u64) -> io::Result<()> {
+        self.write_all_at(&pieces.concat(), offset)
+    }
+
     fn write_all_at(&mut self, bytes: &[u8], offset: u64) -> io::Result<()> {
         match self.faults.before_write() {
             WriteFate::Whole => self.inner.write_all_at(bytes, offset),

@@ -35,19 +35,40 @@ pub(crate) const fn framed_len(payload_len: usize) -> usize {
 }
 
 /// Appends one framed record to `out`, which must end on a record boundary.
+#[cfg(test)]
 pub(crate) fn encode_into(out: &mut Vec<u8>, salt: u32, lsn: Lsn, payload: &[u8]) {
+    encode_with_crc_into(out, salt, lsn, payload, crc32c::crc32c(payload));
+}
+
+/// [`encode_into`] with the payload's plain crc32c already known.
+pub(crate) fn encode_with_crc_into(out: &mut Vec<u8>, salt: u32, lsn: Lsn, payload: &[u8], payload_crc: u32) {
     assert!(out.len().is_multiple_of(RECORD_ALIGN_BYTES), "records start aligned");
-    let len = u32::try_from(payload.len()).expect("callers bound payloads by MAX_PAYLOAD_BYTES");
-    assert!(
-        payload.len() <= MAX_PAYLOAD_BYTES,
-        "callers bound payloads by MAX_PAYLOAD_BYTES"
-    );
     let start = out.len();
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&record_crc(salt, len, lsn, payload).to_le_bytes());
-    out.extend_from_slice(&lsn.to_le_bytes());
+    out.extend_from_slice(&header(salt, lsn, payload.len(), payload_crc));
     out.extend_from_slice(payload);
     out.resize(start + framed_len(payload.len()), 0);
+}
+
+/// The 16 bytes before a payload of `payload_len` bytes whose plain crc32c is
+/// `payload_crc`. The record's checksum is derived from it (crc32c_combine),
+/// so the payload's own pass can run on the appending thread, not the writer's.
+pub(crate) fn header(salt: u32, lsn: Lsn, payload_len: usize, payload_crc: u32) -> [u8; RECORD_HEADER_BYTES] {
+    assert!(
+        payload_len <= MAX_PAYLOAD_BYTES,
+        "callers bound payloads by MAX_PAYLOAD_BYTES"
+    );
+    let len = payload_len as u32;
+    let crc = crc32c::crc32c_combine(header_crc(salt, len, lsn), payload_crc, payload_len);
+    let mut out = [0u8; RECORD_HEADER_BYTES];
+    out[0..4].copy_from_slice(&len.to_le_bytes());
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    out[8..16].copy_from_slice(&lsn.to_le_bytes());
+    out
+}
+
+/// Zero bytes after a payload of `payload_len` bytes, up to the next record.
+pub(crate) const fn padding_len(payload_len: usize) -> usize {
+    framed_len(payload_len) - RECORD_HEADER_BYTES - payload_len
 }
 
 /// A record that decoded: its LSN, payload and where the next record starts.
@@ -141,7 +162,11 @@ fn read_header(bytes: &[u8], offset: usize) -> Option<RecordHeader> {
 }
 
 fn record_crc(salt: u32, len: u32, lsn: Lsn, payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(header_crc(salt, len, lsn), payload)
+}
+
+/// The checksum's state after `len` and `lsn`, seeded with the salt.
+fn header_crc(salt: u32, len: u32, lsn: Lsn) -> u32 {
     let crc = crc32c::crc32c_append(salt, &len.to_le_bytes());
-    let crc = crc32c::crc32c_append(crc, &lsn.to_le_bytes());
-    crc32c::crc32c_append(crc, payload)
+    crc32c::crc32c_append(crc, &lsn.to_le_bytes())
 }

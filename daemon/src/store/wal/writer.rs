@@ -150,7 +150,13 @@ impl<T: Send + 'static> Wal<T> {
                 max: MAX_PAYLOAD_BYTES,
             });
         }
-        let payload = Payload(Box::new(payload));
+        // The payload's checksum pass runs here, on the caller's thread: the
+        // writer thread only combines it with the header's (see record::header).
+        let crc = crc32c::crc32c(payload.as_ref());
+        let payload = Payload {
+            bytes: Box::new(payload),
+            crc,
+        };
         let command = Command::Append { payload, ticket };
         self.tx.send(command).await.map_err(|_| WalError::Closed)
     }
@@ -228,12 +234,16 @@ impl<T> std::fmt::Debug for Wal<T> {
     }
 }
 
-/// A record's bytes, owned by whatever the caller handed to [`Wal::append`].
-struct Payload(Box<dyn AsRef<[u8]> + Send>);
+/// A record's bytes, owned by whatever the caller handed to [`Wal::append`],
+/// with their plain crc32c.
+struct Payload {
+    bytes: Box<dyn AsRef<[u8]> + Send>,
+    crc: u32,
+}
 
 impl Payload {
     fn bytes(&self) -> &[u8] {
-        (*self.0).as_ref()
+        (*self.bytes).as_ref()
     }
 
     fn len(&self) -> usize {
@@ -566,17 +576,31 @@ impl<C: Committer> Writer<C> {
             self.rotate_segment().map_err(|error| self.escalate(error))?;
         }
         let first_lsn = self.next_lsn;
-        self.buf.clear();
-        for (lsn, pending) in (first_lsn..).zip(group) {
-            record::encode_into(&mut self.buf, self.active.salt, lsn, pending.payload.bytes());
-        }
-        debug_assert_eq!(self.buf.len() as u64, group_bytes);
         let offset = self.active.end_offset;
         if let Err(source) = self.zero_ahead(offset, offset + group_bytes) {
             let error = self.recover_from_write_error(source, offset);
             return Err(self.escalate(error));
         }
-        if let Err(source) = self.active.file.write_all_at(&self.buf, offset) {
+        let written = match group {
+            // A lone record (a big batch usually is) goes out from the caller's
+            // buffer: header, payload and padding in one pwritev, no copy.
+            [alone] => {
+                let payload = alone.payload.bytes();
+                let header = record::header(self.active.salt, first_lsn, payload.len(), alone.payload.crc);
+                let padding = &ZEROS[..record::padding_len(payload.len())];
+                self.active.file.write_pieces_at(&[&header, payload, padding], offset)
+            }
+            _ => {
+                self.buf.clear();
+                for (lsn, pending) in (first_lsn..).zip(group) {
+                    let (salt, bytes, crc) = (self.active.salt, pending.payload.bytes(), pending.payload.crc);
+                    record::encode_with_crc_into(&mut self.buf, salt, lsn, bytes, crc);
+                }
+                debug_assert_eq!(self.buf.len() as u64, group_bytes);
+                self.active.file.write_all_at(&self.buf, offset)
+            }
+        };
+        if let Err(source) = written {
             let error = self.recover_from_write_error(source, offset);
             return Err(self.escalate(error));
         }
