@@ -37,28 +37,42 @@ pub(crate) const fn framed_len(payload_len: usize) -> usize {
 /// Appends one framed record to `out`, which must end on a record boundary.
 #[cfg(test)]
 pub(crate) fn encode_into(out: &mut Vec<u8>, salt: u32, lsn: Lsn, payload: &[u8]) {
-    encode_with_crc_into(out, salt, lsn, payload, crc32c::crc32c(payload));
+    encode_with_crc_into(out, salt, lsn, payload, payload_crc(payload));
 }
 
-/// [`encode_into`] with the payload's plain crc32c already known.
-pub(crate) fn encode_with_crc_into(out: &mut Vec<u8>, salt: u32, lsn: Lsn, payload: &[u8], payload_crc: u32) {
+/// [`encode_into`] with the payload's [`payload_crc`] already known.
+pub(crate) fn encode_with_crc_into(out: &mut Vec<u8>, salt: u32, lsn: Lsn, payload: &[u8], crc: Option<u32>) {
     assert!(out.len().is_multiple_of(RECORD_ALIGN_BYTES), "records start aligned");
     let start = out.len();
-    out.extend_from_slice(&header(salt, lsn, payload.len(), payload_crc));
+    out.extend_from_slice(&header(salt, lsn, payload, crc));
     out.extend_from_slice(payload);
     out.resize(start + framed_len(payload.len()), 0);
 }
 
-/// The 16 bytes before a payload of `payload_len` bytes whose plain crc32c is
-/// `payload_crc`. The record's checksum is derived from it (crc32c_combine),
-/// so the payload's own pass can run on the appending thread, not the writer's.
-pub(crate) fn header(salt: u32, lsn: Lsn, payload_len: usize, payload_crc: u32) -> [u8; RECORD_HEADER_BYTES] {
+/// Payloads at least this big have their checksum pass done ahead, off the
+/// writer thread (see [`payload_crc`]). Combining costs ~20 µs whatever the
+/// size, so it pays only where the pass itself costs more.
+pub(crate) const PRECOMPUTED_CRC_MIN_BYTES: usize = 256 << 10;
+
+/// A big payload's plain crc32c, computed by the appending thread; `None` for
+/// small payloads, whose checksum the writer computes in one pass.
+pub(crate) fn payload_crc(payload: &[u8]) -> Option<u32> {
+    (payload.len() >= PRECOMPUTED_CRC_MIN_BYTES).then(|| crc32c::crc32c(payload))
+}
+
+/// The 16 bytes before `payload`. With its plain crc32c known (`payload_crc`),
+/// the record's checksum is derived from it (crc32c_combine) instead of
+/// reading the payload again.
+pub(crate) fn header(salt: u32, lsn: Lsn, payload: &[u8], payload_crc: Option<u32>) -> [u8; RECORD_HEADER_BYTES] {
     assert!(
-        payload_len <= MAX_PAYLOAD_BYTES,
+        payload.len() <= MAX_PAYLOAD_BYTES,
         "callers bound payloads by MAX_PAYLOAD_BYTES"
     );
-    let len = payload_len as u32;
-    let crc = crc32c::crc32c_combine(header_crc(salt, len, lsn), payload_crc, payload_len);
+    let len = payload.len() as u32;
+    let crc = match payload_crc {
+        Some(known) => crc32c::crc32c_combine(header_crc(salt, len, lsn), known, payload.len()),
+        None => record_crc(salt, len, lsn, payload),
+    };
     let mut out = [0u8; RECORD_HEADER_BYTES];
     out[0..4].copy_from_slice(&len.to_le_bytes());
     out[4..8].copy_from_slice(&crc.to_le_bytes());

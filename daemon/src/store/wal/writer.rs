@@ -150,9 +150,9 @@ impl<T: Send + 'static> Wal<T> {
                 max: MAX_PAYLOAD_BYTES,
             });
         }
-        // The payload's checksum pass runs here, on the caller's thread: the
+        // A big payload's checksum pass runs here, on the caller's thread: the
         // writer thread only combines it with the header's (see record::header).
-        let crc = crc32c::crc32c(payload.as_ref());
+        let crc = record::payload_crc(payload.as_ref());
         let payload = Payload {
             bytes: Box::new(payload),
             crc,
@@ -235,10 +235,10 @@ impl<T> std::fmt::Debug for Wal<T> {
 }
 
 /// A record's bytes, owned by whatever the caller handed to [`Wal::append`],
-/// with their plain crc32c.
+/// with their plain crc32c if they are big (`record::payload_crc`).
 struct Payload {
     bytes: Box<dyn AsRef<[u8]> + Send>,
-    crc: u32,
+    crc: Option<u32>,
 }
 
 impl Payload {
@@ -586,7 +586,7 @@ impl<C: Committer> Writer<C> {
             // buffer: header, payload and padding in one pwritev, no copy.
             [alone] => {
                 let payload = alone.payload.bytes();
-                let header = record::header(self.active.salt, first_lsn, payload.len(), alone.payload.crc);
+                let header = record::header(self.active.salt, first_lsn, payload, alone.payload.crc);
                 let padding = &ZEROS[..record::padding_len(payload.len())];
                 self.active.file.write_pieces_at(&[&header, payload, padding], offset)
             }

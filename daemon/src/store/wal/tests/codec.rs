@@ -232,3 +232,18 @@ fn segment_header_round_trips_and_detects_damage() {
     }
     assert!(SegmentHeader::decode(&bytes[..31]).is_err());
 }
+
+#[test]
+fn a_checksum_combined_from_a_precomputed_payload_crc_is_the_one_decode_computes() {
+    let salt = 0x5EED_1234;
+    for len in [0, 1, 15, 4096, record::PRECOMPUTED_CRC_MIN_BYTES, 3 << 20] {
+        let payload: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        let direct = record::header(salt, 77, &payload, None);
+        let combined = record::header(salt, 77, &payload, Some(crc32c::crc32c(&payload)));
+        assert_eq!(direct, combined, "payload of {len} bytes");
+        let mut bytes = Vec::new();
+        encode_into(&mut bytes, salt, 77, &payload);
+        let decoded = decode_at(&bytes, 0, salt).expect("decodes");
+        assert_eq!((decoded.lsn, decoded.payload), (77, &payload[..]));
+    }
+}
