@@ -658,7 +658,7 @@ impl Store {
 /// memories onto it (see [`State::rebase`]). A snapshot that cannot be read
 /// back is removed, so a restart never meets it.
 fn write_and_rebase(state: &RwLock<State>, dir: &Path, frozen: &state::Frozen) -> Result<(PathBuf, Lsn), StoreError> {
-    let body = frozen.to_snapshot_body();
+    let body = frozen.snapshot_body();
     let path = snapshot::write(dir, &body).map_err(storage)?;
     drop(body);
     let opened = match Snapshot::open(&path) {

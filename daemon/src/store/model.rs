@@ -7,7 +7,13 @@
 //! (the WAL is `wal/`, snapshots `snapshot.rs`) or decides ids (`mod.rs`).
 
 use nexus_shm_protocol::wire::{ArchivedMemoryInput, ErrorCode};
-use rkyv::{Archive, Deserialize, Serialize};
+use rkyv::rancor::{Fallible, Source};
+use rkyv::rend::f32_le;
+use rkyv::ser::{Allocator, Writer};
+use rkyv::string::{ArchivedString, StringResolver};
+use rkyv::vec::{ArchivedVec, VecResolver};
+use rkyv::with::{ArchiveWith, Map, SerializeWith};
+use rkyv::{Archive, Deserialize, Place, Serialize};
 
 use crate::store::wal::WalError;
 
@@ -282,5 +288,111 @@ fn check_len(index: usize, field: &'static str, len: usize, max: usize) -> Resul
         Err(StoreError::FieldTooLong { index, field, len, max })
     } else {
         Ok(())
+    }
+}
+
+/// Archives a borrowed `&str` exactly as a `String` field archives
+/// (`ArchivedString`), so a borrowed view can be written in an owned type's layout.
+pub struct AsArchivedString;
+
+impl<'a> ArchiveWith<&'a str> for AsArchivedString {
+    type Archived = ArchivedString;
+    type Resolver = StringResolver;
+
+    fn resolve_with(field: &&'a str, resolver: StringResolver, out: Place<ArchivedString>) {
+        ArchivedString::resolve_from_str(field, resolver, out);
+    }
+}
+
+impl<'a, S> SerializeWith<&'a str, S> for AsArchivedString
+where
+    S: Fallible + Writer + ?Sized,
+    S::Error: Source,
+{
+    fn serialize_with(field: &&'a str, serializer: &mut S) -> Result<StringResolver, S::Error> {
+        ArchivedString::serialize_from_str(field, serializer)
+    }
+}
+
+/// Archives a borrowed slice exactly as a `Vec` field archives (`ArchivedVec`).
+pub struct AsArchivedVec;
+
+impl<'a, T: Archive> ArchiveWith<&'a [T]> for AsArchivedVec {
+    type Archived = ArchivedVec<T::Archived>;
+    type Resolver = VecResolver;
+
+    fn resolve_with(field: &&'a [T], resolver: VecResolver, out: Place<Self::Archived>) {
+        ArchivedVec::resolve_from_len(field.len(), resolver, out);
+    }
+}
+
+impl<'a, T, S> SerializeWith<&'a [T], S> for AsArchivedVec
+where
+    T: Serialize<S>,
+    S: Fallible + Allocator + Writer + ?Sized,
+{
+    fn serialize_with(field: &&'a [T], serializer: &mut S) -> Result<VecResolver, S::Error> {
+        ArchivedVec::serialize_from_slice(field, serializer)
+    }
+}
+
+/// A memory borrowed from archived bytes (a snapshot, a WAL record, a
+/// request), serialized in exactly [`StoredMemory`]'s archived layout: writing
+/// it needs no owned copy of its text, vector or tags.
+#[derive(Archive, Serialize, Debug, Clone)]
+#[rkyv(as = ArchivedStoredMemory, serialize_bounds(__S: Writer + Allocator, __S::Error: Source))]
+pub struct MemoryRef<'a> {
+    /// See [`StoredMemory`].
+    #[rkyv(omit_bounds)]
+    pub id: u64,
+    #[rkyv(omit_bounds, with = Map<AsArchivedString>)]
+    pub key: Option<&'a str>,
+    #[rkyv(omit_bounds, with = AsArchivedString)]
+    pub namespace: &'a str,
+    #[rkyv(omit_bounds, with = AsArchivedString)]
+    pub text: &'a str,
+    #[rkyv(omit_bounds, with = Map<AsArchivedVec>)]
+    pub vector: Option<&'a [f32_le]>,
+    #[rkyv(omit_bounds)]
+    pub tags: Vec<TagRef<'a>>,
+    #[rkyv(omit_bounds)]
+    pub created_at_ms: i64,
+    #[rkyv(omit_bounds)]
+    pub importance: f32,
+    #[rkyv(omit_bounds, with = Map<AsArchivedString>)]
+    pub source: Option<&'a str>,
+}
+
+/// A tag borrowed from archived bytes, in [`StoredTag`]'s archived layout.
+#[derive(Archive, Serialize, Debug, Clone, Copy)]
+#[rkyv(as = ArchivedStoredTag, serialize_bounds(__S: Writer + Allocator, __S::Error: Source))]
+pub struct TagRef<'a> {
+    #[rkyv(omit_bounds, with = AsArchivedString)]
+    pub key: &'a str,
+    #[rkyv(omit_bounds, with = AsArchivedString)]
+    pub value: &'a str,
+}
+
+impl<'a> MemoryRef<'a> {
+    /// A view of an archived memory.
+    pub fn of(memory: &'a ArchivedStoredMemory) -> Self {
+        Self {
+            id: memory.id.to_native(),
+            key: memory.key.as_ref().map(|k| k.as_str()),
+            namespace: memory.namespace.as_str(),
+            text: memory.text.as_str(),
+            vector: memory.vector.as_ref().map(|v| v.as_slice()),
+            tags: memory
+                .tags
+                .iter()
+                .map(|t| TagRef {
+                    key: t.key.as_str(),
+                    value: t.value.as_str(),
+                })
+                .collect(),
+            created_at_ms: memory.created_at_ms.to_native(),
+            importance: memory.importance.to_native(),
+            source: memory.source.as_ref().map(|s| s.as_str()),
+        }
     }
 }

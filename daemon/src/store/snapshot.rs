@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::store::model::StoredMemory;
+use rkyv::rancor::Source;
+use rkyv::ser::{Allocator, Writer};
+
+use crate::store::model::{MemoryRef, StoredMemory};
 
 /// Everything a checkpoint holds.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -30,6 +33,46 @@ pub struct SnapshotBody {
     pub memories: Vec<StoredMemory>,
     /// Feedback counts.
     pub feedback: Vec<FeedbackTally>,
+}
+
+/// A snapshot body borrowed from archived memories, written in exactly
+/// [`SnapshotBody`]'s archived layout: a checkpoint serializes the live state
+/// without an owned copy of it.
+#[derive(Archive, Serialize, Debug, Clone)]
+#[rkyv(as = ArchivedSnapshotBody, serialize_bounds(__S: Writer + Allocator, __S::Error: Source))]
+pub struct SnapshotBodyRef<'a> {
+    /// See [`SnapshotBody`].
+    #[rkyv(omit_bounds)]
+    pub lsn: u64,
+    #[rkyv(omit_bounds)]
+    pub next_id: u64,
+    #[rkyv(omit_bounds)]
+    pub dim: u32,
+    #[rkyv(omit_bounds)]
+    pub memories: Vec<MemoryRef<'a>>,
+    #[rkyv(omit_bounds)]
+    pub feedback: Vec<FeedbackTally>,
+}
+
+impl<'a> SnapshotBodyRef<'a> {
+    /// A view of an archived body (to write it again, e.g. in tests).
+    pub fn of(body: &'a ArchivedSnapshotBody) -> Self {
+        Self {
+            lsn: body.lsn.to_native(),
+            next_id: body.next_id.to_native(),
+            dim: body.dim.to_native(),
+            memories: body.memories.iter().map(MemoryRef::of).collect(),
+            feedback: body
+                .feedback
+                .iter()
+                .map(|t| FeedbackTally {
+                    memory_id: t.memory_id.to_native(),
+                    useful: t.useful.to_native(),
+                    not_useful: t.not_useful.to_native(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Feedback counts of one memory.
@@ -139,7 +182,7 @@ impl Snapshot {
 }
 
 /// Writes `body` as the snapshot for its LSN in `dir`, durably; returns its path.
-pub fn write(dir: &Path, body: &SnapshotBody) -> Result<PathBuf, SnapshotError> {
+pub fn write(dir: &Path, body: &SnapshotBodyRef<'_>) -> Result<PathBuf, SnapshotError> {
     let path = dir.join(format!("{PREFIX}{:020}{SUFFIX}", body.lsn));
     let temp = path.with_extension("nxs.tmp");
     let mut file = File::create(&temp).map_err(io("create", &temp))?;
@@ -287,6 +330,13 @@ mod tests {
         }
     }
 
+    /// Writes an owned body (through its archived form, as the daemon does).
+    fn write_owned(dir: &Path, body: &SnapshotBody) -> Result<PathBuf, SnapshotError> {
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(body).unwrap();
+        let archived = rkyv::access::<ArchivedSnapshotBody, rkyv::rancor::Error>(&bytes).unwrap();
+        write(dir, &SnapshotBodyRef::of(archived))
+    }
+
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("nexus-snap-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -297,7 +347,7 @@ mod tests {
     #[test]
     fn a_written_snapshot_maps_back_identically() {
         let dir = temp_dir("roundtrip");
-        let path = write(&dir, &body(42)).unwrap();
+        let path = write_owned(&dir, &body(42)).unwrap();
         assert_eq!(latest(&dir).unwrap(), Some(path.clone()));
         let snapshot = Snapshot::open(&path).unwrap();
         let back: SnapshotBody = rkyv::deserialize::<_, rkyv::rancor::Error>(snapshot.body()).unwrap();
@@ -308,7 +358,7 @@ mod tests {
     #[test]
     fn every_corrupted_byte_is_detected_with_the_file_named() {
         let dir = temp_dir("corrupt");
-        let path = write(&dir, &body(1)).unwrap();
+        let path = write_owned(&dir, &body(1)).unwrap();
         let pristine = std::fs::read(&path).unwrap();
         for at in (0..pristine.len()).step_by(7) {
             let mut bytes = pristine.clone();

@@ -15,8 +15,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use crate::store::logged::LoggedRecord;
-use crate::store::model::{ArchivedStoredMemory, ArchivedWalRecord, StoredMemory};
-use crate::store::snapshot::{FeedbackTally, Snapshot, SnapshotBody};
+use crate::store::model::{ArchivedStoredMemory, ArchivedWalRecord, MemoryRef};
+use crate::store::snapshot::{FeedbackTally, Snapshot, SnapshotBodyRef};
 use crate::store::wal::Lsn;
 
 /// Where a memory lives. Cloning shares the bytes (both places are immutable).
@@ -401,14 +401,18 @@ impl Frozen {
         self.entries.is_empty()
     }
 
-    /// Everything, as owned values, for the snapshot writer.
-    pub fn to_snapshot_body(&self) -> SnapshotBody {
+    /// Everything, borrowed from the archived memories, for the snapshot writer.
+    pub fn snapshot_body(&self) -> SnapshotBodyRef<'_> {
         let base = self.base.as_deref();
-        SnapshotBody {
+        SnapshotBodyRef {
             lsn: self.lsn,
             next_id: self.next_id,
             dim: self.dim,
-            memories: self.entries.iter().map(|(_, e)| view(base, e).to_owned()).collect(),
+            memories: self
+                .entries
+                .iter()
+                .map(|(_, e)| MemoryRef::of(view(base, e).0))
+                .collect(),
             feedback: self.feedback.clone(),
         }
     }
@@ -474,11 +478,6 @@ impl<'a> MemoryView<'a> {
         let found = query_terms.iter().filter(|t| text.contains(t)).count();
         found as f32 / query_terms.len() as f32
     }
-
-    /// An owned copy.
-    pub fn to_owned(&self) -> StoredMemory {
-        rkyv::deserialize::<StoredMemory, rkyv::rancor::Error>(self.0).expect("validated archives deserialize")
-    }
 }
 
 /// Lower-cased alphanumeric terms, deduplicated, in first-seen order.
@@ -510,7 +509,7 @@ fn cosine(query: &[f32], memory: impl Iterator<Item = f32>) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::model::WalRecord;
+    use crate::store::model::{StoredMemory, WalRecord};
 
     fn logged(record: WalRecord) -> Arc<LoggedRecord> {
         Arc::new(LoggedRecord::encode(&record))
@@ -591,7 +590,7 @@ mod tests {
         state.apply(3, logged(WalRecord::Forget(vec![3])));
         state.apply(4, logged(WalRecord::Remember(vec![memory(4, "b", "four", None)])));
 
-        let path = crate::store::snapshot::write(&dir, &frozen.to_snapshot_body()).unwrap();
+        let path = crate::store::snapshot::write(&dir, &frozen.snapshot_body()).unwrap();
         let snapshot = Arc::new(Snapshot::open(&path).unwrap());
         assert_eq!(snapshot.lsn(), 1);
         assert_eq!(state.rebase(&frozen, snapshot), 1, "only memory 1 is unchanged");
@@ -606,9 +605,11 @@ mod tests {
         assert_eq!(state.applied_lsn(), 4);
         assert_eq!(state.len(), 3);
         // A second freeze reads memory 1 from the new base.
-        let again = state.freeze().to_snapshot_body();
+        let again = state.freeze();
+        let again = again.snapshot_body();
         assert_eq!(again.memories.iter().map(|m| m.id).collect::<Vec<_>>(), vec![1, 2, 4]);
-        assert_eq!(again.memories[0].vector, Some(vec![1.0, 0.0]));
+        let vector = again.memories[0].vector.expect("memory 1 has a vector");
+        assert_eq!(vector.iter().map(|x| x.to_native()).collect::<Vec<_>>(), vec![1.0, 0.0]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
