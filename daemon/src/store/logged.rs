@@ -13,9 +13,11 @@
 //! live memories into the new snapshot; this is the price of one allocation
 //! per record instead of several per memory.
 
+use rkyv::api::high::HighSerializer;
+use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 
-use crate::store::model::{ArchivedWalRecord, WalRecord};
+use crate::store::model::{ArchivedWalRecord, WalRecord, WalRecordRef};
 use crate::store::wal::{KeptPayload, ReplayPayload};
 
 /// Alignment of archived records (matches the WAL's payload alignment).
@@ -52,8 +54,32 @@ impl LoggedRecord {
     /// the contract `rkyv::access_unchecked` relies on; validating it would be
     /// a second pass over every byte of a batch for nothing.
     pub fn encode(record: &WalRecord) -> Self {
-        let buffer = AlignedVec::<ALIGN>::with_capacity(encoded_size_hint(record));
-        let bytes = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(record, buffer)
+        Self::serialized(record, owned_size_hint(record))
+    }
+
+    /// Encodes a Remember straight from borrowed memories (same bytes as the
+    /// owned [`WalRecord`] would give; see [`WalRecordRef`]).
+    pub fn encode_ref(record: &WalRecordRef<'_>) -> Self {
+        let WalRecordRef::Remember(memories) = record;
+        let hint = memories
+            .iter()
+            .map(|m| {
+                let strings =
+                    m.namespace.len() + m.text.len() + m.key.map_or(0, str::len) + m.source.map_or(0, str::len);
+                let tags: usize = m.tags.iter().map(|t| t.key.len() + t.value.len() + 16).sum();
+                strings + tags + m.vector.map_or(0, |v| v.len() * 4) + PER_ITEM_OVERHEAD
+            })
+            .sum::<usize>()
+            .saturating_add(PER_ITEM_OVERHEAD);
+        Self::serialized(record, hint)
+    }
+
+    fn serialized<T>(value: &T, size_hint: usize) -> Self
+    where
+        T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec<ALIGN>, ArenaHandle<'a>, rkyv::rancor::Error>>,
+    {
+        let buffer = AlignedVec::<ALIGN>::with_capacity(size_hint);
+        let bytes = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(value, buffer)
             .expect("serializing into a growable buffer cannot fail");
         debug_assert!(
             rkyv::access::<ArchivedWalRecord, rkyv::rancor::Error>(&bytes).is_ok(),
@@ -121,10 +147,12 @@ impl std::fmt::Debug for LoggedRecord {
     }
 }
 
+/// Archive bytes per memory (and per record) beyond its strings and vector.
+const PER_ITEM_OVERHEAD: usize = 128;
+
 /// A close upper estimate of a record's archived size, so encoding does not
 /// grow (and copy) its buffer: a batch of 1,000 memories is ~3 MB.
-fn encoded_size_hint(record: &WalRecord) -> usize {
-    const PER_ITEM_OVERHEAD: usize = 128;
+fn owned_size_hint(record: &WalRecord) -> usize {
     match record {
         WalRecord::Remember(memories) => memories
             .iter()
@@ -184,6 +212,28 @@ mod tests {
         }
         let back = rkyv::deserialize::<WalRecord, rkyv::rancor::Error>(copied.record()).unwrap();
         assert_eq!(back, record);
+    }
+
+    #[test]
+    fn a_remember_encoded_from_borrowed_memories_is_byte_identical_to_the_owned_one() {
+        let mut record = remember(&["first", "a second, longer text than fits inline"]);
+        if let WalRecord::Remember(memories) = &mut record {
+            memories[0].key = Some("k".into());
+            memories[0].source = Some("chat".into());
+            memories[1].tags = vec![crate::store::model::StoredTag {
+                key: "topic".into(),
+                value: "travel".into(),
+            }];
+            memories[1].vector = None;
+        }
+        let owned = LoggedRecord::encode(&record);
+        let ArchivedWalRecord::Remember(archived) = owned.record() else {
+            panic!("a Remember record")
+        };
+        let borrowed = WalRecordRef::Remember(archived.iter().map(crate::store::model::MemoryRef::of).collect());
+        let again = LoggedRecord::encode_ref(&borrowed);
+        assert_eq!(again.bytes(), owned.bytes());
+        assert!(LoggedRecord::copied(again.bytes()).is_ok());
     }
 
     #[test]

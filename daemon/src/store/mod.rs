@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use self::logged::LoggedRecord;
-use self::model::{Limits, StoreError, StoredMemory, WalRecord, validate_memory};
+use self::model::{Limits, MemoryRef, StoreError, WalRecord, WalRecordRef, validate_memory};
 use self::snapshot::Snapshot;
 use self::state::{Query, State};
 use self::wal::{Committer, FsyncPolicy, Lsn, Wal, WalConfig, WalError, WalFs};
@@ -338,7 +338,8 @@ impl Store {
         self.fix_dimension(&memories)?;
         self.assign_ids(&mut memories);
         let ids = memories.iter().map(|m| m.id).collect();
-        self.log(WalRecord::Remember(memories)).await?;
+        let record = LoggedRecord::encode_ref(&WalRecordRef::Remember(memories));
+        self.log(record).await?;
         Ok(ids)
     }
 
@@ -381,7 +382,7 @@ impl Store {
         let count = ids.len() as u64;
         if count > 0 {
             self.release_keys(&ids);
-            self.log(WalRecord::Forget(ids)).await?;
+            self.log(LoggedRecord::encode(&WalRecord::Forget(ids))).await?;
         }
         Ok(count)
     }
@@ -397,7 +398,7 @@ impl Store {
             recall_request_id: request.recall_request_id.to_native(),
             useful: request.useful,
         };
-        self.log(record).await.map(|_| ())
+        self.log(LoggedRecord::encode(&record)).await.map(|_| ())
     }
 
     /// Exact recall over the acknowledged memories.
@@ -566,8 +567,8 @@ impl Store {
     }
 
     /// Appends a record and waits until it is durable and applied.
-    async fn log(&self, record: WalRecord) -> Result<Lsn, StoreError> {
-        let record = Arc::new(LoggedRecord::encode(&record));
+    async fn log(&self, record: LoggedRecord) -> Result<Lsn, StoreError> {
+        let record = Arc::new(record);
         let bytes = record.len() as u64;
         let (done, reply) = oneshot::channel();
         let ticket = Ticket {
@@ -605,10 +606,8 @@ impl Store {
     }
 
     /// Fixes the store's dimension with the first vector; rejects mismatches.
-    fn fix_dimension(&self, memories: &[StoredMemory]) -> Result<(), StoreError> {
-        let mut dims = memories
-            .iter()
-            .filter_map(|m| m.vector.as_ref().map(|v| v.len() as u32));
+    fn fix_dimension(&self, memories: &[MemoryRef<'_>]) -> Result<(), StoreError> {
+        let mut dims = memories.iter().filter_map(|m| m.vector.map(|v| v.len() as u32));
         let Some(first) = dims.next() else { return Ok(()) };
         if let Some(other) = dims.find(|d| *d != first) {
             return Err(StoreError::DimensionMismatch {
@@ -640,13 +639,13 @@ impl Store {
     }
 
     /// Assigns ids: a known key keeps its id (upsert), everything else gets a new one.
-    fn assign_ids(&self, memories: &mut [StoredMemory]) {
+    fn assign_ids(&self, memories: &mut [MemoryRef<'_>]) {
         let inner = &self.inner;
         let mut keys = inner.keys.lock().unwrap_or_else(|p| p.into_inner());
         for memory in memories {
-            memory.id = match &memory.key {
+            memory.id = match memory.key {
                 Some(key) => *keys
-                    .entry((memory.namespace.clone(), key.clone()))
+                    .entry((memory.namespace.to_owned(), key.to_owned()))
                     .or_insert_with(|| inner.next_id.fetch_add(1, Ordering::Relaxed)),
                 None => inner.next_id.fetch_add(1, Ordering::Relaxed),
             };

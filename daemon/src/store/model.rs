@@ -2,8 +2,10 @@
 //! limits every write is checked against, and the store's typed errors.
 //!
 //! Validation turns an archived `RememberRequest` (already copied out of
-//! shared memory and bytecheck-validated) into owned `StoredMemory` values,
-//! or a specific error naming the offending field. Nothing here touches disk
+//! shared memory and bytecheck-validated) into `MemoryRef`s borrowing it, or
+//! a specific error naming the offending field; `MemoryRef` and
+//! `WalRecordRef` serialize in exactly the owned types' archived layout, so a
+//! WAL record is encoded straight from the request. Nothing here touches disk
 //! (the WAL is `wal/`, snapshots `snapshot.rs`) or decides ids (`mod.rs`).
 
 use nexus_shm_protocol::wire::{ArchivedMemoryInput, ErrorCode};
@@ -204,13 +206,15 @@ impl StoreError {
     }
 }
 
-/// Checks one memory of a batch and returns it owned (without an id yet).
-pub fn validate_memory(
+/// Checks one memory of a batch and returns it borrowing the request's
+/// archived bytes (without an id yet): nothing is copied until the WAL
+/// record is encoded.
+pub fn validate_memory<'a>(
     index: usize,
-    input: &ArchivedMemoryInput,
+    input: &'a ArchivedMemoryInput,
     limits: &Limits,
     now_ms: i64,
-) -> Result<StoredMemory, StoreError> {
+) -> Result<MemoryRef<'a>, StoreError> {
     let name = |field: &'static str, text: &str| check_len(index, field, text.len(), limits.max_name_bytes);
     if input.namespace.is_empty() {
         return Err(StoreError::InvalidArgument(format!(
@@ -242,42 +246,48 @@ pub fn validate_memory(
             field: "importance",
         });
     }
-    let vector = input
-        .vector
-        .as_ref()
-        .map(|v| v.iter().map(|x| x.to_native()).collect::<Vec<f32>>());
-    if let Some(vector) = &vector {
-        check_vector(index, vector, limits)?;
+    let vector = input.vector.as_ref().map(|v| v.as_slice());
+    if let Some(vector) = vector {
+        check_vector_values(index, vector.len(), vector.iter().map(|x| x.to_native()), limits)?;
     }
-    Ok(StoredMemory {
+    Ok(MemoryRef {
         id: 0,
-        key: input.key.as_ref().map(|k| k.to_string()),
-        namespace: input.namespace.to_string(),
-        text: input.text.to_string(),
+        key: input.key.as_ref().map(|k| k.as_str()),
+        namespace: input.namespace.as_str(),
+        text: input.text.as_str(),
         vector,
         tags: input
             .tags
             .iter()
-            .map(|t| StoredTag {
-                key: t.key.to_string(),
-                value: t.value.to_string(),
+            .map(|t| TagRef {
+                key: t.key.as_str(),
+                value: t.value.as_str(),
             })
             .collect(),
         created_at_ms: input.created_at_ms.as_ref().map(|t| t.to_native()).unwrap_or(now_ms),
         importance,
-        source: input.source.as_ref().map(|s| s.to_string()),
+        source: input.source.as_ref().map(|s| s.as_str()),
     })
 }
 
 /// Checks a vector's values and size (not yet its match with the store's dimension).
 pub fn check_vector(index: usize, vector: &[f32], limits: &Limits) -> Result<(), StoreError> {
-    if vector.is_empty() || vector.len() > limits.max_dimension as usize {
+    check_vector_values(index, vector.len(), vector.iter().copied(), limits)
+}
+
+fn check_vector_values(
+    index: usize,
+    len: usize,
+    mut values: impl Iterator<Item = f32>,
+    limits: &Limits,
+) -> Result<(), StoreError> {
+    if len == 0 || len > limits.max_dimension as usize {
         return Err(StoreError::BadDimension {
-            got: vector.len(),
+            got: len,
             max: limits.max_dimension,
         });
     }
-    if vector.iter().any(|x| !x.is_finite()) {
+    if values.any(|x| !x.is_finite()) {
         return Err(StoreError::NotFinite { index, field: "vector" });
     }
     Ok(())
@@ -395,4 +405,13 @@ impl<'a> MemoryRef<'a> {
             source: memory.source.as_ref().map(|s| s.as_str()),
         }
     }
+}
+
+/// A [`WalRecord`] borrowing its memories, serialized in exactly its archived
+/// layout: a Remember is encoded straight from the request's archived bytes.
+#[derive(Archive, Serialize, Debug, Clone)]
+#[rkyv(as = ArchivedWalRecord, serialize_bounds(__S: Writer + Allocator, __S::Error: Source))]
+pub enum WalRecordRef<'a> {
+    /// See [`WalRecord::Remember`].
+    Remember(#[rkyv(omit_bounds)] Vec<MemoryRef<'a>>),
 }
