@@ -76,6 +76,16 @@ fn encoder_writes_the_payload_in_place() {
     let mut copy = Vec::new();
     consumer.copy_payload(&frame, &mut copy);
     assert_eq!(copy, payload);
+    // The aligned copy fills a reused buffer's spare capacity without zeroing
+    // it first: longer and shorter than what the buffer held before.
+    let mut aligned = rkyv::util::AlignedVec::<16>::new();
+    aligned.extend_from_slice(&[0xEE; 3]);
+    consumer.copy_payload_aligned(&frame, &mut aligned);
+    assert_eq!(aligned.as_slice(), &payload[..]);
+    aligned.extend_from_slice(&[0xEE; 100]);
+    consumer.copy_payload_aligned(&frame, &mut aligned);
+    assert_eq!(aligned.as_slice(), &payload[..]);
+    assert!((aligned.as_ptr() as usize).is_multiple_of(16));
     consumer.release(&frame);
     // An encoder that cannot fit even the maximum learns so on an empty ring.
     assert_eq!(
