@@ -132,6 +132,45 @@ fn sigusr1_writes_a_checkpoint() {
     check_namespace(&daemon.large_client(), &ledger, "after a restart from the snapshot");
 }
 
+/// Background checkpoints (every 64 KiB of WAL) while writers write: each one
+/// rebases the running state onto its new snapshot, and every acknowledged
+/// memory must stay readable through that, served live and after a restart.
+#[test]
+fn memories_stay_readable_while_background_checkpoints_rebase_the_state() {
+    const BATCHES: u64 = 150;
+    let mut daemon = start(&["--checkpoint-wal-bytes", "65536"]);
+    let clients: Vec<_> = (0..WRITERS).map(|_| daemon.client()).collect();
+    let progress = AtomicU64::new(0);
+    let runs: Vec<WriterRun> = std::thread::scope(|scope| {
+        let writers: Vec<_> = clients
+            .iter()
+            .zip(0..)
+            .map(|(client, writer)| {
+                let progress = &progress;
+                scope.spawn(move || write_batches(client, &format!("rebase-w{writer}"), writer, BATCHES, 40, progress))
+            })
+            .collect();
+        writers
+            .into_iter()
+            .map(|writer| writer.join().expect("a writer thread panicked"))
+            .collect()
+    });
+    for run in &runs {
+        assert!(run.ended_by.is_none(), "a writer failed: {:?}", run.ended_by);
+    }
+    let checkpoints = daemon.stats_counter("checkpoints_total");
+    assert!(checkpoints >= 2, "only {checkpoints} checkpoints ran during the writes");
+    let verifier = daemon.large_client();
+    for run in &runs {
+        check_namespace(&verifier, &run.ledger, "served live after background checkpoints");
+    }
+    daemon.restart();
+    let verifier = daemon.large_client();
+    for run in &runs {
+        check_namespace(&verifier, &run.ledger, "after a restart");
+    }
+}
+
 #[test]
 fn sighup_applies_a_changed_config_file_and_keeps_the_current_one_when_the_file_is_broken() {
     let dir = TestDir::new();
