@@ -89,7 +89,7 @@ pub struct Settings {
     pub worker_threads: Option<usize>,
     pub shutdown_timeout_ms: Option<u64>,
     pub log: Option<String>,
-    /// "always" | "interval:<ms>" | "never".
+    /// `"always"` | `"interval:<ms>"` | `"never"`.
     pub fsync: Option<String>,
     pub wal_segment_bytes: Option<u64>,
     pub checkpoint_wal_bytes: Option<u64>,

@@ -23,13 +23,16 @@
 //! ```
 //!
 //! Life of a record: `append` puts `(payload, ticket)` on a bounded queue
-//! ([`WalConfig::queue_depth`]). The writer thread takes everything queued (up to
-//! [`WalConfig::max_group_bytes`]), gives the group consecutive LSNs, writes it with one
-//! `pwrite` and, under [`FsyncPolicy::Always`], one `fdatasync`; then it calls
-//! [`Committer::durable`] for each record in LSN order. If the write or the sync fails,
-//! each record of the group goes to [`Committer::failed`] instead and never consumes an
-//! LSN. The committer runs on the writer thread, so it must be quick (apply to state,
-//! hand the ack to the client's task) and must not call back into the `Wal`.
+//! ([`WalConfig::queue_depth`]); the payload is any owner of the bytes, and a big one
+//! (≥ 256 KiB) gets its crc32c there, on the caller's thread. The writer thread takes
+//! everything queued (up to [`WalConfig::max_group_bytes`]), gives the group
+//! consecutive LSNs, writes it with one `pwrite` (a lone record: one `pwritev` from its
+//! own buffer) and, under [`FsyncPolicy::Always`], one `fdatasync`; then it calls
+//! [`Committer::durable`] for each record in LSN order and [`Committer::group_done`]
+//! once. If the write or the sync fails, each record of the group goes to
+//! [`Committer::failed`] instead and never consumes an LSN. The committer runs on the
+//! writer thread, so it must be quick (the store's hands the group to its apply
+//! thread) and must not call back into the `Wal`.
 //!
 //! # On disk
 //!
@@ -39,7 +42,8 @@
 //! little-endian. The crc is seeded with the segment's salt and covers `len`, `lsn` and
 //! the payload, so bytes from another segment or an older file never validate. Every
 //! payload starts 16-byte aligned in the file and is handed to the replay callback
-//! 16-byte aligned in memory, so rkyv can access it in place.
+//! 16-byte aligned in memory, so rkyv can access it in place; the callback may keep it
+//! there ([`ReplayPayload::keep`]) instead of copying it.
 //!
 //! # Failure policy
 //!

@@ -210,7 +210,7 @@ impl<T: Send + 'static> Wal<T> {
     }
 
     /// Stops taking appends, lets the writer drain the queue, write, sync and seal, and
-    /// joins it (at most [`SHUTDOWN_TIMEOUT`]). Returns the durable LSN, or the error
+    /// joins it (at most `SHUTDOWN_TIMEOUT`, 30 s). Returns the durable LSN, or the error
     /// that failed the WAL. Blocks: call it from a blocking context.
     pub fn shutdown(self) -> Result<Lsn, WalError> {
         let Self { tx, shared, thread, .. } = self;
