@@ -183,9 +183,9 @@ pub struct RememberReport {
     pub memories_per_fsync: f64,
     /// WAL bytes (framing included) per memory stored.
     pub wal_bytes_per_memory: f64,
-    /// Median rate of a bare "write 4 MiB + fdatasync" on `fsync_dir` (8 chunks
-    /// before the load, 8 after), MB/s: the disk's durable write bandwidth in
-    /// the same run.
+    /// Median rate of a bare "write 4 MiB + fdatasync" into preallocated space on
+    /// `fsync_dir` (8 chunks before the load, 8 after), MB/s: the disk's durable
+    /// write bandwidth in the same run.
     pub disk_sync_write_mb_s: f64,
     /// `disk_sync_write_mb_s / wal_bytes_per_memory`: the most memories per
     /// second this disk could make durable at this memory size, whatever the CPU.
@@ -414,26 +414,17 @@ const BANDWIDTH_CHUNK_BYTES: usize = 4 << 20;
 const BANDWIDTH_CHUNKS: usize = 8;
 
 /// The disk's durable write rate on `dir`, bytes/s, of each of 8 chunks of
-/// "write 4 MiB, fdatasync" appended to a scratch file.
+/// "write 4 MiB, fdatasync" into preallocated space, as the WAL writes a big
+/// group (`wal::measure_sync_writes`).
 fn sync_write_rates(dir: &Path) -> Result<Vec<f64>, BenchError> {
-    use std::os::unix::fs::FileExt;
-    let path = dir.join(format!(".nexus-bandwidth-probe-{}", std::process::id()));
-    let probe = || -> std::io::Result<Vec<f64>> {
-        let file = std::fs::File::create(&path)?;
-        let chunk = vec![0x5A_u8; BANDWIDTH_CHUNK_BYTES];
-        let mut rates = Vec::with_capacity(BANDWIDTH_CHUNKS);
-        for n in 0..BANDWIDTH_CHUNKS {
-            let started = Instant::now();
-            file.write_all_at(&chunk, (n * BANDWIDTH_CHUNK_BYTES) as u64)?;
-            file.sync_data()?;
-            rates.push(BANDWIDTH_CHUNK_BYTES as f64 / started.elapsed().as_secs_f64());
-        }
-        Ok(rates)
-    };
-    let measured = probe();
-    let _ = std::fs::remove_file(&path);
-    measured
-        .map_err(|e| BenchError::InvalidArgument(format!("cannot measure write bandwidth in {}: {e}", dir.display())))
+    let durations = nexus_daemon::store::wal::measure_sync_writes(dir, BANDWIDTH_CHUNK_BYTES, BANDWIDTH_CHUNKS)
+        .map_err(|e| {
+            BenchError::InvalidArgument(format!("cannot measure write bandwidth in {}: {e}", dir.display()))
+        })?;
+    Ok(durations
+        .iter()
+        .map(|d| BANDWIDTH_CHUNK_BYTES as f64 / d.as_secs_f64())
+        .collect())
 }
 
 /// Words the texts are made of.

@@ -464,6 +464,59 @@ pub fn measure_fdatasync(dir: &Path, samples: usize) -> Result<Vec<Duration>, Wa
     Ok(latencies)
 }
 
+/// Largest chunk and most chunks [`measure_sync_writes`] accepts (256 MiB in all).
+const MAX_BANDWIDTH_CHUNK_BYTES: usize = 64 << 20;
+const MAX_BANDWIDTH_PROBE_BYTES: usize = 256 << 20;
+
+/// The disk's durable write rate as the WAL sees it for a big group: a scratch file
+/// in `dir` is preallocated (`fallocate`, untimed, like a WAL segment), then each of
+/// `chunks` writes of `chunk_bytes` is timed with its fdatasync. Returns each
+/// chunk's duration; the file is removed.
+pub fn measure_sync_writes(dir: &Path, chunk_bytes: usize, chunks: usize) -> Result<Vec<Duration>, WalError> {
+    if chunk_bytes == 0
+        || chunk_bytes > MAX_BANDWIDTH_CHUNK_BYTES
+        || chunk_bytes.saturating_mul(chunks) > MAX_BANDWIDTH_PROBE_BYTES
+    {
+        return Err(WalError::InvalidConfig(format!(
+            "{chunks} chunks of {chunk_bytes} bytes; at most {MAX_BANDWIDTH_PROBE_BYTES} bytes in chunks of at most {MAX_BANDWIDTH_CHUNK_BYTES}"
+        )));
+    }
+    let path = dir.join(format!(".nexus-bandwidth-probe-{}", std::process::id()));
+    let result = bandwidth_probe_file(&path, chunk_bytes, chunks);
+    let removed = std::fs::remove_file(&path).map_err(|source| WalError::io("remove", &path, source));
+    let durations = result?;
+    removed?;
+    Ok(durations)
+}
+
+fn bandwidth_probe_file(path: &PathBuf, chunk_bytes: usize, chunks: usize) -> Result<Vec<Duration>, WalError> {
+    let file = OpenOptions::new().write(true).create(true).truncate(true).open(path);
+    let mut file = RealFile(file.map_err(|source| WalError::io("create", path, source))?);
+    let total = (chunk_bytes * chunks) as u64;
+    match file.allocate(0, total) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::Unsupported => {}
+        Err(source) => return Err(WalError::io("fallocate", path, source)),
+    }
+    file.sync_data().map_err(|source| WalError::SyncFailed {
+        path: path.clone(),
+        source,
+    })?;
+    let chunk = vec![0x5A_u8; chunk_bytes];
+    let mut durations = Vec::with_capacity(chunks);
+    for n in 0..chunks {
+        let started = Instant::now();
+        file.write_all_at(&chunk, (n * chunk_bytes) as u64)
+            .map_err(|source| WalError::io("write", path, source))?;
+        file.sync_data().map_err(|source| WalError::SyncFailed {
+            path: path.clone(),
+            source,
+        })?;
+        durations.push(started.elapsed());
+    }
+    Ok(durations)
+}
+
 fn probe_file(path: &PathBuf, samples: usize) -> Result<Vec<Duration>, WalError> {
     let file = OpenOptions::new().write(true).create(true).truncate(true).open(path);
     let file = file.map_err(|source| WalError::io("create", path, source))?;

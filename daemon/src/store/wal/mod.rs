@@ -19,6 +19,7 @@
 //! wal.shutdown() -> Result<Lsn, WalError>                     // drain, write, sync, join (bounded)
 //! replay(dir, fs, after_lsn, salvage, apply) -> Result<ReplayReport, WalError>
 //! measure_fdatasync(dir, samples) -> Result<Vec<Duration>, WalError>  // bare 4 KiB append + fdatasync
+//! measure_sync_writes(dir, chunk, n) -> Result<Vec<Duration>, WalError>  // big writes + fdatasync into preallocated space
 //! test_fs_from_env() -> Arc<dyn WalFs>  // FaultyFs from NEXUS_FAULT_INJECT, for nexusd-it only
 //! ```
 //!
@@ -82,7 +83,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use fs::{
-    FAULT_INJECT_ENV, Faults, FaultyFs, RealFs, WalDirEntry, WalFile, WalFs, measure_fdatasync, test_fs_from_env,
+    FAULT_INJECT_ENV, Faults, FaultyFs, RealFs, WalDirEntry, WalFile, WalFs, measure_fdatasync, measure_sync_writes,
+    test_fs_from_env,
 };
 pub use record::MAX_PAYLOAD_BYTES;
 pub use replay::{KeptPayload, ReplayPayload, ReplayReport, Salvaged, TornTail, replay};
