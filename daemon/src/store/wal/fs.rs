@@ -503,36 +503,35 @@ fn bandwidth_probe_file(path: &PathBuf, chunk_bytes: usize, chunks: usize) -> Re
         source,
     })?;
     let chunk = vec![0x5A_u8; chunk_bytes];
-    let mut durations = Vec::with_capacity(chunks);
-    for n in 0..chunks {
-        let started = Instant::now();
-        file.write_all_at(&chunk, (n * chunk_bytes) as u64)
-            .map_err(|source| WalError::io("write", path, source))?;
-        file.sync_data().map_err(|source| WalError::SyncFailed {
-            path: path.clone(),
-            source,
-        })?;
-        durations.push(started.elapsed());
-    }
-    Ok(durations)
+    let offsets = (0..chunks).map(|n| (n * chunk_bytes) as u64);
+    timed_synced_writes(&file.0, path, &chunk, offsets)
 }
 
 fn probe_file(path: &PathBuf, samples: usize) -> Result<Vec<Duration>, WalError> {
     let file = OpenOptions::new().write(true).create(true).truncate(true).open(path);
     let file = file.map_err(|source| WalError::io("create", path, source))?;
     let page = [0xA5_u8; PROBE_WRITE_BYTES];
-    let mut latencies = Vec::with_capacity(samples);
-    let mut offset = 0_u64;
-    for _ in 0..samples {
-        let started = Instant::now();
-        file.write_all_at(&page, offset)
-            .map_err(|source| WalError::io("write", path, source))?;
-        file.sync_data().map_err(|source| WalError::SyncFailed {
-            path: path.clone(),
-            source,
-        })?;
-        latencies.push(started.elapsed());
-        offset += PROBE_WRITE_BYTES as u64;
-    }
-    Ok(latencies)
+    let offsets = (0..samples).map(|n| (n * PROBE_WRITE_BYTES) as u64);
+    timed_synced_writes(&file, path, &page, offsets)
+}
+
+/// Times "write `bytes` at the offset, then fdatasync", once per offset.
+fn timed_synced_writes(
+    file: &File,
+    path: &PathBuf,
+    bytes: &[u8],
+    offsets: impl Iterator<Item = u64>,
+) -> Result<Vec<Duration>, WalError> {
+    offsets
+        .map(|offset| {
+            let started = Instant::now();
+            file.write_all_at(bytes, offset)
+                .map_err(|source| WalError::io("write", path, source))?;
+            file.sync_data().map_err(|source| WalError::SyncFailed {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(started.elapsed())
+        })
+        .collect()
 }
