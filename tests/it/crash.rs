@@ -16,12 +16,11 @@
 //! soak (in rounds of [`ITERATIONS_PER_DAEMON`] on fresh data dirs, each
 //! under its own watchdog), `NEXUS_SOAK_SEED=<n>` replays a failing seed.
 
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use nexus_client::ClientError;
 use nexus_tests::disk::snapshots;
-use nexus_tests::store::{NamespaceLedger, Rng, WriterRun, check_namespace, write_batches};
+use nexus_tests::store::{NamespaceLedger, Rng, check_namespace, with_writers};
 
 use crate::start;
 
@@ -83,32 +82,17 @@ fn kill_loop_round(rng: &mut Rng, seed: u64, round: usize, iterations: usize) {
     for i in 0..iterations {
         let delay = Duration::from_millis(rng.between(KILL_AFTER_MS.0, KILL_AFTER_MS.1));
         let clients: Vec<_> = (0..WRITERS).map(|_| daemon.client()).collect();
-        let progress = AtomicU64::new(0);
-        let runs: Vec<WriterRun> = std::thread::scope(|scope| {
-            let writers: Vec<_> = clients
-                .iter()
-                .zip(0..)
-                .map(|(client, writer)| {
-                    let progress = &progress;
-                    scope.spawn(move || {
-                        write_batches(
-                            client,
-                            &format!("r{round}-i{i}-w{writer}"),
-                            writer,
-                            MAX_BATCHES_PER_WRITER,
-                            PADDING_WORDS,
-                            progress,
-                        )
-                    })
-                })
-                .collect();
-            std::thread::sleep(delay);
-            daemon.kill();
-            writers
-                .into_iter()
-                .map(|writer| writer.join().expect("a writer thread panicked"))
-                .collect()
-        });
+        let writers_namespace = |writer: u64| format!("r{round}-i{i}-w{writer}");
+        let ((), runs) = with_writers(
+            &clients,
+            writers_namespace,
+            MAX_BATCHES_PER_WRITER,
+            PADDING_WORDS,
+            |_| {
+                std::thread::sleep(delay);
+                daemon.kill();
+            },
+        );
         let acked: usize = runs.iter().map(|run| run.ledger.acked()).sum();
         let sent: usize = runs.iter().map(|run| run.ledger.batches.len()).sum();
         let context = format!(

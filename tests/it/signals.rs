@@ -4,13 +4,13 @@
 //! SIGHUP: the config file is re-read and applied live; a broken file is
 //! reported and the configuration in force is kept.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use nexus_client::wire::ErrorCode;
 use nexus_client::{ClientError, Transport};
 use nexus_shm_protocol::layout::FrameKind;
 use nexus_tests::disk::snapshots;
-use nexus_tests::store::{BATCH_MEMORIES, NamespaceLedger, WriterRun, batch_texts, check_namespace, write_batches};
+use nexus_tests::store::{BATCH_MEMORIES, NamespaceLedger, batch_texts, check_namespace, with_writers};
 use nexus_tests::{BOUNDED_WAIT, Daemon, RawFrame, TestDir, check_raw_frame, signal, test_options, wait_until};
 use nix::sys::signal::Signal;
 
@@ -26,35 +26,18 @@ const BATCHES_BEFORE_SIGTERM: u64 = 30;
 fn sigterm_under_write_load_exits_0_keeps_every_acknowledged_write_and_the_next_start_loads_a_snapshot() {
     let mut daemon = start(&["--shutdown-timeout-ms", "2000", "--wal-segment-bytes", "1048576"]);
     let clients: Vec<_> = (0..WRITERS).map(|_| daemon.client()).collect();
-    let progress = AtomicU64::new(0);
-    let (status, runs): (_, Vec<WriterRun>) = std::thread::scope(|scope| {
-        let writers: Vec<_> = clients
-            .iter()
-            .zip(0..)
-            .map(|(client, writer)| {
-                let progress = &progress;
-                scope.spawn(move || {
-                    write_batches(
-                        client,
-                        &format!("term-w{writer}"),
-                        writer,
-                        MAX_BATCHES_PER_WRITER,
-                        4,
-                        progress,
-                    )
-                })
-            })
-            .collect();
-        wait_until("the writers have written", BOUNDED_WAIT, || {
-            progress.load(Ordering::Relaxed) >= BATCHES_BEFORE_SIGTERM
-        });
-        let status = daemon.sigterm_and_wait();
-        let runs = writers
-            .into_iter()
-            .map(|w| w.join().expect("a writer panicked"))
-            .collect();
-        (status, runs)
-    });
+    let (status, runs) = with_writers(
+        &clients,
+        |writer: u64| format!("term-w{writer}"),
+        MAX_BATCHES_PER_WRITER,
+        4,
+        |progress| {
+            wait_until("the writers have written", BOUNDED_WAIT, || {
+                progress.load(Ordering::Relaxed) >= BATCHES_BEFORE_SIGTERM
+            });
+            daemon.sigterm_and_wait()
+        },
+    );
     assert_eq!(status.code(), Some(0), "nexusd ended with {status}");
     let mut interrupted = 0;
     for run in &runs {
@@ -140,21 +123,7 @@ fn memories_stay_readable_while_background_checkpoints_rebase_the_state() {
     const BATCHES: u64 = 150;
     let mut daemon = start(&["--checkpoint-wal-bytes", "65536"]);
     let clients: Vec<_> = (0..WRITERS).map(|_| daemon.client()).collect();
-    let progress = AtomicU64::new(0);
-    let runs: Vec<WriterRun> = std::thread::scope(|scope| {
-        let writers: Vec<_> = clients
-            .iter()
-            .zip(0..)
-            .map(|(client, writer)| {
-                let progress = &progress;
-                scope.spawn(move || write_batches(client, &format!("rebase-w{writer}"), writer, BATCHES, 40, progress))
-            })
-            .collect();
-        writers
-            .into_iter()
-            .map(|writer| writer.join().expect("a writer thread panicked"))
-            .collect()
-    });
+    let ((), runs) = with_writers(&clients, |writer: u64| format!("rebase-w{writer}"), BATCHES, 40, |_| ());
     for run in &runs {
         assert!(run.ended_by.is_none(), "a writer failed: {:?}", run.ended_by);
     }

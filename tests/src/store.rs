@@ -197,6 +197,38 @@ pub fn write_batches(
     WriterRun { ledger, ended_by: None }
 }
 
+/// Runs one [`write_batches`] thread per client (writer `i` writes to
+/// `namespace(i)`), calls `meanwhile` with their shared progress counter
+/// while they write, then waits for every writer. Returns what `meanwhile`
+/// returned and each writer's run, in client order.
+pub fn with_writers<R>(
+    clients: &[Client],
+    namespace: impl Fn(u64) -> String + Sync,
+    max_batches: u64,
+    padding_words: usize,
+    meanwhile: impl FnOnce(&AtomicU64) -> R,
+) -> (R, Vec<WriterRun>) {
+    let progress = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        let writers: Vec<_> = clients
+            .iter()
+            .zip(0..)
+            .map(|(client, writer)| {
+                let (progress, namespace) = (&progress, &namespace);
+                scope.spawn(move || {
+                    write_batches(client, &namespace(writer), writer, max_batches, padding_words, progress)
+                })
+            })
+            .collect();
+        let outcome = meanwhile(&progress);
+        let runs = writers
+            .into_iter()
+            .map(|writer| writer.join().expect("a writer thread panicked"))
+            .collect();
+        (outcome, runs)
+    })
+}
+
 /// Checks the daemon's view of a namespace against its ledger: every
 /// acknowledged batch is there with the same ids and texts, every batch is
 /// visible whole or not at all, and nothing else is there. Returns how many
