@@ -64,10 +64,9 @@ impl LoggedRecord {
         let hint = memories
             .iter()
             .map(|m| {
-                let strings =
-                    m.namespace.len() + m.text.len() + m.key.map_or(0, str::len) + m.source.map_or(0, str::len);
-                let tags: usize = m.tags.iter().map(|t| t.key.len() + t.value.len() + 16).sum();
-                strings + tags + m.vector.map_or(0, |v| v.len() * 4) + PER_ITEM_OVERHEAD
+                let strings = [m.namespace, m.text, m.key.unwrap_or(""), m.source.unwrap_or("")];
+                let tags = m.tags.iter().map(|t| (t.key, t.value));
+                memory_size_hint(strings, tags, m.vector.map_or(0, <[_]>::len))
             })
             .sum::<usize>()
             .saturating_add(PER_ITEM_OVERHEAD);
@@ -157,19 +156,28 @@ fn owned_size_hint(record: &WalRecord) -> usize {
         WalRecord::Remember(memories) => memories
             .iter()
             .map(|m| {
-                let strings = m.namespace.len()
-                    + m.text.len()
-                    + m.key.as_ref().map_or(0, String::len)
-                    + m.source.as_ref().map_or(0, String::len);
-                let tags: usize = m.tags.iter().map(|t| t.key.len() + t.value.len() + 16).sum();
-                let vector = m.vector.as_ref().map_or(0, |v| v.len() * 4);
-                strings + tags + vector + PER_ITEM_OVERHEAD
+                let strings = [
+                    m.namespace.as_str(),
+                    m.text.as_str(),
+                    m.key.as_deref().unwrap_or(""),
+                    m.source.as_deref().unwrap_or(""),
+                ];
+                let tags = m.tags.iter().map(|t| (t.key.as_str(), t.value.as_str()));
+                memory_size_hint(strings, tags, m.vector.as_ref().map_or(0, Vec::len))
             })
             .sum::<usize>()
             .saturating_add(PER_ITEM_OVERHEAD),
         WalRecord::Forget(ids) => ids.len() * 8 + PER_ITEM_OVERHEAD,
         WalRecord::Feedback { .. } => PER_ITEM_OVERHEAD,
     }
+}
+
+/// A close upper estimate of one memory's archived size: its strings
+/// (namespace, text, key, source), tags and vector, plus fixed overhead.
+fn memory_size_hint<'a>(strings: [&str; 4], tags: impl Iterator<Item = (&'a str, &'a str)>, dimension: usize) -> usize {
+    let strings: usize = strings.iter().map(|s| s.len()).sum();
+    let tags: usize = tags.map(|(key, value)| key.len() + value.len() + 16).sum();
+    strings + tags + dimension * 4 + PER_ITEM_OVERHEAD
 }
 
 #[cfg(test)]

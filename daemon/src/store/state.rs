@@ -35,7 +35,7 @@ pub struct MemoryView<'a>(&'a ArchivedStoredMemory);
 /// Hashes daemon-assigned ids (not chosen by clients) with one multiply and
 /// fold instead of SipHash: the id map is the hottest map of apply and replay.
 #[derive(Default)]
-pub struct IdHasher(u64);
+struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -389,16 +389,6 @@ impl Frozen {
     /// The LSN it reflects.
     pub fn lsn(&self) -> Lsn {
         self.lsn
-    }
-
-    /// Memories held.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// True when it holds no memory.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     /// Everything, borrowed from the archived memories, for the snapshot writer.
