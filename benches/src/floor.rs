@@ -1,6 +1,8 @@
 //! The machine's floor for a round trip with a wake-up each way, no daemon:
 //! two threads ping-ponging through a pair of eventfds (blocking `read`), and
-//! through a Unix stream socketpair (blocking `read`/`write` of 64 bytes).
+//! through a Unix stream socketpair (blocking `read`/`write` of 64 bytes), and
+//! through one-byte wake-ups on a socketpair exactly as the transport sends
+//! them (`wake::signal`, `poll` + `wake::drain`).
 //!
 //! `nexus-bench ping` at depth 1 is two such wake-ups plus the daemon's work,
 //! so this says how much of its latency is the machine's (a KVM guest's
@@ -11,7 +13,10 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-use nexus_shm_protocol::wake::WakeFd;
+use std::os::fd::AsFd;
+
+use nexus_shm_protocol::wake;
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde::Serialize;
 
 use crate::error::BenchError;
@@ -33,6 +38,10 @@ pub struct FloorReport {
     pub socketpair_p50_ns: u64,
     /// 99th percentile of the same.
     pub socketpair_p99_ns: u64,
+    /// Median round trip of wake bytes as the transport sends them, nanoseconds.
+    pub wake_byte_p50_ns: u64,
+    /// 99th percentile of the same.
+    pub wake_byte_p99_ns: u64,
 }
 
 /// Measures both mechanisms, `round_trips` each (after a tenth as warm-up).
@@ -42,33 +51,67 @@ pub fn run_floor(round_trips: u64) -> Result<FloorReport, BenchError> {
     }
     let mut eventfd = eventfd_round_trips(round_trips)?;
     let mut socketpair = socketpair_round_trips(round_trips)?;
+    let mut wake_bytes = wake_byte_round_trips(round_trips)?;
     eventfd.sort_unstable();
     socketpair.sort_unstable();
+    wake_bytes.sort_unstable();
     Ok(FloorReport {
         round_trips,
         eventfd_p50_ns: percentile(&eventfd, 0.5),
         eventfd_p99_ns: percentile(&eventfd, 0.99),
         socketpair_p50_ns: percentile(&socketpair, 0.5),
         socketpair_p99_ns: percentile(&socketpair, 0.99),
+        wake_byte_p50_ns: percentile(&wake_bytes, 0.5),
+        wake_byte_p99_ns: percentile(&wake_bytes, 0.99),
     })
 }
 
 fn eventfd_round_trips(n: u64) -> Result<Vec<u64>, BenchError> {
-    let (to_echo, to_main) = (WakeFd::new()?, WakeFd::new()?);
+    let blocking_eventfd = || EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).map_err(std::io::Error::from);
+    let (to_echo, to_main) = (blocking_eventfd()?, blocking_eventfd()?);
     let total = n + n / 10;
     std::thread::scope(|scope| {
         let echo = scope.spawn(|| -> std::io::Result<()> {
             for _ in 0..total {
-                to_echo.wait(None)?;
-                to_main.signal()?;
+                to_echo.read()?;
+                to_main.write(1)?;
             }
             Ok(())
         });
         let mut samples = Vec::with_capacity(n as usize);
         for i in 0..total {
             let sent = Instant::now();
-            to_echo.signal()?;
-            to_main.wait(None)?;
+            to_echo.write(1).map_err(std::io::Error::from)?;
+            to_main.read().map_err(std::io::Error::from)?;
+            if i >= total - n {
+                samples.push(sent.elapsed().as_nanos() as u64);
+            }
+        }
+        echo.join().expect("the echo thread panicked")?;
+        Ok(samples)
+    })
+}
+
+fn wake_byte_round_trips(n: u64) -> Result<Vec<u64>, BenchError> {
+    let (main_end, echo_end) = UnixStream::pair()?;
+    let total = n + n / 10;
+    let wait = |end: &UnixStream| -> std::io::Result<()> {
+        while wake::wait(end.as_fd(), None)?.is_none_or(|d| d.wake_bytes == 0) {}
+        Ok(())
+    };
+    std::thread::scope(|scope| {
+        let echo = scope.spawn(|| -> std::io::Result<()> {
+            for _ in 0..total {
+                wait(&echo_end)?;
+                wake::signal(echo_end.as_fd())?;
+            }
+            Ok(())
+        });
+        let mut samples = Vec::with_capacity(n as usize);
+        for i in 0..total {
+            let sent = Instant::now();
+            wake::signal(main_end.as_fd())?;
+            wait(&main_end)?;
             if i >= total - n {
                 samples.push(sent.elapsed().as_nanos() as u64);
             }

@@ -318,6 +318,7 @@ fn prepare(config: &RememberConfig, client: usize) -> Result<(Connection, Vec<Re
         timeout: config.timeout,
         transport: config.transport,
         spin: Duration::ZERO,
+        ..ConnectOptions::default()
     };
     let connection =
         Connection::connect(&config.socket, options).map_err(client_step(format!("connect client {client}")))?;

@@ -3,27 +3,35 @@
 //! Requests are serialized straight into the request ring; answers are read
 //! in place from the response ring through a [`ResponseGuard`] that releases
 //! the frame when dropped. Waiting follows the ring's flag protocol: announce
-//! sleep, re-check, then `poll` the wake fd and the socket together (the
-//! socket's EOF is how a dead daemon shows). The socket transport (the
-//! benchmark baseline) offers the same calls over the Unix stream.
+//! sleep, re-check, then `poll` the socket, which carries the daemon's wake
+//! bytes and whose EOF is how a dead daemon shows (`wake.rs`). `submit` only
+//! publishes; the daemon is woken (if it sleeps) by `flush`, or when this side
+//! is about to wait, so a pipelined burst costs one wake-up, not one per
+//! request. The socket transport (the benchmark baseline) offers the same
+//! calls over the Unix stream.
+//!
+//! The daemon is not trusted blindly either: its uid is checked
+//! (SO_PEERCRED), the segment must be sealed before it is mapped, every answer
+//! is validated before it is read, and a call's deadline bounds its wait even
+//! while answers to other requests keep arriving.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nexus_shm_protocol::handshake::{
-    ClientHello, FLAG_SOCKET_TRANSPORT, HANDSHAKE_FDS, SERVER_HELLO_BYTES, ServerHello, recv_with_fds,
+    ClientHello, FLAG_SOCKET_TRANSPORT, HANDSHAKE_FDS, SERVER_HELLO_BYTES, ServerHello, peer_credentials, recv_with_fds,
 };
 use nexus_shm_protocol::layout::{FrameHeader, FrameKind};
 use nexus_shm_protocol::ring::{Consumer, Frame, Producer, RingError};
 use nexus_shm_protocol::segment::Segment;
-use nexus_shm_protocol::wake::WakeFd;
+use nexus_shm_protocol::wake;
 use nexus_shm_protocol::wire::{ArchivedResponse, ErrorCode, Request, access_response, encode_into, encode_to_vec};
 use nexus_shm_protocol::{PROTOCOL_VERSION, monotonic_now_ns};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use rkyv::util::AlignedVec;
 
 use crate::error::ClientError;
@@ -54,7 +62,15 @@ pub struct ConnectOptions {
     /// Opt-in busy-wait before sleeping for an answer (0: never). Only worth
     /// it with spare cores.
     pub spin: Duration,
+    /// The uid nexusd must run as (checked with SO_PEERCRED before anything
+    /// is sent). `None`: the uid that owns the socket file, so a process of
+    /// another user answering on a path we were given is refused. Default:
+    /// `$NEXUS_DAEMON_UID` when set (for a daemon under its own system user).
+    pub daemon_uid: Option<u32>,
 }
+
+/// Environment variable with the uid nexusd is expected to run as.
+pub const DAEMON_UID_ENV: &str = "NEXUS_DAEMON_UID";
 
 impl Default for ConnectOptions {
     fn default() -> Self {
@@ -65,6 +81,9 @@ impl Default for ConnectOptions {
             timeout: Duration::from_secs(5),
             transport: Transport::SharedMemory,
             spin: Duration::ZERO,
+            daemon_uid: std::env::var(DAEMON_UID_ENV)
+                .ok()
+                .and_then(|uid| uid.trim().parse().ok()),
         }
     }
 }
@@ -88,8 +107,8 @@ enum Frames {
 struct ShmFrames {
     requests: Producer,
     responses: Consumer,
-    wake_daemon: WakeFd,
-    wake_me: WakeFd,
+    /// Requests published since the daemon was last offered a wake-up.
+    unsignalled: bool,
 }
 
 struct SocketFrames {
@@ -114,6 +133,7 @@ impl Connection {
         })?;
         socket.set_read_timeout(Some(options.timeout))?;
         socket.set_write_timeout(Some(options.timeout))?;
+        check_daemon_uid(&socket, &path, options.daemon_uid)?;
         let hello = ClientHello {
             protocol_version: PROTOCOL_VERSION,
             flags: if options.transport == Transport::Socket {
@@ -176,8 +196,12 @@ impl Connection {
             if answer_id == id {
                 break frame;
             }
-            // A late answer to a call that already timed out: drop it.
+            // A late answer to a call that already timed out: drop it. The
+            // deadline still holds while such answers keep coming.
             self.release(frame)?;
+            if Instant::now() >= deadline {
+                return Err(ClientError::Timeout(timeout));
+            }
         };
         self.guard(frame)
     }
@@ -198,21 +222,29 @@ impl Connection {
         self.note(result).map(|()| request.request_id)
     }
 
-    /// Sends queued socket-transport requests (a no-op on shared memory,
-    /// where `submit` publishes at once).
+    /// Makes submitted requests reach the daemon: writes the queued frames
+    /// (socket transport) or wakes the daemon if it sleeps (shared memory,
+    /// where `submit` already published them). `call` and `recv` flush by
+    /// themselves before they wait.
     pub fn flush(&mut self) -> Result<(), ClientError> {
-        if let Frames::Socket(socket) = &mut self.frames {
-            let result = (&self.socket).write_all(&socket.outgoing).map_err(gone_or_io);
-            socket.outgoing.clear();
-            return self.note(result);
-        }
-        Ok(())
+        let result = match &mut self.frames {
+            Frames::Socket(socket) => {
+                let written = (&self.socket).write_all(&socket.outgoing).map_err(gone_or_io);
+                socket.outgoing.clear();
+                written
+            }
+            Frames::Shm(shm) => shm.wake_daemon_if_asleep(&self.socket),
+        };
+        self.note(result)
     }
 
     /// The next answer in arrival order (pipelining), within `timeout`.
+    /// Requests still unflushed are flushed before any wait.
     pub fn recv(&mut self, timeout: Option<Duration>) -> Result<ResponseGuard<'_>, ClientError> {
         let timeout = timeout.unwrap_or(self.options.timeout);
-        self.flush()?;
+        if matches!(self.frames, Frames::Socket(_)) {
+            self.flush()?;
+        }
         let (frame, _) = self.next_frame(Instant::now() + timeout, timeout)?;
         self.guard(frame)
     }
@@ -236,10 +268,8 @@ impl Connection {
                 if !written.map_err(|e| ClientError::Protocol(e.to_string()))? {
                     return Err(ClientError::Busy(Duration::ZERO));
                 }
-                if shm.requests.consumer_needs_wake() {
-                    shm.wake_daemon.signal()?;
-                }
-                Ok(())
+                shm.unsignalled = true;
+                shm.wake_daemon_if_asleep(&self.socket)
             }
             Frames::Socket(socket) => {
                 let header = FrameHeader {
@@ -297,7 +327,7 @@ impl Connection {
         if let (Frames::Shm(shm), Some(frame)) = (&mut self.frames, frame) {
             shm.responses.release(&frame);
             if shm.responses.producer_needs_wake() {
-                shm.wake_daemon.signal()?;
+                wake::signal(self.socket.as_fd()).map_err(gone_or_io)?;
             }
         }
         Ok(())
@@ -341,8 +371,15 @@ impl ShmFrames {
                 Err(e) => return Err(ClientError::Protocol(e.to_string())),
             }
         }
-        if self.requests.consumer_needs_wake() {
-            self.wake_daemon.signal()?;
+        self.unsignalled = true;
+        Ok(())
+    }
+
+    /// Offers the daemon a wake-up for what was published since the last
+    /// one: a byte only if it announced sleep (one per burst, not per request).
+    fn wake_daemon_if_asleep(&mut self, socket: &UnixStream) -> Result<(), ClientError> {
+        if std::mem::take(&mut self.unsignalled) && self.requests.consumer_needs_wake() {
+            wake::signal(socket.as_fd()).map_err(gone_or_io)?;
         }
         Ok(())
     }
@@ -353,13 +390,13 @@ impl ShmFrames {
             .free_bytes()
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         // The daemon may be asleep with our earlier frames unread: make sure it is not.
-        self.wake_daemon.signal()?;
+        self.wake_daemon_if_asleep(socket)?;
         let now = Instant::now();
         if now >= deadline {
             return Err(ClientError::Busy(Duration::ZERO));
         }
         if self.requests.prepare_wait_for_space(seen_free) {
-            let waited = wait_on(&self.wake_me, socket, deadline - now);
+            let waited = wait_on(socket, deadline - now);
             self.requests.end_wait_for_space();
             if !waited? && Instant::now() >= deadline {
                 return Err(ClientError::Busy(deadline - now));
@@ -392,8 +429,10 @@ impl ShmFrames {
             if now >= deadline {
                 return Err(ClientError::Timeout(timeout));
             }
+            // About to sleep: whatever we published must reach the daemon first.
+            self.wake_daemon_if_asleep(socket)?;
             if self.responses.prepare_sleep() {
-                let waited = wait_on(&self.wake_me, socket, deadline - now);
+                let waited = wait_on(socket, deadline - now);
                 self.responses.end_sleep();
                 match waited {
                     // The daemon may have written a last answer (why it is
@@ -491,25 +530,39 @@ impl Drop for ResponseGuard<'_> {
     }
 }
 
-/// Waits for the wake fd or the socket (EOF = the daemon is gone). Returns
-/// false on timeout.
-fn wait_on(wake_me: &WakeFd, socket: &UnixStream, left: Duration) -> Result<bool, ClientError> {
-    let timeout_ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-    let mut fds = [
-        PollFd::new(wake_me.as_fd(), PollFlags::POLLIN),
-        PollFd::new(socket.as_fd(), PollFlags::POLLIN),
-    ];
-    match poll(&mut fds, PollTimeout::try_from(timeout_ms).unwrap_or(PollTimeout::MAX)) {
-        Ok(0) | Err(nix::errno::Errno::EINTR) => return Ok(false),
-        Ok(_) => {}
-        Err(errno) => return Err(std::io::Error::from(errno).into()),
+/// Waits for a wake byte from the daemon on the socket (its EOF: the daemon
+/// is gone). Returns false on timeout.
+fn wait_on(socket: &UnixStream, left: Duration) -> Result<bool, ClientError> {
+    match wake::wait(socket.as_fd(), Some(left)).map_err(gone_or_io)? {
+        None => Ok(false),
+        Some(drained) if drained.peer_gone => Err(ClientError::DaemonGone),
+        Some(drained) if drained.foreign_bytes > 0 => Err(ClientError::Protocol(format!(
+            "nexusd sent {} bytes that are not wake-ups on the socket",
+            drained.foreign_bytes
+        ))),
+        Some(_) => Ok(true),
     }
-    let socket_events = fds[1].revents().unwrap_or(PollFlags::empty());
-    if socket_events.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
-        return Err(ClientError::DaemonGone);
+}
+
+/// Refuses a peer that runs as another uid than the daemon we expect: the
+/// configured one, else the owner of the socket file.
+fn check_daemon_uid(socket: &UnixStream, path: &Path, expected: Option<u32>) -> Result<(), ClientError> {
+    let expected = match expected {
+        Some(uid) => uid,
+        None => std::fs::metadata(path)
+            .map_err(|e| ClientError::Handshake(format!("cannot stat {}: {e}", path.display())))?
+            .uid(),
+    };
+    let (actual, _, _) =
+        peer_credentials(socket.as_fd()).map_err(|e| ClientError::Handshake(format!("SO_PEERCRED failed: {e}")))?;
+    if actual != expected {
+        return Err(ClientError::UntrustedDaemon {
+            path: path.to_path_buf(),
+            expected,
+            actual,
+        });
     }
-    wake_me.drain()?;
-    Ok(true)
+    Ok(())
 }
 
 fn read_server_hello(socket: &UnixStream) -> Result<(ServerHello, Vec<OwnedFd>), ClientError> {
@@ -538,9 +591,9 @@ fn read_server_hello(socket: &UnixStream) -> Result<(ServerHello, Vec<OwnedFd>),
 }
 
 fn map_segment(welcome: &ServerHello, fds: Vec<OwnedFd>) -> Result<ShmFrames, ClientError> {
-    let Ok([memfd, wake_daemon, wake_me]) = <[OwnedFd; HANDSHAKE_FDS]>::try_from(fds) else {
+    let Ok([memfd]) = <[OwnedFd; HANDSHAKE_FDS]>::try_from(fds) else {
         return Err(ClientError::Handshake(
-            "nexusd did not pass the segment and wake fds".into(),
+            "nexusd did not pass exactly one segment fd".into(),
         ));
     };
     let segment = Segment::map(&memfd).map_err(|e| ClientError::Handshake(e.to_string()))?;
@@ -553,8 +606,7 @@ fn map_segment(welcome: &ServerHello, fds: Vec<OwnedFd>) -> Result<ShmFrames, Cl
     Ok(ShmFrames {
         requests,
         responses,
-        wake_daemon: WakeFd::from_owned(wake_daemon),
-        wake_me: WakeFd::from_owned(wake_me),
+        unsignalled: false,
     })
 }
 

@@ -32,6 +32,17 @@ pub enum ClientError {
     /// The daemon's handshake or segment was not understood.
     #[error("handshake failed: {0}")]
     Handshake(String),
+    /// The process answering on the socket runs as another uid than expected
+    /// (`ConnectOptions::daemon_uid`, `NEXUS_DAEMON_UID`).
+    #[error("the process on {path} runs as uid {actual}, not the expected nexusd uid {expected}")]
+    UntrustedDaemon {
+        /// The socket path.
+        path: PathBuf,
+        /// The uid expected.
+        expected: u32,
+        /// The peer's uid (SO_PEERCRED).
+        actual: u32,
+    },
     /// The daemon closed the connection or died; reconnect to go on.
     #[error("the connection to nexusd is gone (daemon stopped or closed it); reconnect")]
     DaemonGone,

@@ -18,7 +18,6 @@ use nexus_shm_protocol::handshake::{
 };
 use nexus_shm_protocol::layout::SegmentHeader;
 use nexus_shm_protocol::segment::Segment;
-use nexus_shm_protocol::wake::WakeFd;
 use nexus_shm_protocol::wire::ErrorCode;
 use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::UnixStream;
@@ -95,7 +94,8 @@ struct Connection {
 
 /// What the handshake admitted.
 enum Admitted {
-    SharedMemory(Box<ShmSession>),
+    /// The segment whose fd the client now holds; the session takes the socket.
+    SharedMemory(Arc<Segment>),
     Socket { max_frame_bytes: u32 },
 }
 
@@ -129,7 +129,12 @@ impl Connection {
         };
         bump(&self.shared.metrics.connections_total);
         let end = match admitted {
-            Admitted::SharedMemory(session) => session.run(self.stream, &self.shutdown).await,
+            Admitted::SharedMemory(segment) => {
+                match ShmSession::new(self.id, &segment, self.stream, self.shared.clone()) {
+                    Ok(session) => session.run(&self.shutdown).await,
+                    Err(e) => SessionEnd::Io(e),
+                }
+            }
             Admitted::Socket { max_frame_bytes } => {
                 crate::socket_session::run(self.stream, &self.shared, max_frame_bytes, &self.shutdown).await
             }
@@ -227,21 +232,15 @@ impl Connection {
         let header =
             SegmentHeader::new(request_bytes, response_bytes, config.max_frame_bytes).map_err(|e| setup_failed(&e))?;
         let (segment, memfd) = Segment::create(header).map_err(|e| setup_failed(&e))?;
-        let (daemon_wake, client_wake) = WakeFd::new()
-            .and_then(|d| Ok((d, WakeFd::new()?)))
-            .map_err(|e| setup_failed(&e))?;
         let mut welcome = self.welcome(header.segment_bytes);
         welcome.request_ring_bytes = request_bytes;
         welcome.response_ring_bytes = response_bytes;
         welcome.max_frame_bytes = header.max_frame_bytes;
-        let fds = [memfd.as_raw_fd(), daemon_wake.as_raw_fd(), client_wake.as_raw_fd()];
-        self.send_hello(&welcome, &fds).await?;
+        self.send_hello(&welcome, &[memfd.as_raw_fd()]).await?;
         // Our copy of the memfd is no longer needed: the mapping keeps the
         // memory, and closing it leaves the client's fd as the only handle.
         drop(memfd);
-        let session = ShmSession::new(self.id, &segment, daemon_wake, client_wake, self.shared.clone())
-            .map_err(|e| Refusal::silent(format!("session setup failed: {e}")))?;
-        Ok(Admitted::SharedMemory(Box::new(session)))
+        Ok(Admitted::SharedMemory(segment))
     }
 
     fn welcome(&self, segment_bytes: u64) -> ServerHello {

@@ -4,15 +4,23 @@
 //! (copy each out of the ring into a private aligned buffer, release it,
 //! validate, handle, serialize the answer in place into the response ring),
 //! wake the client once if it sleeps, then either go on, or (ring empty)
-//! announce sleep, re-check and await the wake fd, or (response ring full)
-//! hold the one pending answer and await space, bounded by
-//! `stalled_client_timeout`. The client's socket is watched for EOF, which is
-//! how a dead client (even one killed mid-frame) is noticed.
+//! announce sleep, re-check and await a wake byte on the client's socket, or
+//! (response ring full) hold the one pending answer and await space, bounded
+//! by `stalled_client_timeout`. The same socket's EOF is how a dead client
+//! (even one killed mid-frame) is noticed.
+//!
+//! Nothing here can block on an object the client controls: the socket end is
+//! the daemon's own open file description, every call on it passes
+//! `MSG_DONTWAIT` (`wake.rs`), the ring cursors are private and every value
+//! read from the segment is checked (`ring.rs`). A client may only send one
+//! wake byte per sleep the daemon announced; more, or any other byte, ends the
+//! session as a protocol violation (so a flood costs it its connection, not the
+//! daemon a drain loop).
 //!
 //! What this module does not do: decide answers (`handler.rs`) or accept
 //! connections (`server.rs`).
 
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,11 +28,10 @@ use nexus_shm_protocol::layout::FrameKind;
 use nexus_shm_protocol::monotonic_now_ns;
 use nexus_shm_protocol::ring::{BadFrameReason, Consumer, Frame, Producer, RingError};
 use nexus_shm_protocol::segment::Segment;
-use nexus_shm_protocol::wake::WakeFd;
+use nexus_shm_protocol::wake::{self, Drained};
 use nexus_shm_protocol::wire::{ErrorCode, Response, access_request, encode_into};
 use rkyv::util::AlignedVec;
 use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
@@ -44,9 +51,20 @@ pub enum SessionEnd {
     Stalled,
     /// The shared ring state was impossible; the connection is poisoned.
     Corrupt(RingError),
+    /// The client broke the wake-up protocol (bytes it was not asked for).
+    ProtocolViolation(String),
     /// A syscall on the connection's fds failed.
     Io(std::io::Error),
 }
+
+/// Reads of [`wake::DRAIN_CHUNK_BYTES`] per wake-up: an honest client has at
+/// most a couple of bytes pending, so hitting this bound already means surplus.
+const WAKE_DRAIN_CHUNKS: u32 = 2;
+
+/// The scratch buffer a session keeps while idle. A larger one (grown by a
+/// big batch) is given back when the session goes to sleep, so 1,000 idle
+/// clients do not each hold the largest request they ever sent.
+const IDLE_SCRATCH_BYTES: usize = 64 * 1024;
 
 /// A session's state. Everything in it is bounded: two fixed rings, one
 /// scratch buffer of at most `max_frame_bytes`, at most one pending answer.
@@ -54,8 +72,12 @@ pub struct ShmSession {
     id: u64,
     requests: Consumer,
     responses: Producer,
-    wake_me: AsyncFd<WakeFd>,
-    wake_client: WakeFd,
+    /// The connection's socket: wake bytes both ways, and the client's EOF.
+    stream: UnixStream,
+    /// Sleeps announced to the client (each allows it one wake byte).
+    wakes_announced: u64,
+    /// Wake bytes received from the client.
+    wakes_received: u64,
     scratch: AlignedVec<16>,
     pending: Option<Response>,
     bad_frames: u32,
@@ -83,26 +105,25 @@ enum Wake {
     TimedOut,
 }
 
+/// What a session waits for: a request (the ring is empty) or room for an
+/// answer (the response ring is full).
+#[derive(Clone, Copy)]
+enum Waiting {
+    Request,
+    Room,
+}
+
 impl ShmSession {
     /// Takes the daemon's ends of `segment`; must run inside the runtime.
-    pub fn new(
-        id: u64,
-        segment: &Arc<Segment>,
-        daemon_wake: WakeFd,
-        wake_client: WakeFd,
-        shared: Arc<Shared>,
-    ) -> std::io::Result<Self> {
+    pub fn new(id: u64, segment: &Arc<Segment>, stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<Self> {
         let (requests, responses) = segment.daemon_ends().map_err(std::io::Error::other)?;
-        // SAFETY: WakeFd owns its fd (an OwnedFd), returns the same raw fd for
-        // its whole life, and is only closed when the AsyncFd drops it.
-        let wake_me = unsafe { AsyncFd::register_with_interest(daemon_wake, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?;
         Ok(Self {
             id,
             requests,
             responses,
-            wake_me,
-            wake_client,
+            stream,
+            wakes_announced: 0,
+            wakes_received: 0,
             scratch: AlignedVec::with_capacity(4096),
             pending: None,
             bad_frames: 0,
@@ -113,15 +134,15 @@ impl ShmSession {
     }
 
     /// Serves until the client leaves, misbehaves, or shutdown.
-    pub async fn run(mut self, stream: UnixStream, shutdown: &CancellationToken) -> SessionEnd {
+    pub async fn run(mut self, shutdown: &CancellationToken) -> SessionEnd {
         let burst_frames = self.shared.config().burst_frames;
         loop {
             let burst = match self.pump(burst_frames).await {
                 Ok(burst) => burst,
                 Err(end) => return end,
             };
-            if let Err(e) = self.wake_client_if_asleep() {
-                return SessionEnd::Io(e);
+            if let Err(end) = self.wake_client_if_asleep() {
+                return end;
             }
             let waited = match burst {
                 Burst::Progress { more: true } => {
@@ -131,8 +152,8 @@ impl ShmSession {
                 }
                 Burst::Progress { more: false } => continue,
                 Burst::Idle if shutdown.is_cancelled() => return SessionEnd::Shutdown,
-                Burst::Idle => self.sleep_until_request(&stream, shutdown).await,
-                Burst::Blocked { seen_free } => self.wait_for_space(seen_free, &stream, shutdown).await,
+                Burst::Idle => self.sleep_until_request(shutdown).await,
+                Burst::Blocked { seen_free } => self.wait_for_space(seen_free, shutdown).await,
             };
             if let Err(end) = waited {
                 return end;
@@ -248,43 +269,39 @@ impl ShmSession {
         }
     }
 
-    /// One signal per burst, only if the client announced it sleeps (waiting
-    /// for answers, or for room in its request ring).
-    fn wake_client_if_asleep(&mut self) -> std::io::Result<()> {
+    /// One wake byte per burst, only if the client announced it sleeps
+    /// (waiting for answers, or for room in its request ring).
+    fn wake_client_if_asleep(&mut self) -> Result<(), SessionEnd> {
         let wants_answers = self.responses.consumer_needs_wake();
         let wants_room = self.requests.producer_needs_wake();
         if wants_answers || wants_room {
             bump(&self.shared.metrics.wakeups_sent);
-            self.wake_client.signal()?;
+            wake::signal(self.stream.as_fd()).map_err(io_end)?;
         }
         Ok(())
     }
 
-    async fn sleep_until_request(
-        &mut self,
-        stream: &UnixStream,
-        shutdown: &CancellationToken,
-    ) -> Result<(), SessionEnd> {
+    async fn sleep_until_request(&mut self, shutdown: &CancellationToken) -> Result<(), SessionEnd> {
         let budget = self.shared.config().spin;
         if self.spin.spin_until(budget, || !self.requests.is_empty()) {
             return Ok(());
         }
+        self.wakes_announced += 1;
         if !self.requests.prepare_sleep() {
             return Ok(());
         }
+        if self.scratch.capacity() > IDLE_SCRATCH_BYTES {
+            self.scratch = AlignedVec::with_capacity(4096);
+        }
         let slept = Instant::now();
-        let waited = wait(&self.wake_me, stream, shutdown, None).await;
+        let waited = self.wait(Waiting::Request, shutdown, None).await;
         self.requests.end_sleep();
         self.spin.record_idle(slept.elapsed());
         waited.map(|_| ())
     }
 
-    async fn wait_for_space(
-        &mut self,
-        seen_free: u64,
-        stream: &UnixStream,
-        shutdown: &CancellationToken,
-    ) -> Result<(), SessionEnd> {
+    async fn wait_for_space(&mut self, seen_free: u64, shutdown: &CancellationToken) -> Result<(), SessionEnd> {
+        self.wakes_announced += 1;
         if !self.responses.prepare_wait_for_space(seen_free) {
             return Ok(());
         }
@@ -292,7 +309,7 @@ impl ShmSession {
         let left = self.shared.config().stalled_client_timeout.saturating_sub(stalled_for);
         let waited = match left.is_zero() {
             true => Ok(Wake::TimedOut),
-            false => wait(&self.wake_me, stream, shutdown, Some(left)).await,
+            false => self.wait(Waiting::Room, shutdown, Some(left)).await,
         };
         self.responses.end_wait_for_space();
         match waited? {
@@ -303,57 +320,87 @@ impl ShmSession {
             }
         }
     }
+
+    /// Awaits a wake byte (or the client's EOF), shutdown, or `limit`.
+    async fn wait(
+        &mut self,
+        waiting: Waiting,
+        shutdown: &CancellationToken,
+        limit: Option<Duration>,
+    ) -> Result<Wake, SessionEnd> {
+        let timer = async {
+            match limit {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            drained = read_wake_bytes(&self.stream) => {
+                self.account(drained?, waiting)?;
+                Ok(Wake::Signalled)
+            }
+            _ = shutdown.cancelled() => Ok(Wake::Signalled),
+            _ = timer => Ok(Wake::TimedOut),
+        }
+    }
+
+    /// Judges what the client sent: its EOF ends the session, and so does any
+    /// byte it was not entitled to.
+    fn account(&mut self, drained: Drained, waiting: Waiting) -> Result<(), SessionEnd> {
+        self.wakes_received += drained.wake_bytes;
+        let surplus = self.wakes_received > self.wakes_announced;
+        if drained.foreign_bytes > 0 || surplus {
+            bump(&self.shared.metrics.clients_disconnected_corrupt);
+            let what = match waiting {
+                Waiting::Request => "a request",
+                Waiting::Room => "room in the response ring",
+            };
+            return Err(SessionEnd::ProtocolViolation(format!(
+                "the client sent {} wake bytes and {} other bytes after {} announced sleeps (waiting for {what})",
+                self.wakes_received, drained.foreign_bytes, self.wakes_announced
+            )));
+        }
+        if drained.peer_gone {
+            return Err(SessionEnd::PeerGone);
+        }
+        Ok(())
+    }
 }
 
 impl Drop for ShmSession {
     fn drop(&mut self) {
-        tracing::trace!(
-            connection = self.id,
-            wake_fd = self.wake_me.as_raw_fd(),
-            "session resources freed"
-        );
+        tracing::trace!(connection = self.id, "session resources freed");
     }
 }
 
-/// Awaits the wake fd, the client's EOF, shutdown, or `limit`.
-async fn wait(
-    wake_me: &AsyncFd<WakeFd>,
-    stream: &UnixStream,
-    shutdown: &CancellationToken,
-    limit: Option<Duration>,
-) -> Result<Wake, SessionEnd> {
-    let timer = async {
-        match limit {
-            Some(limit) => tokio::time::sleep(limit).await,
-            None => std::future::pending().await,
+/// Waits until the client's socket is readable, then drains it without
+/// blocking (`MSG_DONTWAIT`). Readiness is cleared only when the socket was
+/// read dry, so bytes left by the chunk bound are seen at the next wait.
+async fn read_wake_bytes(stream: &UnixStream) -> Result<Drained, SessionEnd> {
+    stream.readable().await.map_err(SessionEnd::Io)?;
+    let mut drained = Drained::default();
+    let read = stream.try_io(Interest::READABLE, || {
+        drained = wake::drain(stream.as_fd(), WAKE_DRAIN_CHUNKS)?;
+        match drained.read_dry && !drained.peer_gone {
+            // Tells tokio to clear the readiness: the next wait sleeps.
+            true => Err(std::io::ErrorKind::WouldBlock.into()),
+            false => Ok(()),
         }
-    };
-    tokio::select! {
-        ready = wake_me.readable() => {
-            let mut guard = ready.map_err(SessionEnd::Io)?;
-            guard.get_inner().drain().map_err(SessionEnd::Io)?;
-            guard.clear_ready();
-            Ok(Wake::Signalled)
-        }
-        gone = peer_gone(stream) => gone.map(|()| Wake::Signalled),
-        _ = shutdown.cancelled() => Ok(Wake::Signalled),
-        _ = timer => Ok(Wake::TimedOut),
+    });
+    match read {
+        Ok(()) => Ok(drained),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(drained),
+        Err(e) => Err(io_end(e)),
     }
 }
 
-/// Resolves with `Err(PeerGone)` when the client's socket reaches EOF; the
-/// client sends nothing after its hello, so any byte is ignored.
-async fn peer_gone(stream: &UnixStream) -> Result<(), SessionEnd> {
-    let mut scratch = [0u8; 64];
-    loop {
-        stream.readable().await.map_err(SessionEnd::Io)?;
-        match stream.try_read(&mut scratch) {
-            Ok(0) => return Err(SessionEnd::PeerGone),
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Err(SessionEnd::PeerGone),
-            Err(e) => return Err(SessionEnd::Io(e)),
-        }
+/// A failed call on the client's socket: a closed or reset peer is a client
+/// that left, anything else a real I/O error.
+fn io_end(e: std::io::Error) -> SessionEnd {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    match e.kind() {
+        BrokenPipe | ConnectionReset | ConnectionAborted => SessionEnd::PeerGone,
+        _ => SessionEnd::Io(e),
     }
 }
 

@@ -14,9 +14,11 @@
 //! ```
 //! The first 12 bytes of both (magic and version) are frozen for every future
 //! version, so a mismatch is always reported in words, never as a hang. On
-//! success the ServerHello carries three fds (SCM_RIGHTS): the segment memfd,
-//! the daemon's wake fd, the client's wake fd. The socket stays open for the
-//! connection's life: its EOF is how each side learns the other is gone.
+//! success the ServerHello carries one fd (SCM_RIGHTS): the sealed segment
+//! memfd. The socket stays open for the connection's life: it carries the
+//! wake-up bytes of both directions (`wake.rs`), and its EOF is how each side
+//! learns the other is gone. (Version 1 also passed two eventfds for
+//! wake-ups; a client could reconfigure those under the daemon.)
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -33,8 +35,8 @@ pub const SERVER_HELLO_BYTES: usize = 256;
 pub const MAX_CLIENT_NAME_BYTES: usize = 64;
 /// Longest message in a ServerHello.
 pub const MAX_SERVER_MESSAGE_BYTES: usize = 200;
-/// Fds passed with a successful ServerHello: memfd, daemon wake fd, client wake fd.
-pub const HANDSHAKE_FDS: usize = 3;
+/// Fds passed with a successful ServerHello: the segment memfd, nothing else.
+pub const HANDSHAKE_FDS: usize = 1;
 /// Flag: after the handshake, frames travel over the socket instead of the
 /// segment (the in-run baseline of `nexus-bench`, and a fallback).
 pub const FLAG_SOCKET_TRANSPORT: u32 = 1;

@@ -165,6 +165,10 @@ pub unsafe fn ring_ends_from_raw(
         max_frame_bytes,
         _keepalive: keepalive.clone(),
     };
+    // Both cursors start at zero in this process's own memory, never from
+    // the shared header: the peer may have written anything there before we
+    // got here (it holds the memfd from the moment it is sent). Every value
+    // later read from the header is checked against these private cursors.
     let producer = Producer {
         memory: memory(),
         tail: 0,
@@ -173,17 +177,10 @@ pub unsafe fn ring_ends_from_raw(
         memory: memory(),
         head: 0,
     };
-    let (producer, consumer) = (producer.resume(), consumer.resume());
     (producer, consumer)
 }
 
 impl Producer {
-    /// Picks up the cursor already published in the header (zero for a new ring).
-    fn resume(mut self) -> Self {
-        self.tail = self.memory.header().tail.load(Ordering::Relaxed);
-        self
-    }
-
     /// Largest payload this ring accepts.
     pub fn max_frame_bytes(&self) -> u64 {
         self.memory.max_frame_bytes
@@ -373,11 +370,6 @@ impl Producer {
 }
 
 impl Consumer {
-    fn resume(mut self) -> Self {
-        self.head = self.memory.header().head.load(Ordering::Relaxed);
-        self
-    }
-
     /// Largest payload this ring accepts.
     pub fn max_frame_bytes(&self) -> u64 {
         self.memory.max_frame_bytes

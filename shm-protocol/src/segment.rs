@@ -34,6 +34,13 @@ pub enum SegmentError {
     /// This side's ring ends were already taken from this segment.
     #[error("the ring ends of this side were already taken")]
     AlreadyTaken,
+    /// The fd is not sealed against resizing: another holder could shrink it
+    /// under our mapping.
+    #[error("the segment fd is not sealed against resizing (seals {seals:#x})")]
+    Unsealed {
+        /// The seals the fd carries.
+        seals: i32,
+    },
 }
 
 fn sys(op: &'static str) -> impl FnOnce(nix::Error) -> SegmentError {
@@ -68,8 +75,11 @@ impl Segment {
         Ok((Arc::new(Self::from_map(map, header)), fd))
     }
 
-    /// Client side: maps a segment received from the daemon and validates its header.
+    /// Client side: maps a segment received from the daemon and validates its
+    /// header. The fd must carry the seals [`Segment::create`] sets: a segment
+    /// that could still shrink would let whoever else holds it SIGBUS us.
     pub fn map(fd: &OwnedFd) -> Result<Arc<Segment>, SegmentError> {
+        check_seals(fd)?;
         let stat = nix::sys::stat::fstat(fd).map_err(sys("fstat"))?;
         let len = u64::try_from(stat.st_size).map_err(|_| LayoutError::BadHeader("negative size"))?;
         if len < crate::layout::SEGMENT_HEADER_REGION_BYTES {
@@ -144,6 +154,21 @@ impl Segment {
             ring_ends_from_raw(header, data, capacity, max_frame, self.clone())
         }
     }
+}
+
+/// Seals a mapped segment must carry: no shrinking (SIGBUS), no growing, and
+/// no further changes to the seals.
+const REQUIRED_SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
+    .union(SealFlag::F_SEAL_GROW)
+    .union(SealFlag::F_SEAL_SEAL);
+
+fn check_seals(fd: &OwnedFd) -> Result<(), SegmentError> {
+    let seals = fcntl(fd.as_fd(), FcntlArg::F_GET_SEALS).map_err(sys("fcntl(F_GET_SEALS)"))?;
+    let seals = SealFlag::from_bits_truncate(seals);
+    if !seals.contains(REQUIRED_SEALS) {
+        return Err(SegmentError::Unsealed { seals: seals.bits() });
+    }
+    Ok(())
 }
 
 fn take(flag: &AtomicBool) -> Result<(), SegmentError> {
@@ -224,5 +249,17 @@ mod tests {
         let (_segment, fd) = Segment::create(header).unwrap();
         assert!(nix::unistd::ftruncate(&fd, 0).is_err());
         assert!(nix::unistd::ftruncate(&fd, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn the_client_refuses_an_unsealed_segment() {
+        // A "daemon" that hands over a memfd it could still shrink: mapping it
+        // would let the sender SIGBUS the client later.
+        let header = SegmentHeader::new(4096, 4096, 1024).unwrap();
+        let fd = memfd_create(c"unsealed", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).unwrap();
+        nix::unistd::ftruncate(&fd, header.segment_bytes as i64).unwrap();
+        let mut map = map_fd(&fd, header.segment_bytes).unwrap();
+        write_headers(&mut map, &header);
+        assert!(matches!(Segment::map(&fd), Err(SegmentError::Unsealed { .. })));
     }
 }

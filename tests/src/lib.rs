@@ -583,6 +583,7 @@ pub fn test_options(transport: Transport) -> ConnectOptions {
         timeout: Duration::from_secs(5),
         transport,
         spin: Duration::ZERO,
+        ..ConnectOptions::default()
     }
 }
 
