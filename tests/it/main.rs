@@ -16,6 +16,7 @@ mod handshake;
 mod lifecycle;
 mod signals;
 mod store;
+mod store_boundary;
 mod transport;
 mod wal_damage;
 

@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use self::logged::LoggedRecord;
-use self::model::{Limits, MemoryRef, StoreError, WalRecord, WalRecordRef, validate_memory};
+use self::model::{Limits, MemoryRef, StoreError, Subject, WalRecord, WalRecordRef, validate_memory};
 use self::snapshot::Snapshot;
 use self::state::{Query, State};
 use self::wal::{Committer, FsyncPolicy, Lsn, Wal, WalConfig, WalError, WalFs};
@@ -381,7 +381,7 @@ impl Store {
                 ArchivedForgetRequest::Ids(ids) => {
                     if ids.len() > self.inner.limits.max_forget_ids {
                         let max = self.inner.limits.max_forget_ids;
-                        return Err(StoreError::BatchTooLarge { len: ids.len(), max });
+                        return Err(StoreError::TooManyIds { len: ids.len(), max });
                     }
                     let mut ids: Vec<u64> = ids
                         .iter()
@@ -449,10 +449,11 @@ impl Store {
             .as_ref()
             .map(|v| v.iter().map(|x| x.to_native()).collect());
         if let Some(vector) = &vector {
-            model::check_vector(0, vector, limits)?;
+            model::check_vector(Subject::Query, vector, limits)?;
             let expected = self.inner.dimension.load(Ordering::Relaxed);
             if expected != 0 && expected as usize != vector.len() {
                 return Err(StoreError::DimensionMismatch {
+                    subject: Subject::Query,
                     expected,
                     got: vector.len() as u32,
                 });
@@ -637,12 +638,15 @@ impl Store {
 
     /// Fixes the store's dimension with the first vector; rejects mismatches.
     fn fix_dimension(&self, memories: &[MemoryRef<'_>]) -> Result<(), StoreError> {
-        let mut dims = memories.iter().filter_map(|m| m.vector.map(|v| v.len() as u32));
-        let Some(first) = dims.next() else { return Ok(()) };
-        if let Some(other) = dims.find(|d| *d != first) {
-            return Err(StoreError::DimensionMismatch {
+        let mut dims = (memories.iter().enumerate()).filter_map(|(i, m)| m.vector.map(|v| (i, v.len() as u32)));
+        let Some((first_index, first)) = dims.next() else {
+            return Ok(());
+        };
+        if let Some((index, got)) = dims.find(|(_, d)| *d != first) {
+            return Err(StoreError::MixedDimensions {
+                index,
                 expected: first,
-                got: other,
+                got,
             });
         }
         match self
@@ -653,6 +657,7 @@ impl Store {
             Ok(_) => Ok(()),
             Err(current) if current == first => Ok(()),
             Err(current) => Err(StoreError::DimensionMismatch {
+                subject: Subject::Memory(first_index),
                 expected: current,
                 got: first,
             }),

@@ -89,6 +89,10 @@ pub struct Limits {
     pub max_k: u32,
     /// Ids per Forget.
     pub max_forget_ids: usize,
+    /// Bytes of a recall's query text (64 KiB, a memory's largest text: any
+    /// stored text can be used as a query). Recall's cost per memory does not
+    /// grow with the query, but the query's term table does.
+    pub max_query_bytes: usize,
     /// Dimension fixed by configuration (0: fixed by the first vector stored).
     pub dimension: u32,
 }
@@ -104,7 +108,27 @@ impl Default for Limits {
             max_batch: 10_000,
             max_k: 1000,
             max_forget_ids: 100_000,
+            max_query_bytes: 64 * 1024,
             dimension: 0,
+        }
+    }
+}
+
+/// Whose value an error is about: a memory of a Remember batch (by its
+/// position), or a recall's query. Messages name what the client sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// The memory at this position in the batch.
+    Memory(usize),
+    /// The recall's query.
+    Query,
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory(index) => write!(f, "memory {index}"),
+            Self::Query => write!(f, "query"),
         }
     }
 }
@@ -120,6 +144,14 @@ pub enum StoreError {
     #[error("the batch has {len} memories; the maximum is {max}")]
     BatchTooLarge {
         /// Memories sent.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Too many ids in one Forget.
+    #[error("the Forget names {len} ids; the maximum is {max} (limits.max_forget_ids)")]
+    TooManyIds {
+        /// Ids sent.
         len: usize,
         /// The limit.
         max: usize,
@@ -147,28 +179,66 @@ pub enum StoreError {
         max: usize,
     },
     /// A vector's dimension differs from the store's.
-    #[error("vector dimension {got} differs from the store's dimension {expected}")]
+    #[error("{subject}: vector dimension {got} differs from the store's dimension {expected}")]
     DimensionMismatch {
+        /// Whose vector.
+        subject: Subject,
         /// The store's dimension.
         expected: u32,
         /// What was sent.
         got: u32,
     },
+    /// Two vectors of one batch have different dimensions.
+    #[error("memory {index}: vector dimension {got} differs from the batch's first vector's dimension {expected}")]
+    MixedDimensions {
+        /// Position in the batch of the first vector that differs.
+        index: usize,
+        /// The batch's first vector's dimension.
+        expected: u32,
+        /// What was sent.
+        got: u32,
+    },
     /// A vector is empty or larger than allowed.
-    #[error("vector dimension {got} is outside 1..={max}")]
+    #[error("{subject}: vector dimension {got} is outside 1..={max}")]
     BadDimension {
+        /// Whose vector.
+        subject: Subject,
         /// What was sent.
         got: usize,
         /// The limit.
         max: u32,
     },
     /// A NaN or infinity in a vector or the importance.
-    #[error("memory {index}: {field} contains a NaN or infinite value")]
+    #[error("{subject}: {field} contains a NaN or infinite value")]
     NotFinite {
-        /// Position in the batch (or 0 for a query).
-        index: usize,
+        /// Whose value.
+        subject: Subject,
         /// Which field.
         field: &'static str,
+    },
+    /// A recall's query text is longer than allowed.
+    #[error("query: text is {len} bytes; the maximum is {max} (limits.max_query_bytes)")]
+    QueryTooLong {
+        /// Bytes sent.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A recall's filter names more tags than a memory can carry.
+    #[error("query: the filter has {len} tags; the maximum is {max} (limits.max_tags)")]
+    FilterTooLong {
+        /// Tags sent.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The request's deadline passed while it was being answered.
+    #[error("the deadline passed {late_us} µs ago, {what}")]
+    DeadlineExceeded {
+        /// How far past the deadline the check found itself.
+        late_us: u64,
+        /// Where the work stood (e.g. "after scoring 5000 memories").
+        what: String,
     },
     /// An argument out of range or inconsistent.
     #[error("{0}")]
@@ -195,8 +265,9 @@ impl StoreError {
     /// The stable wire code for this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
-            Self::DimensionMismatch { .. } => ErrorCode::DimensionMismatch,
+            Self::BatchTooLarge { .. } | Self::TooManyIds { .. } => ErrorCode::BatchTooLarge,
+            Self::DimensionMismatch { .. } | Self::MixedDimensions { .. } => ErrorCode::DimensionMismatch,
+            Self::DeadlineExceeded { .. } => ErrorCode::DeadlineExceeded,
             Self::Wal(WalError::DiskFull { .. }) | Self::DiskFull(_) => ErrorCode::DiskFull,
             Self::Wal(_) | Self::Storage(_) => ErrorCode::StorageFailed,
             Self::ShuttingDown => ErrorCode::ShuttingDown,
@@ -242,13 +313,14 @@ pub fn validate_memory<'a>(
     let importance = input.importance.to_native();
     if !importance.is_finite() {
         return Err(StoreError::NotFinite {
-            index,
+            subject: Subject::Memory(index),
             field: "importance",
         });
     }
     let vector = input.vector.as_ref().map(|v| v.as_slice());
     if let Some(vector) = vector {
-        check_vector_values(index, vector.len(), vector.iter().map(|x| x.to_native()), limits)?;
+        let subject = Subject::Memory(index);
+        check_vector_values(subject, vector.len(), vector.iter().map(|x| x.to_native()), limits)?;
     }
     Ok(MemoryRef {
         id: 0,
@@ -271,24 +343,28 @@ pub fn validate_memory<'a>(
 }
 
 /// Checks a vector's values and size (not yet its match with the store's dimension).
-pub fn check_vector(index: usize, vector: &[f32], limits: &Limits) -> Result<(), StoreError> {
-    check_vector_values(index, vector.len(), vector.iter().copied(), limits)
+pub fn check_vector(subject: Subject, vector: &[f32], limits: &Limits) -> Result<(), StoreError> {
+    check_vector_values(subject, vector.len(), vector.iter().copied(), limits)
 }
 
 fn check_vector_values(
-    index: usize,
+    subject: Subject,
     len: usize,
     mut values: impl Iterator<Item = f32>,
     limits: &Limits,
 ) -> Result<(), StoreError> {
     if len == 0 || len > limits.max_dimension as usize {
         return Err(StoreError::BadDimension {
+            subject,
             got: len,
             max: limits.max_dimension,
         });
     }
     if values.any(|x| !x.is_finite()) {
-        return Err(StoreError::NotFinite { index, field: "vector" });
+        return Err(StoreError::NotFinite {
+            subject,
+            field: "vector",
+        });
     }
     Ok(())
 }
