@@ -1,8 +1,8 @@
 //! The machine's floor for a round trip with a wake-up each way, no daemon:
 //! two threads ping-ponging through a pair of eventfds (blocking `read`), and
 //! through a Unix stream socketpair (blocking `read`/`write` of 64 bytes), and
-//! through one-byte wake-ups on a socketpair exactly as the transport sends
-//! them (`wake::signal`, `poll` + `wake::drain`).
+//! through the transport's own pair: an eventfd bell one way and a futex word
+//! the other (`wake::Bell`, `wake::futex_wake`/`futex_wait`).
 //!
 //! `nexus-bench ping` at depth 1 is two such wake-ups plus the daemon's work,
 //! so this says how much of its latency is the machine's (a KVM guest's
@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use nexus_shm_protocol::wake;
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -38,10 +38,11 @@ pub struct FloorReport {
     pub socketpair_p50_ns: u64,
     /// 99th percentile of the same.
     pub socketpair_p99_ns: u64,
-    /// Median round trip of wake bytes as the transport sends them, nanoseconds.
-    pub wake_byte_p50_ns: u64,
+    /// Median round trip through an eventfd bell and a futex word, as the
+    /// transport wakes each side, nanoseconds.
+    pub bell_futex_p50_ns: u64,
     /// 99th percentile of the same.
-    pub wake_byte_p99_ns: u64,
+    pub bell_futex_p99_ns: u64,
 }
 
 /// Measures both mechanisms, `round_trips` each (after a tenth as warm-up).
@@ -51,18 +52,18 @@ pub fn run_floor(round_trips: u64) -> Result<FloorReport, BenchError> {
     }
     let mut eventfd = eventfd_round_trips(round_trips)?;
     let mut socketpair = socketpair_round_trips(round_trips)?;
-    let mut wake_bytes = wake_byte_round_trips(round_trips)?;
+    let mut bell_futex = bell_futex_round_trips(round_trips)?;
     eventfd.sort_unstable();
     socketpair.sort_unstable();
-    wake_bytes.sort_unstable();
+    bell_futex.sort_unstable();
     Ok(FloorReport {
         round_trips,
         eventfd_p50_ns: percentile(&eventfd, 0.5),
         eventfd_p99_ns: percentile(&eventfd, 0.99),
         socketpair_p50_ns: percentile(&socketpair, 0.5),
         socketpair_p99_ns: percentile(&socketpair, 0.99),
-        wake_byte_p50_ns: percentile(&wake_bytes, 0.5),
-        wake_byte_p99_ns: percentile(&wake_bytes, 0.99),
+        bell_futex_p50_ns: percentile(&bell_futex, 0.5),
+        bell_futex_p99_ns: percentile(&bell_futex, 0.99),
     })
 }
 
@@ -92,26 +93,27 @@ fn eventfd_round_trips(n: u64) -> Result<Vec<u64>, BenchError> {
     })
 }
 
-fn wake_byte_round_trips(n: u64) -> Result<Vec<u64>, BenchError> {
-    let (main_end, echo_end) = UnixStream::pair()?;
+fn bell_futex_round_trips(n: u64) -> Result<Vec<u64>, BenchError> {
+    let bell = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).map_err(std::io::Error::from)?;
+    let word = AtomicU32::new(0);
     let total = n + n / 10;
-    let wait = |end: &UnixStream| -> std::io::Result<()> {
-        while wake::wait(end.as_fd(), None)?.is_none_or(|d| d.wake_bytes == 0) {}
-        Ok(())
-    };
     std::thread::scope(|scope| {
         let echo = scope.spawn(|| -> std::io::Result<()> {
             for _ in 0..total {
-                wait(&echo_end)?;
-                wake::signal(echo_end.as_fd())?;
+                bell.read()?;
+                word.store(0, Ordering::Release);
+                wake::futex_wake(&word);
             }
             Ok(())
         });
         let mut samples = Vec::with_capacity(n as usize);
         for i in 0..total {
             let sent = Instant::now();
-            wake::signal(main_end.as_fd())?;
-            wait(&main_end)?;
+            word.store(1, Ordering::Release);
+            bell.write(1).map_err(std::io::Error::from)?;
+            while word.load(Ordering::Acquire) == 1 {
+                wake::futex_wait(&word, 1, std::time::Duration::from_secs(1))?;
+            }
             if i >= total - n {
                 samples.push(sent.elapsed().as_nanos() as u64);
             }

@@ -219,14 +219,14 @@ pub fn startup_table(r: &StartupReport) -> String {
 /// The floor result as a table.
 pub fn floor_table(r: &FloorReport) -> String {
     format!(
-        "floor: {} round trips between two threads\neventfd pair   p50 {}  p99 {}\nsocketpair     p50 {}  p99 {}\nwake bytes     p50 {}  p99 {}\n",
+        "floor: {} round trips between two threads\neventfd pair   p50 {}  p99 {}\nsocketpair     p50 {}  p99 {}\nbell + futex   p50 {}  p99 {}\n",
         r.round_trips,
         micros(r.eventfd_p50_ns),
         micros(r.eventfd_p99_ns),
         micros(r.socketpair_p50_ns),
         micros(r.socketpair_p99_ns),
-        micros(r.wake_byte_p50_ns),
-        micros(r.wake_byte_p99_ns)
+        micros(r.bell_futex_p50_ns),
+        micros(r.bell_futex_p99_ns)
     )
 }
 

@@ -3,12 +3,12 @@
 //! Requests are serialized straight into the request ring; answers are read
 //! in place from the response ring through a [`ResponseGuard`] that releases
 //! the frame when dropped. Waiting follows the ring's flag protocol: announce
-//! sleep, re-check, then `poll` the socket, which carries the daemon's wake
-//! bytes and whose EOF is how a dead daemon shows (`wake.rs`). `submit` only
-//! publishes; the daemon is woken (if it sleeps) by `flush`, or when this side
-//! is about to wait, so a pipelined burst costs one wake-up, not one per
-//! request. The socket transport (the benchmark baseline) offers the same
-//! calls over the Unix stream.
+//! sleep, re-check, then sleep on the flag word itself (a futex the daemon
+//! wakes), checking the socket for the daemon's EOF between slices of the wait.
+//! `submit` only publishes; the daemon's bell is rung (if it sleeps) by
+//! `flush`, or when this side is about to wait, so a pipelined burst costs one
+//! wake-up, not one per request. The socket transport (the benchmark baseline)
+//! offers the same calls over the Unix stream.
 //!
 //! The daemon is not trusted blindly either: its uid is checked
 //! (SO_PEERCRED), the segment must be sealed before it is mapped, every answer
@@ -29,10 +29,12 @@ use nexus_shm_protocol::handshake::{
 use nexus_shm_protocol::layout::{FrameHeader, FrameKind};
 use nexus_shm_protocol::ring::{Consumer, Frame, Producer, RingError};
 use nexus_shm_protocol::segment::Segment;
-use nexus_shm_protocol::wake;
+use nexus_shm_protocol::wake::{Bell, futex_wait};
 use nexus_shm_protocol::wire::{ArchivedResponse, ErrorCode, Request, access_response, encode_into, encode_to_vec};
 use nexus_shm_protocol::{PROTOCOL_VERSION, monotonic_now_ns};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use rkyv::util::AlignedVec;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::error::ClientError;
 
@@ -107,9 +109,16 @@ enum Frames {
 struct ShmFrames {
     requests: Producer,
     responses: Consumer,
+    /// The daemon's bell (an eventfd it awaits and never reads).
+    bell: Bell,
     /// Requests published since the daemon was last offered a wake-up.
     unsignalled: bool,
 }
+
+/// How long one futex sleep lasts before the client looks whether the daemon
+/// is still there: a killed daemon wakes no one, so this bounds how late a
+/// waiting call notices `DaemonGone`.
+const DAEMON_CHECK_SLICE: Duration = Duration::from_millis(20);
 
 struct SocketFrames {
     outgoing: Vec<u8>,
@@ -233,7 +242,7 @@ impl Connection {
                 socket.outgoing.clear();
                 written
             }
-            Frames::Shm(shm) => shm.wake_daemon_if_asleep(&self.socket),
+            Frames::Shm(shm) => shm.wake_daemon_if_asleep(),
         };
         self.note(result)
     }
@@ -269,7 +278,7 @@ impl Connection {
                     return Err(ClientError::Busy(Duration::ZERO));
                 }
                 shm.unsignalled = true;
-                shm.wake_daemon_if_asleep(&self.socket)
+                shm.wake_daemon_if_asleep()
             }
             Frames::Socket(socket) => {
                 let header = FrameHeader {
@@ -327,7 +336,7 @@ impl Connection {
         if let (Frames::Shm(shm), Some(frame)) = (&mut self.frames, frame) {
             shm.responses.release(&frame);
             if shm.responses.producer_needs_wake() {
-                wake::signal(self.socket.as_fd()).map_err(gone_or_io)?;
+                shm.bell.ring()?;
             }
         }
         Ok(())
@@ -377,9 +386,9 @@ impl ShmFrames {
 
     /// Offers the daemon a wake-up for what was published since the last
     /// one: a byte only if it announced sleep (one per burst, not per request).
-    fn wake_daemon_if_asleep(&mut self, socket: &UnixStream) -> Result<(), ClientError> {
+    fn wake_daemon_if_asleep(&mut self) -> Result<(), ClientError> {
         if std::mem::take(&mut self.unsignalled) && self.requests.consumer_needs_wake() {
-            wake::signal(socket.as_fd()).map_err(gone_or_io)?;
+            self.bell.ring()?;
         }
         Ok(())
     }
@@ -390,13 +399,13 @@ impl ShmFrames {
             .free_bytes()
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         // The daemon may be asleep with our earlier frames unread: make sure it is not.
-        self.wake_daemon_if_asleep(socket)?;
+        self.wake_daemon_if_asleep()?;
         let now = Instant::now();
         if now >= deadline {
             return Err(ClientError::Busy(Duration::ZERO));
         }
         if self.requests.prepare_wait_for_space(seen_free) {
-            let waited = wait_on(socket, deadline - now);
+            let waited = wait_on(self.requests.producer_waiting_word(), socket, deadline);
             self.requests.end_wait_for_space();
             if !waited? && Instant::now() >= deadline {
                 return Err(ClientError::Busy(deadline - now));
@@ -430,9 +439,9 @@ impl ShmFrames {
                 return Err(ClientError::Timeout(timeout));
             }
             // About to sleep: whatever we published must reach the daemon first.
-            self.wake_daemon_if_asleep(socket)?;
+            self.wake_daemon_if_asleep()?;
             if self.responses.prepare_sleep() {
-                let waited = wait_on(socket, deadline - now);
+                let waited = wait_on(self.responses.consumer_sleeping_word(), socket, deadline);
                 self.responses.end_sleep();
                 match waited {
                     // The daemon may have written a last answer (why it is
@@ -530,17 +539,34 @@ impl Drop for ResponseGuard<'_> {
     }
 }
 
-/// Waits for a wake byte from the daemon on the socket (its EOF: the daemon
-/// is gone). Returns false on timeout.
-fn wait_on(socket: &UnixStream, left: Duration) -> Result<bool, ClientError> {
-    match wake::wait(socket.as_fd(), Some(left)).map_err(gone_or_io)? {
-        None => Ok(false),
-        Some(drained) if drained.peer_gone => Err(ClientError::DaemonGone),
-        Some(drained) if drained.foreign_bytes > 0 => Err(ClientError::Protocol(format!(
-            "nexusd sent {} bytes that are not wake-ups on the socket",
-            drained.foreign_bytes
-        ))),
-        Some(_) => Ok(true),
+/// Sleeps on a flag word this side set to 1 until the daemon clears it (and
+/// wakes the futex), the deadline passes (false), or the daemon's socket
+/// reaches EOF (`DaemonGone`).
+fn wait_on(flag: &AtomicU32, socket: &UnixStream, deadline: Instant) -> Result<bool, ClientError> {
+    loop {
+        if flag.load(Ordering::Acquire) != 1 {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        futex_wait(flag, 1, (deadline - now).min(DAEMON_CHECK_SLICE))?;
+        if flag.load(Ordering::Acquire) != 1 {
+            return Ok(true);
+        }
+        check_daemon_alive(socket)?;
+    }
+}
+
+/// The daemon writes nothing on the socket after the handshake, so any
+/// readiness there is its EOF (or a daemon breaking the protocol).
+fn check_daemon_alive(socket: &UnixStream) -> Result<(), ClientError> {
+    let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(0) | Err(nix::errno::Errno::EINTR) => Ok(()),
+        Ok(_) => Err(ClientError::DaemonGone),
+        Err(errno) => Err(std::io::Error::from(errno).into()),
     }
 }
 
@@ -591,9 +617,9 @@ fn read_server_hello(socket: &UnixStream) -> Result<(ServerHello, Vec<OwnedFd>),
 }
 
 fn map_segment(welcome: &ServerHello, fds: Vec<OwnedFd>) -> Result<ShmFrames, ClientError> {
-    let Ok([memfd]) = <[OwnedFd; HANDSHAKE_FDS]>::try_from(fds) else {
+    let Ok([memfd, bell]) = <[OwnedFd; HANDSHAKE_FDS]>::try_from(fds) else {
         return Err(ClientError::Handshake(
-            "nexusd did not pass exactly one segment fd".into(),
+            "nexusd did not pass the segment and bell fds".into(),
         ));
     };
     let segment = Segment::map(&memfd).map_err(|e| ClientError::Handshake(e.to_string()))?;
@@ -606,6 +632,7 @@ fn map_segment(welcome: &ServerHello, fds: Vec<OwnedFd>) -> Result<ShmFrames, Cl
     Ok(ShmFrames {
         requests,
         responses,
+        bell: Bell::from_owned(bell),
         unsignalled: false,
     })
 }

@@ -4,23 +4,22 @@
 //! (copy each out of the ring into a private aligned buffer, release it,
 //! validate, handle, serialize the answer in place into the response ring),
 //! wake the client once if it sleeps, then either go on, or (ring empty)
-//! announce sleep, re-check and await a wake byte on the client's socket, or
-//! (response ring full) hold the one pending answer and await space, bounded
-//! by `stalled_client_timeout`. The same socket's EOF is how a dead client
-//! (even one killed mid-frame) is noticed.
+//! announce sleep, re-check and await the bell, or (response ring full) hold
+//! the one pending answer and await space, bounded by
+//! `stalled_client_timeout`. The client's socket is watched for EOF, which is
+//! how a dead client (even one killed mid-frame) is noticed.
 //!
-//! Nothing here can block on an object the client controls: the socket end is
-//! the daemon's own open file description, every call on it passes
-//! `MSG_DONTWAIT` (`wake.rs`), the ring cursors are private and every value
-//! read from the segment is checked (`ring.rs`). A client may only send one
-//! wake byte per sleep the daemon announced; more, or any other byte, ends the
-//! session as a protocol violation (so a flood costs it its connection, not the
-//! daemon a drain loop).
-//!
+//! Nothing here can block on an object the client controls (`wake.rs`): the
+//! bell is awaited through epoll and never read, the client is woken with a
+//! futex wake on a word of the segment, the socket is the daemon's own open
+//! file description and is only read (non-blocking) to see its EOF. The ring
+//! cursors are private and every value read from the segment is checked
+//! (`ring.rs`). A client that writes on its socket after the handshake, or
+//! rings the bell over and over with nothing to do, is disconnected.
+
 //! What this module does not do: decide answers (`handler.rs`) or accept
 //! connections (`server.rs`).
 
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,10 +27,11 @@ use nexus_shm_protocol::layout::FrameKind;
 use nexus_shm_protocol::monotonic_now_ns;
 use nexus_shm_protocol::ring::{BadFrameReason, Consumer, Frame, Producer, RingError};
 use nexus_shm_protocol::segment::Segment;
-use nexus_shm_protocol::wake::{self, Drained};
+use nexus_shm_protocol::wake::{Bell, futex_wake};
 use nexus_shm_protocol::wire::{ErrorCode, Response, access_request, encode_into};
 use rkyv::util::AlignedVec;
 use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
@@ -51,15 +51,20 @@ pub enum SessionEnd {
     Stalled,
     /// The shared ring state was impossible; the connection is poisoned.
     Corrupt(RingError),
-    /// The client broke the wake-up protocol (bytes it was not asked for).
+    /// The client broke the protocol outside the rings (bytes on its socket,
+    /// a flood of empty wake-ups).
     ProtocolViolation(String),
     /// A syscall on the connection's fds failed.
     Io(std::io::Error),
+    /// No request arrived for `idle_timeout`.
+    Idle,
 }
 
-/// Reads of [`wake::DRAIN_CHUNK_BYTES`] per wake-up: an honest client has at
-/// most a couple of bytes pending, so hitting this bound already means surplus.
-const WAKE_DRAIN_CHUNKS: u32 = 2;
+/// Wake-ups in a row that found nothing to do before the client is judged to
+/// be flooding the bell. An honest client rings only after publishing and only
+/// when the daemon announced sleep; a race can make one such wake-up empty,
+/// never thousands in a row.
+const MAX_EMPTY_WAKEUPS: u32 = 1024;
 
 /// The scratch buffer a session keeps while idle. A larger one (grown by a
 /// big batch) is given back when the session goes to sleep, so 1,000 idle
@@ -72,12 +77,12 @@ pub struct ShmSession {
     id: u64,
     requests: Consumer,
     responses: Producer,
-    /// The connection's socket: wake bytes both ways, and the client's EOF.
+    /// The bell the client rings; awaited, never read (see `wake.rs`).
+    bell: AsyncFd<Bell>,
+    /// The connection's socket: only its EOF matters after the handshake.
     stream: UnixStream,
-    /// Sleeps announced to the client (each allows it one wake byte).
-    wakes_announced: u64,
-    /// Wake bytes received from the client.
-    wakes_received: u64,
+    /// Wake-ups in a row that found the request ring empty.
+    empty_wakeups: u32,
     scratch: AlignedVec<16>,
     pending: Option<Response>,
     bad_frames: u32,
@@ -105,25 +110,27 @@ enum Wake {
     TimedOut,
 }
 
-/// What a session waits for: a request (the ring is empty) or room for an
-/// answer (the response ring is full).
-#[derive(Clone, Copy)]
-enum Waiting {
-    Request,
-    Room,
-}
-
 impl ShmSession {
     /// Takes the daemon's ends of `segment`; must run inside the runtime.
-    pub fn new(id: u64, segment: &Arc<Segment>, stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<Self> {
+    pub fn new(
+        id: u64,
+        segment: &Arc<Segment>,
+        bell: Bell,
+        stream: UnixStream,
+        shared: Arc<Shared>,
+    ) -> std::io::Result<Self> {
         let (requests, responses) = segment.daemon_ends().map_err(std::io::Error::other)?;
+        // SAFETY: Bell owns its fd (an OwnedFd), returns the same raw fd for its
+        // whole life, and is only closed when the AsyncFd drops it.
+        let bell =
+            unsafe { AsyncFd::register_with_interest(bell, Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
         Ok(Self {
             id,
             requests,
             responses,
+            bell,
             stream,
-            wakes_announced: 0,
-            wakes_received: 0,
+            empty_wakeups: 0,
             scratch: AlignedVec::with_capacity(4096),
             pending: None,
             bad_frames: 0,
@@ -269,14 +276,16 @@ impl ShmSession {
         }
     }
 
-    /// One wake byte per burst, only if the client announced it sleeps
+    /// One futex wake per burst, only if the client announced it sleeps
     /// (waiting for answers, or for room in its request ring).
     fn wake_client_if_asleep(&mut self) -> Result<(), SessionEnd> {
-        let wants_answers = self.responses.consumer_needs_wake();
-        let wants_room = self.requests.producer_needs_wake();
-        if wants_answers || wants_room {
+        if self.responses.consumer_needs_wake() {
             bump(&self.shared.metrics.wakeups_sent);
-            wake::signal(self.stream.as_fd()).map_err(io_end)?;
+            futex_wake(self.responses.consumer_sleeping_word());
+        }
+        if self.requests.producer_needs_wake() {
+            bump(&self.shared.metrics.wakeups_sent);
+            futex_wake(self.requests.producer_waiting_word());
         }
         Ok(())
     }
@@ -286,7 +295,6 @@ impl ShmSession {
         if self.spin.spin_until(budget, || !self.requests.is_empty()) {
             return Ok(());
         }
-        self.wakes_announced += 1;
         if !self.requests.prepare_sleep() {
             return Ok(());
         }
@@ -294,14 +302,30 @@ impl ShmSession {
             self.scratch = AlignedVec::with_capacity(4096);
         }
         let slept = Instant::now();
-        let waited = self.wait(Waiting::Request, shutdown, None).await;
+        let waited = wait(&self.bell, &self.stream, shutdown, None).await;
         self.requests.end_sleep();
         self.spin.record_idle(slept.elapsed());
-        waited.map(|_| ())
+        waited?;
+        self.judge_wakeup()
+    }
+
+    /// Counts wake-ups that found nothing to do; a long run of them is a
+    /// client ringing the bell to burn the daemon's time.
+    fn judge_wakeup(&mut self) -> Result<(), SessionEnd> {
+        if !self.requests.is_empty() {
+            self.empty_wakeups = 0;
+            return Ok(());
+        }
+        self.empty_wakeups += 1;
+        if self.empty_wakeups > MAX_EMPTY_WAKEUPS {
+            bump(&self.shared.metrics.clients_disconnected_corrupt);
+            let message = format!("{MAX_EMPTY_WAKEUPS} wake-ups in a row with no request: the client floods its bell");
+            return Err(SessionEnd::ProtocolViolation(message));
+        }
+        Ok(())
     }
 
     async fn wait_for_space(&mut self, seen_free: u64, shutdown: &CancellationToken) -> Result<(), SessionEnd> {
-        self.wakes_announced += 1;
         if !self.responses.prepare_wait_for_space(seen_free) {
             return Ok(());
         }
@@ -309,7 +333,7 @@ impl ShmSession {
         let left = self.shared.config().stalled_client_timeout.saturating_sub(stalled_for);
         let waited = match left.is_zero() {
             true => Ok(Wake::TimedOut),
-            false => self.wait(Waiting::Room, shutdown, Some(left)).await,
+            false => wait(&self.bell, &self.stream, shutdown, Some(left)).await,
         };
         self.responses.end_wait_for_space();
         match waited? {
@@ -320,51 +344,6 @@ impl ShmSession {
             }
         }
     }
-
-    /// Awaits a wake byte (or the client's EOF), shutdown, or `limit`.
-    async fn wait(
-        &mut self,
-        waiting: Waiting,
-        shutdown: &CancellationToken,
-        limit: Option<Duration>,
-    ) -> Result<Wake, SessionEnd> {
-        let timer = async {
-            match limit {
-                Some(limit) => tokio::time::sleep(limit).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            drained = read_wake_bytes(&self.stream) => {
-                self.account(drained?, waiting)?;
-                Ok(Wake::Signalled)
-            }
-            _ = shutdown.cancelled() => Ok(Wake::Signalled),
-            _ = timer => Ok(Wake::TimedOut),
-        }
-    }
-
-    /// Judges what the client sent: its EOF ends the session, and so does any
-    /// byte it was not entitled to.
-    fn account(&mut self, drained: Drained, waiting: Waiting) -> Result<(), SessionEnd> {
-        self.wakes_received += drained.wake_bytes;
-        let surplus = self.wakes_received > self.wakes_announced;
-        if drained.foreign_bytes > 0 || surplus {
-            bump(&self.shared.metrics.clients_disconnected_corrupt);
-            let what = match waiting {
-                Waiting::Request => "a request",
-                Waiting::Room => "room in the response ring",
-            };
-            return Err(SessionEnd::ProtocolViolation(format!(
-                "the client sent {} wake bytes and {} other bytes after {} announced sleeps (waiting for {what})",
-                self.wakes_received, drained.foreign_bytes, self.wakes_announced
-            )));
-        }
-        if drained.peer_gone {
-            return Err(SessionEnd::PeerGone);
-        }
-        Ok(())
-    }
 }
 
 impl Drop for ShmSession {
@@ -373,24 +352,50 @@ impl Drop for ShmSession {
     }
 }
 
-/// Waits until the client's socket is readable, then drains it without
-/// blocking (`MSG_DONTWAIT`). Readiness is cleared only when the socket was
-/// read dry, so bytes left by the chunk bound are seen at the next wait.
-async fn read_wake_bytes(stream: &UnixStream) -> Result<Drained, SessionEnd> {
-    stream.readable().await.map_err(SessionEnd::Io)?;
-    let mut drained = Drained::default();
-    let read = stream.try_io(Interest::READABLE, || {
-        drained = wake::drain(stream.as_fd(), WAKE_DRAIN_CHUNKS)?;
-        match drained.read_dry && !drained.peer_gone {
-            // Tells tokio to clear the readiness: the next wait sleeps.
-            true => Err(std::io::ErrorKind::WouldBlock.into()),
-            false => Ok(()),
+/// Awaits the bell, the client's EOF, shutdown, or `limit`. (A free function
+/// so the future borrows only these `Sync` parts, not the session's rings.)
+async fn wait(
+    bell: &AsyncFd<Bell>,
+    stream: &UnixStream,
+    shutdown: &CancellationToken,
+    limit: Option<Duration>,
+) -> Result<Wake, SessionEnd> {
+    let timer = async {
+        match limit {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
         }
-    });
-    match read {
-        Ok(()) => Ok(drained),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(drained),
-        Err(e) => Err(io_end(e)),
+    };
+    tokio::select! {
+        ready = bell.readable() => {
+            // Not read: the counter is the client's to play with. The next
+            // ring raises a new edge all the same.
+            ready.map_err(SessionEnd::Io)?.clear_ready();
+            Ok(Wake::Signalled)
+        }
+        ended = socket_ended(stream) => Err(ended),
+        _ = shutdown.cancelled() => Ok(Wake::Signalled),
+        _ = timer => Ok(Wake::TimedOut),
+    }
+}
+
+/// Resolves when the client's socket says the session is over: EOF (the
+/// client closed or died), or bytes, which a client never sends after its
+/// hello (read one, then disconnect: no drain loop for a flooding client).
+async fn socket_ended(stream: &UnixStream) -> SessionEnd {
+    let mut byte = [0u8; 1];
+    loop {
+        if let Err(e) = stream.readable().await {
+            return SessionEnd::Io(e);
+        }
+        match stream.try_read(&mut byte) {
+            Ok(0) => return SessionEnd::PeerGone,
+            Ok(_) => {
+                return SessionEnd::ProtocolViolation("the client wrote on its socket after the handshake".into());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return io_end(e),
+        }
     }
 }
 

@@ -14,11 +14,12 @@
 //! ```
 //! The first 12 bytes of both (magic and version) are frozen for every future
 //! version, so a mismatch is always reported in words, never as a hang. On
-//! success the ServerHello carries one fd (SCM_RIGHTS): the sealed segment
-//! memfd. The socket stays open for the connection's life: it carries the
-//! wake-up bytes of both directions (`wake.rs`), and its EOF is how each side
-//! learns the other is gone. (Version 1 also passed two eventfds for
-//! wake-ups; a client could reconfigure those under the daemon.)
+//! success the ServerHello carries two fds (SCM_RIGHTS): the sealed segment
+//! memfd and the daemon's bell (an eventfd the client writes to wake the
+//! daemon, which never reads it; see `wake.rs`). The socket stays open for the
+//! connection's life: its EOF is how each side learns the other is gone, and
+//! nothing else travels on it. (Version 1 also passed a client eventfd that
+//! the daemon wrote: a client could make that write block.)
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -35,8 +36,8 @@ pub const SERVER_HELLO_BYTES: usize = 256;
 pub const MAX_CLIENT_NAME_BYTES: usize = 64;
 /// Longest message in a ServerHello.
 pub const MAX_SERVER_MESSAGE_BYTES: usize = 200;
-/// Fds passed with a successful ServerHello: the segment memfd, nothing else.
-pub const HANDSHAKE_FDS: usize = 1;
+/// Fds passed with a successful ServerHello: the segment memfd, the daemon's bell.
+pub const HANDSHAKE_FDS: usize = 2;
 /// Flag: after the handshake, frames travel over the socket instead of the
 /// segment (the in-run baseline of `nexus-bench`, and a fallback).
 pub const FLAG_SOCKET_TRANSPORT: u32 = 1;
@@ -265,18 +266,116 @@ mod tests {
         assert_eq!(ServerHello::decode(&answer.encode()).unwrap(), answer);
     }
 
+    /// Hellos as a current client sends them, every other field arbitrary.
+    fn client_hellos() -> impl Strategy<Value = ClientHello> {
+        let name = "\\PC{0,40}".prop_map(|name| truncate_utf8(&name, MAX_CLIENT_NAME_BYTES).to_owned());
+        (any::<u32>(), any::<u32>(), any::<u32>(), name).prop_map(|(flags, request, response, name)| ClientHello {
+            protocol_version: crate::PROTOCOL_VERSION,
+            flags,
+            request_ring_bytes: request,
+            response_ring_bytes: response,
+            name,
+        })
+    }
+
+    /// Answers with every field arbitrary, the message valid UTF-8.
+    fn server_hellos() -> impl Strategy<Value = ServerHello> {
+        let message = "\\PC{0,80}".prop_map(|text| truncate_utf8(&text, MAX_SERVER_MESSAGE_BYTES).to_owned());
+        let numbers = (
+            any::<u32>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+        );
+        (numbers, message).prop_map(
+            |((status, segment, request, response, max_frame, id), message)| ServerHello {
+                protocol_version: crate::PROTOCOL_VERSION,
+                status,
+                segment_bytes: segment,
+                request_ring_bytes: request,
+                response_ring_bytes: response,
+                max_frame_bytes: max_frame,
+                connection_id: id,
+                message,
+            },
+        )
+    }
+
+    /// `N` arbitrary bytes behind the right magic and version, with a length
+    /// field (at `len_at`) up to twice its limit, so both verdicts occur.
+    fn bytes_behind_magic<const N: usize>(
+        magic: [u8; 8],
+        len_at: usize,
+        max_len: usize,
+    ) -> impl Strategy<Value = [u8; N]> {
+        let len = 0..=(2 * max_len) as u16;
+        (proptest::collection::vec(any::<u8>(), N), len).prop_map(move |(bytes, len)| {
+            let mut bytes: [u8; N] = bytes.try_into().expect("N bytes");
+            bytes[..8].copy_from_slice(&magic);
+            put_u32(&mut bytes, 8, crate::PROTOCOL_VERSION);
+            bytes[len_at..len_at + 2].copy_from_slice(&len.to_le_bytes());
+            bytes
+        })
+    }
+
     proptest! {
+        // The fields reach the decoder: the old property tests fed arbitrary
+        // bytes, whose magic never matched, so they only ever saw BadMagic.
         #[test]
-        fn any_client_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), CLIENT_HELLO_BYTES)) {
-            let bytes: [u8; CLIENT_HELLO_BYTES] = bytes.try_into().unwrap();
-            let _ = ClientHello::decode(&bytes);
+        fn client_hellos_decode_to_every_field_whatever_the_reserved_bytes(hello in client_hellos(), noise in any::<[u8; 4]>()) {
+            let mut bytes = hello.encode();
+            bytes[26..28].copy_from_slice(&noise[..2]);
+            bytes[92..96].copy_from_slice(&noise);
+            prop_assert_eq!(ClientHello::decode(&bytes), Ok(hello));
         }
 
         #[test]
-        fn any_server_bytes_decode_or_fail_cleanly(mut bytes in proptest::collection::vec(any::<u8>(), SERVER_HELLO_BYTES)) {
-            bytes[..8].copy_from_slice(&SERVER_MAGIC);
-            let bytes: [u8; SERVER_HELLO_BYTES] = bytes.try_into().unwrap();
-            let _ = ServerHello::decode(&bytes);
+        fn client_bytes_with_the_right_magic_fail_only_on_their_name(bytes in bytes_behind_magic::<CLIENT_HELLO_BYTES>(CLIENT_MAGIC, 24, MAX_CLIENT_NAME_BYTES)) {
+            let name_len = usize::from(u16::from_le_bytes([bytes[24], bytes[25]]));
+            let decoded = ClientHello::decode(&bytes);
+            if name_len > MAX_CLIENT_NAME_BYTES {
+                prop_assert_eq!(decoded, Err(HandshakeError::BadField("name_len")));
+            } else if let Ok(name) = std::str::from_utf8(&bytes[28..28 + name_len]) {
+                let hello = decoded.expect("a valid name decodes");
+                prop_assert_eq!(&hello.name, name);
+                prop_assert_eq!(hello.protocol_version, crate::PROTOCOL_VERSION);
+                let fields = [hello.flags, hello.request_ring_bytes, hello.response_ring_bytes];
+                prop_assert_eq!(fields, [get_u32(&bytes, 12), get_u32(&bytes, 16), get_u32(&bytes, 20)]);
+            } else {
+                prop_assert_eq!(decoded, Err(HandshakeError::BadField("name")));
+            }
+        }
+
+        #[test]
+        fn any_client_bytes_without_the_magic_are_refused_as_bad_magic(bytes in any::<[u8; CLIENT_HELLO_BYTES]>()) {
+            prop_assume!(bytes[..8] != CLIENT_MAGIC);
+            prop_assert_eq!(ClientHello::decode(&bytes), Err(HandshakeError::BadMagic));
+        }
+
+        #[test]
+        fn server_hellos_decode_to_every_field(hello in server_hellos()) {
+            prop_assert_eq!(ServerHello::decode(&hello.encode()), Ok(hello));
+        }
+
+        #[test]
+        fn server_bytes_with_the_right_magic_fail_only_on_their_message_length(bytes in bytes_behind_magic::<SERVER_HELLO_BYTES>(SERVER_MAGIC, 48, MAX_SERVER_MESSAGE_BYTES)) {
+            let message_len = usize::from(u16::from_le_bytes([bytes[48], bytes[49]]));
+            let decoded = ServerHello::decode(&bytes);
+            if message_len > MAX_SERVER_MESSAGE_BYTES {
+                prop_assert_eq!(decoded, Err(HandshakeError::BadField("message_len")));
+            } else {
+                let hello = decoded.expect("any message of a valid length decodes (lossily)");
+                prop_assert_eq!(hello.message, String::from_utf8_lossy(&bytes[50..50 + message_len]));
+                prop_assert_eq!((hello.status, hello.max_frame_bytes), (get_u32(&bytes, 12), get_u32(&bytes, 32)));
+            }
+        }
+
+        #[test]
+        fn any_server_bytes_without_the_magic_are_refused_as_bad_magic(bytes in any::<[u8; SERVER_HELLO_BYTES]>()) {
+            prop_assume!(bytes[..8] != SERVER_MAGIC);
+            prop_assert_eq!(ServerHello::decode(&bytes), Err(HandshakeError::BadMagic));
         }
     }
 }

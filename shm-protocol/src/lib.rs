@@ -4,12 +4,12 @@
 //! - [`layout`]: the byte layout of a connection's shared segment (normative);
 //! - [`ring`]: single-producer/single-consumer frame rings over that memory;
 //! - [`segment`]: the sealed memfd that holds the rings, and its mapping;
-//! - [`wake`]: the wake-ups between the processes (bytes on the connection's socket);
+//! - [`wake`]: the wake-ups between the processes (an eventfd bell, futex words);
 //! - [`wire`]: the rkyv request/response types and error codes;
 //! - [`handshake`]: the Unix-socket handshake that hands the segment over.
 //!
 //! No tokio here (the client must stay small and blocking); the daemon wraps
-//! the socket in its own async machinery.
+//! the bell in its own async machinery.
 
 #[cfg(not(loom))]
 pub mod handshake;
@@ -26,8 +26,9 @@ use std::path::PathBuf;
 
 /// Version of the segment layout, the frame format and the wire types, as a
 /// whole. Bumped on any incompatible change; checked at the handshake.
-/// Version 2: wake-ups travel over the connection's socket instead of two
-/// shared eventfds, so the handshake passes only the segment.
+/// Version 2: the daemon wakes the client with a futex on the ring's flag word
+/// instead of writing a client-held eventfd; the handshake passes the segment
+/// and the daemon's bell.
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Environment variable naming the daemon's socket, for clients and tools.

@@ -141,6 +141,30 @@ impl RingMemory {
     }
 }
 
+/// The flag words of a ring's header, which double as futex words: a waiter
+/// sleeps on the flag it set (`wake::futex_wait`), the side that clears it
+/// wakes that address (`wake::futex_wake`). Both ends can name both.
+#[cfg(not(loom))]
+macro_rules! flag_words {
+    ($end:ty) => {
+        impl $end {
+            /// The ring's `consumer_sleeping` word (a futex address).
+            pub fn consumer_sleeping_word(&self) -> &std::sync::atomic::AtomicU32 {
+                &self.memory.header().consumer_sleeping
+            }
+
+            /// The ring's `producer_waiting` word (a futex address).
+            pub fn producer_waiting_word(&self) -> &std::sync::atomic::AtomicU32 {
+                &self.memory.header().producer_waiting
+            }
+        }
+    };
+}
+#[cfg(not(loom))]
+flag_words!(Producer);
+#[cfg(not(loom))]
+flag_words!(Consumer);
+
 /// Creates both ends of a ring over raw memory.
 ///
 /// # Safety

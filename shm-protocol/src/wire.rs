@@ -275,6 +275,10 @@ pub struct HealthReport {
     pub uptime_s: u64,
     /// The daemon's version string.
     pub version: String,
+    /// Why writes are refused, while they are (the write-ahead log stopped
+    /// after a failed fdatasync or write and needs a restart); `None` while
+    /// writes are accepted. Reads keep working either way.
+    pub write_failure: Option<String>,
 }
 
 /// Stable numeric error codes. Numbers are never reused.

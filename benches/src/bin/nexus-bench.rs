@@ -53,8 +53,8 @@ remember: durable Remember from C client threads (default 1), B memories per
   (default 384), T-byte texts (default 1024); with a bare fdatasync measured on
   --fsync-dir (default: the spawned daemon's data dir, else nexusd's default).
 floor: no daemon; the machine's round trip through two eventfds, through a
-  Unix socketpair, and through one-byte wake-ups on a socketpair as the
-  transport sends them, between two threads (what a depth-1 ping cannot beat).
+  Unix socketpair, and through an eventfd bell one way and a futex the other
+  (the transport's own wake-ups), between two threads (what a depth-1 ping cannot beat).
 startup: fill a fresh store with N memories (default 1000000), checkpoint, time
   the restart from the snapshot; write --replay-records (default 200000) single
   records, SIGKILL, time the restart and the WAL replay rate.
