@@ -40,6 +40,13 @@ OPTIONS:
   --socket-mode OCTAL            socket file permissions (default: 600)
   --allow-uid UID                admit this peer uid (repeatable; default: the daemon's own uid)
   --max-clients N                connections served at once (default: 1024)
+  --max-clients-per-uid N        sessions one uid may hold (default: half of max-clients with several uids)
+  --max-pending-handshakes N     connections waiting for their hello at once (default: 64)
+  --memory-budget-bytes N        connection memory (rings, buffers) all clients may hold (default: 2147483648)
+  --scratch-retain-bytes N       request buffer a session keeps after a larger request (default: 65536)
+  --fd-limit N                   RLIMIT_NOFILE to run with (default: the hard limit)
+  --fd-reserve N                 fds connections never take, kept for the store (default: 64)
+  --idle-timeout-ms N            close a connection with no request for this long (default: 3600000)
   --ring-bytes N                 ring size granted when a client asks for none (default: 1048576)
   --max-ring-bytes N             largest ring granted (default: 67108864)
   --max-frame-bytes N            largest frame payload (default: 8388608)
@@ -81,6 +88,7 @@ fn disable_transparent_huge_pages() -> Result<(), nix::errno::Errno> {
 /// (`nexusd-it`) passes one that can inject faults; `nexusd` passes `RealFs`.
 pub fn main_with_wal_fs(wal_fs: Arc<dyn WalFs>) -> ExitCode {
     let thp = disable_transparent_huge_pages();
+    make_created_files_private();
     let (config_file, flags) = match parse(std::env::args_os().skip(1)) {
         Ok(Some(parsed)) => parsed,
         Ok(None) => return ExitCode::SUCCESS,
@@ -110,7 +118,8 @@ pub fn main_with_wal_fs(wal_fs: Arc<dyn WalFs>) -> ExitCode {
 }
 
 fn serve(config: Config, flags: Settings, log: LogHandle, wal_fs: Arc<dyn WalFs>) -> anyhow::Result<()> {
-    raise_fd_limit();
+    let fd_limit = set_fd_limit(&config)?;
+    info!(fd_limit, fd_reserve = config.fd_reserve, "file descriptors");
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.worker_threads > 0 {
         runtime.worker_threads(config.worker_threads);
@@ -237,15 +246,32 @@ fn reload(shared: &Shared, flags: &Settings, log: &LogHandle) {
     }
 }
 
-/// Each client costs ~4 fds; the default soft limit (1024) would cap the
-/// daemon at ~250 clients, so raise it to the hard limit.
-fn raise_fd_limit() {
+/// Sets RLIMIT_NOFILE's soft limit to `fd_limit` (default: the hard limit;
+/// the usual soft 1024 would cap the daemon at a few hundred clients) and
+/// checks that `fd_reserve` leaves room for clients under it.
+fn set_fd_limit(config: &Config) -> anyhow::Result<u64> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-    {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit(RLIMIT_NOFILE)")?;
+    let limit = config.fd_limit.unwrap_or(hard);
+    if limit > hard {
+        bail!("invalid setting fd_limit: {limit} exceeds the hard RLIMIT_NOFILE of {hard}");
     }
+    if limit != soft {
+        setrlimit(Resource::RLIMIT_NOFILE, limit, hard).context("setrlimit(RLIMIT_NOFILE)")?;
+    }
+    if config.fd_reserve > limit / 2 {
+        let reserve = config.fd_reserve;
+        bail!("invalid setting fd_reserve: {reserve} is more than half of the fd limit {limit}");
+    }
+    Ok(limit)
+}
+
+/// Everything the daemon creates (data directory, WAL, snapshots, lock
+/// files) is private to its uid: 0700 directories, 0600 files. The socket's
+/// mode is set explicitly (`socket_mode`).
+fn make_created_files_private() {
+    use nix::sys::stat::{Mode, umask};
+    umask(Mode::from_bits_truncate(0o077));
 }
 
 fn init_logging(filter: &str) -> LogHandle {
@@ -277,7 +303,14 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<(Opt
             Long("socket") => s.socket = Some(PathBuf::from(parser.value()?)),
             Long("socket-mode") => s.socket_mode = Some(parser.value()?.string()?),
             Long("allow-uid") => allowed.push(parser.value()?.parse()?),
-            Long("max-clients") => s.max_clients = Some(positive(parser.value()?.parse()?, "--max-clients")?),
+            Long("max-clients") => s.max_clients = Some(parser.value()?.parse()?),
+            Long("max-clients-per-uid") => s.max_clients_per_uid = Some(parser.value()?.parse()?),
+            Long("max-pending-handshakes") => s.max_pending_handshakes = Some(parser.value()?.parse()?),
+            Long("memory-budget-bytes") => s.memory_budget_bytes = Some(parser.value()?.parse()?),
+            Long("scratch-retain-bytes") => s.scratch_retain_bytes = Some(parser.value()?.parse()?),
+            Long("fd-limit") => s.fd_limit = Some(parser.value()?.parse()?),
+            Long("fd-reserve") => s.fd_reserve = Some(parser.value()?.parse()?),
+            Long("idle-timeout-ms") => s.idle_timeout_ms = Some(parser.value()?.parse()?),
             Long("ring-bytes") => s.ring_bytes = Some(parser.value()?.parse()?),
             Long("max-ring-bytes") => s.max_ring_bytes = Some(parser.value()?.parse()?),
             Long("max-frame-bytes") => s.max_frame_bytes = Some(parser.value()?.parse()?),
@@ -316,13 +349,6 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<(Opt
     Ok(Some((config_file, s)))
 }
 
-fn positive(value: usize, flag: &str) -> anyhow::Result<usize> {
-    if value == 0 {
-        bail!("{flag} must be at least 1");
-    }
-    Ok(value)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,7 +375,9 @@ mod tests {
 
     #[test]
     fn bad_flags_are_reported() {
-        assert!(parse(["--max-clients", "0"].map(OsString::from)).is_err());
+        let (file, flags) = parse(["--max-clients", "0"].map(OsString::from)).unwrap().unwrap();
+        let error = Config::build(file.as_deref(), &flags).unwrap_err().to_string();
+        assert!(error.contains("max_clients"), "{error}");
         let (file, flags) = parse(["--socket-mode", "9x"].map(OsString::from)).unwrap().unwrap();
         assert!(Config::build(file.as_deref(), &flags).is_err());
         let (file, flags) = parse(["--fsync", "sometimes"].map(OsString::from)).unwrap().unwrap();

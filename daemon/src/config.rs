@@ -7,14 +7,73 @@
 //! while serving and names the ones that need a restart. Every limit lives
 //! here with the reason for its value.
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nexus_shm_protocol::layout::{MAX_RING_BYTES, MIN_RING_BYTES, max_frame_for_capacity};
 use serde::Deserialize;
 
 use crate::store::StoreConfig;
 use crate::store::model::Limits;
 use crate::store::wal::FsyncPolicy;
+
+/// Longest socket path: `sun_path` holds 108 bytes with its NUL, and the
+/// socket is first bound as `<path>.<pid>.tmp` (up to 12 more bytes).
+pub const MAX_SOCKET_PATH_BYTES: usize = 107 - 12;
+/// Uids on the allow-list: a host has few service users; the bound keeps the
+/// per-uid bookkeeping small.
+pub const ALLOWED_UIDS_RANGE: RangeInclusive<usize> = 1..=1024;
+/// Connections: each needs an fd or two and its rings; 65,536 is far beyond
+/// one host's AI processes.
+pub const MAX_CLIENTS_RANGE: RangeInclusive<usize> = 1..=65_536;
+/// Connections waiting for their hello: an honest client sends it at once,
+/// so a few dozen cover a burst of connects.
+pub const PENDING_HANDSHAKES_RANGE: RangeInclusive<usize> = 1..=4096;
+/// Rings: a power of two between one page and 64 MiB (the layout's bounds).
+pub const RING_BYTES_RANGE: RangeInclusive<u32> = MIN_RING_BYTES..=MAX_RING_BYTES;
+/// Frames: at least 64 KiB so every answer the daemon itself writes (an
+/// error, Stats, Health) fits, which a tiny limit broke (an error answer too
+/// big for the frame limit was retried as an error answer, for ever); at
+/// most what the largest ring can carry.
+pub const FRAME_BYTES_RANGE: RangeInclusive<u32> = 64 * 1024..=max_frame_for_capacity(MAX_RING_BYTES as u64) as u32;
+/// Smallest retained request buffer: one page.
+pub const MIN_SCRATCH_RETAIN_BYTES: u64 = 4096;
+/// Largest connection memory budget: 1 TiB, beyond any host this runs on.
+pub const MAX_MEMORY_BUDGET_BYTES: u64 = 1 << 40;
+/// RLIMIT_NOFILE: enough for the store and a handful of clients, at most
+/// the kernel's usual `nr_open` ceiling.
+pub const FD_LIMIT_RANGE: RangeInclusive<u64> = 64..=1 << 20;
+/// fds kept for the store: a WAL rotation and a checkpoint need a few each.
+pub const FD_RESERVE_RANGE: RangeInclusive<u64> = 8..=65_536;
+/// Malformed frames tolerated (0: the first closes the connection).
+pub const MAX_BAD_FRAMES: u32 = 1_000_000;
+/// Worker threads (0: one per core).
+pub const MAX_WORKER_THREADS: usize = 1024;
+/// A handshake takes microseconds; 10 ms tolerates a loaded host, a minute is generous.
+pub const HANDSHAKE_TIMEOUT_MS: RangeInclusive<u64> = 10..=60_000;
+/// A stalled client: 0 would close every client that is a moment late; an hour is plenty.
+pub const STALLED_CLIENT_TIMEOUT_MS: RangeInclusive<u64> = 10..=3_600_000;
+/// An idle connection: at least 100 ms, at most 30 days.
+pub const IDLE_TIMEOUT_MS: RangeInclusive<u64> = 100..=30 * 24 * 3_600_000;
+/// Shutdown's wait for in-flight requests: up to 10 minutes.
+pub const SHUTDOWN_TIMEOUT_MS: RangeInclusive<u64> = 10..=600_000;
+/// Spin budget: past a millisecond a spin is a busy core, not a latency win
+/// (and it is applied live, so a typo would burn a core per session).
+pub const MAX_SPIN_US: u64 = 1000;
+/// WAL segments: 1 MiB (the writer's zero-ahead window) to 1 GiB.
+pub const WAL_SEGMENT_BYTES_RANGE: RangeInclusive<u64> = 1 << 20..=1 << 30;
+/// WAL volume between checkpoints: 0 would checkpoint after every write; at
+/// most 1 TiB.
+pub const CHECKPOINT_WAL_BYTES_RANGE: RangeInclusive<u64> = 4096..=1 << 40;
+/// Tags per memory.
+pub const MAX_TAGS: usize = 1024;
+/// Bytes of a name, key, source, tag key or value.
+pub const MAX_NAME_BYTES: usize = 64 * 1024;
+/// Vector dimensions.
+pub const MAX_DIMENSION: u32 = 65_536;
+/// Results of one recall.
+pub const MAX_K: u32 = 100_000;
 
 /// Everything the daemon runs with.
 #[derive(Debug, Clone)]
@@ -28,8 +87,31 @@ pub struct Config {
     pub socket_mode: u32,
     /// Peer uids admitted after SO_PEERCRED (default: the daemon's own uid).
     pub allowed_uids: Vec<u32>,
-    /// Connections served at once. Each costs ~4 fds and its two rings.
+    /// Connections served at once. Each costs an fd or two and its charge
+    /// against `memory_budget_bytes` (its two rings).
     pub max_clients: usize,
+    /// Sessions one uid may hold at once, so one allowed uid cannot take
+    /// every `max_clients` slot from the others. `None`: half of
+    /// `max_clients` when several uids are allowed, all of them when one is
+    /// (see [`Config::clients_per_uid`]).
+    pub max_clients_per_uid: Option<usize>,
+    /// Connections that may wait for their hello at once; past it the oldest
+    /// of the uid holding the most is dropped, so silent connections cannot
+    /// crowd out a client that says hello at once.
+    pub max_pending_handshakes: usize,
+    /// Connection memory (rings, socket buffers, request buffers) all
+    /// sessions together may hold; a handshake that would exceed it is
+    /// refused. ARCHITECTURE.md "Memory" gives the daemon's whole worst case.
+    pub memory_budget_bytes: u64,
+    /// Capacity a session's request buffer keeps after a larger request: a
+    /// big batch's buffer is given back instead of held for the connection's life.
+    pub scratch_retain_bytes: u64,
+    /// RLIMIT_NOFILE (soft) the daemon sets at start (default: the hard limit).
+    pub fd_limit: Option<u64>,
+    /// File descriptors connections never take: they stay free for the store
+    /// (WAL rotation, directory syncs, checkpoints), so running out of fds is
+    /// a refused connection, never a failed write.
+    pub fd_reserve: u64,
     /// Ring size granted when a client asks for 0 (1 MiB: frames up to 512 KiB).
     pub default_ring_bytes: u32,
     /// Largest ring granted; bounds a client's share of daemon memory.
@@ -39,8 +121,12 @@ pub struct Config {
     /// How long a client may take to send its hello. Live.
     pub handshake_timeout: Duration,
     /// How long the response ring may stay full (a client not reading its
-    /// answers) before the connection is closed. Live.
+    /// answers), or a socket client may take to finish a frame it began,
+    /// before the connection is closed. Live.
     pub stalled_client_timeout: Duration,
+    /// A connection that sends no request for this long is closed, so a
+    /// forgotten client does not hold its slot and rings for ever. Live.
+    pub idle_timeout: Duration,
     /// Malformed frames tolerated from one connection before it is closed. Live.
     pub max_bad_frames: u32,
     /// Frames handled in one go before the session yields to other tasks,
@@ -79,6 +165,13 @@ pub struct Settings {
     pub socket_mode: Option<String>,
     pub allow_uids: Option<Vec<u32>>,
     pub max_clients: Option<usize>,
+    pub max_clients_per_uid: Option<usize>,
+    pub max_pending_handshakes: Option<usize>,
+    pub memory_budget_bytes: Option<u64>,
+    pub scratch_retain_bytes: Option<u64>,
+    pub fd_limit: Option<u64>,
+    pub fd_reserve: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
     pub ring_bytes: Option<u32>,
     pub max_ring_bytes: Option<u32>,
     pub max_frame_bytes: Option<u32>,
@@ -130,11 +223,18 @@ impl Default for Config {
             socket_mode: 0o600,
             allowed_uids: vec![nix::unistd::geteuid().as_raw()],
             max_clients: 1024,
+            max_clients_per_uid: None,
+            max_pending_handshakes: 64,
+            memory_budget_bytes: 2 << 30,
+            scratch_retain_bytes: 64 * 1024,
+            fd_limit: None,
+            fd_reserve: 64,
             default_ring_bytes: 1 << 20,
             max_ring_bytes: nexus_shm_protocol::layout::MAX_RING_BYTES,
             max_frame_bytes: 8 << 20,
             handshake_timeout: Duration::from_secs(2),
             stalled_client_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(3600),
             max_bad_frames: 16,
             burst_frames: 256,
             spin: Duration::ZERO,
@@ -183,6 +283,7 @@ impl Config {
     pub fn live_update(&mut self, new: &Config) -> Vec<&'static str> {
         self.handshake_timeout = new.handshake_timeout;
         self.stalled_client_timeout = new.stalled_client_timeout;
+        self.idle_timeout = new.idle_timeout;
         self.max_bad_frames = new.max_bad_frames;
         self.spin = new.spin;
         self.shutdown_timeout = new.shutdown_timeout;
@@ -199,6 +300,24 @@ impl Config {
         differs("socket_mode", self.socket_mode != new.socket_mode);
         differs("allow_uids", self.allowed_uids != new.allowed_uids);
         differs("max_clients", self.max_clients != new.max_clients);
+        differs(
+            "max_clients_per_uid",
+            self.max_clients_per_uid != new.max_clients_per_uid,
+        );
+        differs(
+            "max_pending_handshakes",
+            self.max_pending_handshakes != new.max_pending_handshakes,
+        );
+        differs(
+            "memory_budget_bytes",
+            self.memory_budget_bytes != new.memory_budget_bytes,
+        );
+        differs(
+            "scratch_retain_bytes",
+            self.scratch_retain_bytes != new.scratch_retain_bytes,
+        );
+        differs("fd_limit", self.fd_limit != new.fd_limit);
+        differs("fd_reserve", self.fd_reserve != new.fd_reserve);
         differs("ring_bytes", self.default_ring_bytes != new.default_ring_bytes);
         differs("max_ring_bytes", self.max_ring_bytes != new.max_ring_bytes);
         differs("max_frame_bytes", self.max_frame_bytes != new.max_frame_bytes);
@@ -207,6 +326,16 @@ impl Config {
         differs("wal_segment_bytes", self.wal_segment_bytes != new.wal_segment_bytes);
         differs("limits", self.limits != new.limits);
         restart
+    }
+
+    /// Sessions one uid may hold: `max_clients_per_uid`, else half of
+    /// `max_clients` when several uids are allowed, else all of them.
+    pub fn clients_per_uid(&self) -> usize {
+        match self.max_clients_per_uid {
+            Some(share) => share,
+            None if self.allowed_uids.len() > 1 => self.max_clients.div_ceil(2),
+            None => self.max_clients,
+        }
     }
 
     /// The ring size to grant for a client's request (0 = default).
@@ -228,6 +357,7 @@ impl Config {
             checkpoint_wal_bytes: self.checkpoint_wal_bytes,
             limits: self.limits.clone(),
             salvage_wal: self.salvage_wal,
+            wal_stall_timeout: self.shutdown_timeout,
         }
     }
 
@@ -241,6 +371,13 @@ impl Config {
         }
         set(&mut self.allowed_uids, s.allow_uids.clone());
         set(&mut self.max_clients, s.max_clients);
+        set(&mut self.max_clients_per_uid, s.max_clients_per_uid.map(Some));
+        set(&mut self.max_pending_handshakes, s.max_pending_handshakes);
+        set(&mut self.memory_budget_bytes, s.memory_budget_bytes);
+        set(&mut self.scratch_retain_bytes, s.scratch_retain_bytes);
+        set(&mut self.fd_limit, s.fd_limit.map(Some));
+        set(&mut self.fd_reserve, s.fd_reserve);
+        set(&mut self.idle_timeout, s.idle_timeout_ms.map(ms));
         set(&mut self.default_ring_bytes, s.ring_bytes);
         set(&mut self.max_ring_bytes, s.max_ring_bytes);
         set(&mut self.max_frame_bytes, s.max_frame_bytes);
@@ -261,22 +398,170 @@ impl Config {
         Ok(())
     }
 
+    /// Checks every setting against its range (and the few that depend on
+    /// each other); the error names the key as the file and flags spell it.
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_clients == 0 {
-            return Err(invalid("max_clients", "must be at least 1".into()));
-        }
-        if self.allowed_uids.is_empty() {
-            return Err(invalid("allow_uids", "must name at least one uid".into()));
-        }
-        if self.wal_segment_bytes < 1 << 20 {
-            return Err(invalid("wal_segment_bytes", "must be at least 1 MiB".into()));
-        }
-        if self.limits.max_batch == 0 || self.limits.max_k == 0 {
-            return Err(invalid("limits", "max_batch and max_k must be at least 1".into()));
-        }
+        self.validate_paths()?;
+        self.validate_connections()?;
+        self.validate_timeouts()?;
+        self.validate_store()?;
+        validate_limits(&self.limits, self.max_frame_bytes)?;
         tracing_subscriber::EnvFilter::try_new(&self.log).map_err(|e| invalid("log", e.to_string()))?;
         Ok(())
     }
+
+    fn validate_paths(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty".into()));
+        }
+        let socket_bytes = self.socket_path.as_os_str().len();
+        if !(1..=MAX_SOCKET_PATH_BYTES).contains(&socket_bytes) {
+            let reason = format!(
+                "{} is {socket_bytes} bytes; a Unix socket path must be 1..={MAX_SOCKET_PATH_BYTES} bytes \
+                 (sun_path, with room for the temporary name it is bound under)",
+                self.socket_path.display()
+            );
+            return Err(invalid("socket", reason));
+        }
+        if self.socket_mode & !0o777 != 0 {
+            return Err(invalid(
+                "socket_mode",
+                format!("{:o} has bits outside 777", self.socket_mode),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_connections(&self) -> Result<(), ConfigError> {
+        check("allow_uids", self.allowed_uids.len(), ALLOWED_UIDS_RANGE, "uids")?;
+        check("max_clients", self.max_clients, MAX_CLIENTS_RANGE, "connections")?;
+        check(
+            "max_clients_per_uid",
+            self.clients_per_uid(),
+            1..=self.max_clients,
+            "connections",
+        )?;
+        check(
+            "max_pending_handshakes",
+            self.max_pending_handshakes,
+            PENDING_HANDSHAKES_RANGE,
+            "connections",
+        )?;
+        check("max_ring_bytes", self.max_ring_bytes, RING_BYTES_RANGE, "bytes")?;
+        check(
+            "ring_bytes",
+            self.default_ring_bytes,
+            MIN_RING_BYTES..=self.max_ring_bytes,
+            "bytes",
+        )?;
+        check("max_frame_bytes", self.max_frame_bytes, FRAME_BYTES_RANGE, "bytes")?;
+        let retain_range = MIN_SCRATCH_RETAIN_BYTES..=u64::from(self.max_frame_bytes);
+        check("scratch_retain_bytes", self.scratch_retain_bytes, retain_range, "bytes")?;
+        let one_client = crate::admission::shm_session_bytes(
+            self.grant_ring_bytes(0),
+            self.grant_ring_bytes(0),
+            self.scratch_retain_bytes,
+        );
+        check(
+            "memory_budget_bytes",
+            self.memory_budget_bytes,
+            one_client..=MAX_MEMORY_BUDGET_BYTES,
+            "bytes (at least one client with the default rings)",
+        )?;
+        if let Some(limit) = self.fd_limit {
+            check("fd_limit", limit, FD_LIMIT_RANGE, "fds")?;
+        }
+        check("fd_reserve", self.fd_reserve, FD_RESERVE_RANGE, "fds")?;
+        check("max_bad_frames", self.max_bad_frames, 0..=MAX_BAD_FRAMES, "frames")?;
+        check("worker_threads", self.worker_threads, 0..=MAX_WORKER_THREADS, "threads")
+    }
+
+    fn validate_timeouts(&self) -> Result<(), ConfigError> {
+        let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
+        check(
+            "handshake_timeout_ms",
+            ms(self.handshake_timeout),
+            HANDSHAKE_TIMEOUT_MS,
+            "ms",
+        )?;
+        check(
+            "stalled_client_timeout_ms",
+            ms(self.stalled_client_timeout),
+            STALLED_CLIENT_TIMEOUT_MS,
+            "ms",
+        )?;
+        check("idle_timeout_ms", ms(self.idle_timeout), IDLE_TIMEOUT_MS, "ms")?;
+        check(
+            "shutdown_timeout_ms",
+            ms(self.shutdown_timeout),
+            SHUTDOWN_TIMEOUT_MS,
+            "ms",
+        )?;
+        let spin_us = self.spin.as_micros().min(u128::from(u64::MAX)) as u64;
+        check("spin_us", spin_us, 0..=MAX_SPIN_US, "µs")
+    }
+
+    fn validate_store(&self) -> Result<(), ConfigError> {
+        check(
+            "wal_segment_bytes",
+            self.wal_segment_bytes,
+            WAL_SEGMENT_BYTES_RANGE,
+            "bytes",
+        )?;
+        check(
+            "checkpoint_wal_bytes",
+            self.checkpoint_wal_bytes,
+            CHECKPOINT_WAL_BYTES_RANGE,
+            "bytes",
+        )
+    }
+}
+
+/// Ranges of the store's limits. A limit of 0 would refuse every write (or
+/// every recall); the upper ends keep one request within a frame.
+fn validate_limits(limits: &Limits, max_frame_bytes: u32) -> Result<(), ConfigError> {
+    let frame = max_frame_bytes as usize;
+    check("limits.max_text_bytes", limits.max_text_bytes, 1..=frame, "bytes")?;
+    check("limits.max_tags", limits.max_tags, 0..=MAX_TAGS, "tags")?;
+    check(
+        "limits.max_tag_bytes",
+        limits.max_tag_bytes,
+        1..=MAX_NAME_BYTES,
+        "bytes",
+    )?;
+    check(
+        "limits.max_name_bytes",
+        limits.max_name_bytes,
+        1..=MAX_NAME_BYTES,
+        "bytes",
+    )?;
+    check(
+        "limits.max_dimension",
+        limits.max_dimension,
+        1..=MAX_DIMENSION,
+        "dimensions",
+    )?;
+    check(
+        "limits.dimension",
+        limits.dimension,
+        0..=limits.max_dimension,
+        "dimensions",
+    )?;
+    check("limits.max_batch", limits.max_batch, 1..=frame, "memories")?;
+    check("limits.max_k", limits.max_k, 1..=MAX_K, "results")?;
+    check("limits.max_forget_ids", limits.max_forget_ids, 1..=frame, "ids")
+}
+
+/// `name` must lie in `range`; the error says the value, the range and the unit.
+fn check<T>(name: &'static str, value: T, range: RangeInclusive<T>, unit: &str) -> Result<(), ConfigError>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if range.contains(&value) {
+        return Ok(());
+    }
+    let reason = format!("{value} is outside {}..={} {unit}", range.start(), range.end());
+    Err(invalid(name, reason))
 }
 
 fn set<T>(field: &mut T, value: Option<T>) {

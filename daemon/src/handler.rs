@@ -12,6 +12,7 @@ use nexus_shm_protocol::wire::{
     ArchivedRequest, ArchivedRequestBody, ErrorCode, HealthReport, Pong, Response, ResponseBody, StatsReport,
 };
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -27,12 +28,16 @@ pub struct Shared {
     pub shutting_down: AtomicBool,
     /// The memories.
     pub store: Store,
+    /// The budgets connections are admitted against (fds, pending
+    /// handshakes, per-uid shares, memory); see `admission.rs`.
+    pub admission: Admission,
 }
 
 impl Shared {
     /// Fresh shared state for a configuration and an opened store.
     pub fn new(config: Config, store: Store) -> Arc<Self> {
         Arc::new(Self {
+            admission: Admission::new(&config),
             config: RwLock::new(Arc::new(config)),
             metrics: Metrics::default(),
             shutting_down: AtomicBool::new(false),
@@ -79,6 +84,7 @@ pub async fn handle(request: &ArchivedRequest, shared: &Shared, now_ns: u64) -> 
             serving: !shared.shutting_down.load(Ordering::Relaxed),
             uptime_s: shared.metrics.uptime_s(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            write_failure: store.write_failure(),
         })),
         ArchivedRequestBody::Remember(remember) => {
             store.remember(remember, now_ms()).await.map(ResponseBody::Remembered)
@@ -98,6 +104,7 @@ pub async fn handle(request: &ArchivedRequest, shared: &Shared, now_ns: u64) -> 
 fn stats(shared: &Shared) -> StatsReport {
     let mut report = shared.metrics.report();
     report.counters.extend(shared.store.counters());
+    report.counters.extend(shared.admission.gauges());
     report
 }
 

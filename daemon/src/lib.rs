@@ -1,5 +1,6 @@
 //! nexus-daemon: the library behind `nexusd`.
 //!
+//! - [`admission`]: the budgets connections are admitted against;
 //! - [`cli`]: flags, logging, runtime, signals (the binary's whole `main`);
 //! - [`config`]: every setting and limit, with its default;
 //! - [`listener`]: owning the socket path (lock, stale socket, atomic publish);
@@ -10,6 +11,7 @@
 //! - [`metrics`]: counters reported by `Stats`;
 //! - [`store`]: the durable memory store (WAL, state, snapshots).
 
+pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod handler;

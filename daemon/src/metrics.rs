@@ -28,6 +28,18 @@ pub struct Metrics {
     pub clients_disconnected_stalled: AtomicU64,
     /// Connections closed because the shared ring state was corrupt.
     pub clients_disconnected_corrupt: AtomicU64,
+    /// Connections closed after `idle_timeout` without a request.
+    pub clients_disconnected_idle: AtomicU64,
+    /// Connections dropped before their hello to make room for a newer one
+    /// (`max_pending_handshakes`).
+    pub handshakes_evicted: AtomicU64,
+    /// Connections refused to keep `fd_reserve` fds free for the store.
+    pub refused_fd_reserve: AtomicU64,
+    /// Handshakes refused because the uid held its `max_clients_per_uid`.
+    pub refused_uid_share: AtomicU64,
+    /// Handshakes refused (and frames answered `Busy`) because the
+    /// connection memory would exceed `memory_budget_bytes`.
+    pub refused_memory_budget: AtomicU64,
     /// Wake-ups sent to clients (eventfd writes).
     pub wakeups_sent: AtomicU64,
 }
@@ -44,6 +56,11 @@ impl Default for Metrics {
             clients_disconnected_bad_frames: AtomicU64::new(0),
             clients_disconnected_stalled: AtomicU64::new(0),
             clients_disconnected_corrupt: AtomicU64::new(0),
+            clients_disconnected_idle: AtomicU64::new(0),
+            handshakes_evicted: AtomicU64::new(0),
+            refused_fd_reserve: AtomicU64::new(0),
+            refused_uid_share: AtomicU64::new(0),
+            refused_memory_budget: AtomicU64::new(0),
             wakeups_sent: AtomicU64::new(0),
         }
     }
@@ -79,6 +96,11 @@ impl Metrics {
             read("clients_disconnected_bad_frames", &self.clients_disconnected_bad_frames),
             read("clients_disconnected_stalled", &self.clients_disconnected_stalled),
             read("clients_disconnected_corrupt", &self.clients_disconnected_corrupt),
+            read("clients_disconnected_idle", &self.clients_disconnected_idle),
+            read("handshakes_evicted", &self.handshakes_evicted),
+            read("refused_fd_reserve", &self.refused_fd_reserve),
+            read("refused_uid_share", &self.refused_uid_share),
+            read("refused_memory_budget", &self.refused_memory_budget),
             read("wakeups_sent", &self.wakeups_sent),
         ];
         let mut counters = counters;

@@ -18,6 +18,7 @@ use nexus_shm_protocol::handshake::{
 };
 use nexus_shm_protocol::layout::SegmentHeader;
 use nexus_shm_protocol::segment::Segment;
+use nexus_shm_protocol::wake::Bell;
 use nexus_shm_protocol::wire::ErrorCode;
 use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::UnixStream;
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::admission::{AdmissionError, Charge, UidSlot, shm_session_bytes};
 use crate::handler::Shared;
 use crate::listener::BoundSocket;
 use crate::metrics::bump;
@@ -92,11 +94,22 @@ struct Connection {
     shutdown: CancellationToken,
 }
 
+/// What an admitted connection holds until its session ends.
+struct Held {
+    _permit: OwnedSemaphorePermit,
+    _uid_slot: UidSlot,
+    /// The connection's memory; a socket session grows and shrinks it.
+    charge: Charge,
+}
+
 /// What the handshake admitted.
 enum Admitted {
-    /// The segment whose fd the client now holds; the session takes the socket.
-    SharedMemory(Arc<Segment>),
-    Socket { max_frame_bytes: u32 },
+    /// The segment and bell whose fds the client now holds; the session
+    /// takes the socket.
+    SharedMemory(Arc<Segment>, Bell),
+    Socket {
+        max_frame_bytes: u32,
+    },
 }
 
 /// A handshake that ended without a session; `reply` is sent when present.
@@ -123,41 +136,59 @@ impl Refusal {
 
 impl Connection {
     async fn serve(mut self) {
-        let (admitted, _permit) = match self.handshake().await {
+        let (admitted, mut held) = match self.handshake().await {
             Ok(ok) => ok,
             Err(refusal) => return self.refuse(refusal).await,
         };
         bump(&self.shared.metrics.connections_total);
         let end = match admitted {
-            Admitted::SharedMemory(segment) => {
-                match ShmSession::new(self.id, &segment, self.stream, self.shared.clone()) {
+            Admitted::SharedMemory(segment, bell) => {
+                match ShmSession::new(self.id, &segment, bell, self.stream, self.shared.clone()) {
                     Ok(session) => session.run(&self.shutdown).await,
                     Err(e) => SessionEnd::Io(e),
                 }
             }
             Admitted::Socket { max_frame_bytes } => {
-                crate::socket_session::run(self.stream, &self.shared, max_frame_bytes, &self.shutdown).await
+                let session =
+                    crate::socket_session::SocketSession::new(&self.shared, max_frame_bytes, &mut held.charge);
+                session.run(self.stream, &self.shutdown).await
             }
         };
         self.shared.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
         log_end(self.id, &end);
     }
 
-    async fn handshake(&mut self) -> Result<(Admitted, OwnedSemaphorePermit), Refusal> {
-        // The hello is read before the uid is judged so that a refused peer,
-        // whose hello is already on its way, reads our refusal instead of a
-        // broken pipe.
-        let hello = self.read_hello().await;
-        self.check_peer()?;
-        let hello = hello?;
+    /// Admission in order of cost to the daemon: fds (before anything is
+    /// read), the peer's uid, a bounded place among the pending handshakes
+    /// while the hello is read, then the client slot, the uid's share and
+    /// the memory charge. See `admission.rs`.
+    async fn handshake(&mut self) -> Result<(Admitted, Held), Refusal> {
+        let shared = self.shared.clone();
+        let metrics = &shared.metrics;
+        (shared.admission.fds.admit_connection())
+            .map_err(|e| refused(ErrorCode::ConnectionSetupFailed, &e, &metrics.refused_fd_reserve))?;
+        // Judged before a byte is read, so a refused peer costs no wait. Its
+        // hello may still be on its way: the client reads our refusal even
+        // when its own write then fails.
+        let uid = self.check_peer()?;
+        let hello = self.read_hello_in_turn(uid).await?;
         let permit = self.slots.clone().try_acquire_owned().map_err(|_| {
             let max = self.shared.config().max_clients;
             Refusal::with_reply(
                 ErrorCode::TooManyClients,
-                format!("nexusd serves at most {max} clients at once"),
+                format!("nexusd serves at most {max} clients at once (max_clients)"),
             )
         })?;
-        debug!(connection = self.id, name = %hello.name, flags = hello.flags, "handshake");
+        let uid_slot = (shared.admission.uids.try_take(uid))
+            .map_err(|e| refused(ErrorCode::TooManyClients, &e, &metrics.refused_uid_share))?;
+        let charge = (shared.admission.memory.try_charge(self.memory_charge(&hello)))
+            .map_err(|e| refused(ErrorCode::ConnectionSetupFailed, &e, &metrics.refused_memory_budget))?;
+        let held = Held {
+            _permit: permit,
+            _uid_slot: uid_slot,
+            charge,
+        };
+        debug!(connection = self.id, uid, name = %hello.name, flags = hello.flags, "handshake");
         // Counted before the welcome is sent: a client that holds its welcome
         // must find itself in the Stats that any connection reads next.
         let shared = self.shared.clone();
@@ -169,7 +200,7 @@ impl Connection {
             self.admit_shared_memory(&hello).await
         };
         match admitted {
-            Ok(admitted) => Ok((admitted, permit)),
+            Ok(admitted) => Ok((admitted, held)),
             Err(refusal) => {
                 open.fetch_sub(1, Ordering::Relaxed);
                 Err(refusal)
@@ -177,14 +208,36 @@ impl Connection {
         }
     }
 
-    fn check_peer(&self) -> Result<(), Refusal> {
+    /// The peer's uid, if the allow-list names it.
+    fn check_peer(&self) -> Result<u32, Refusal> {
         let (uid, _gid, pid) =
             peer_credentials(self.stream.as_fd()).map_err(|e| Refusal::silent(format!("SO_PEERCRED failed: {e}")))?;
         if self.shared.config().allowed_uids.contains(&uid) {
-            return Ok(());
+            return Ok(uid);
         }
         let message = format!("uid {uid} (pid {pid}) is not allowed to use this nexusd");
         Err(Refusal::with_reply(ErrorCode::PermissionDenied, message))
+    }
+
+    /// Reads the hello holding a place among the pending handshakes, which
+    /// a newer connection may take (eviction) if this one is slow.
+    async fn read_hello_in_turn(&mut self, uid: u32) -> Result<ClientHello, Refusal> {
+        let pending = self.shared.admission.pending.clone();
+        let (ticket, evicted_another) = pending.enter(uid);
+        if evicted_another {
+            bump(&self.shared.metrics.handshakes_evicted);
+        }
+        tokio::select! {
+            hello = self.read_hello() => hello,
+            _ = ticket.evicted() => {
+                let max = pending.max();
+                let message = format!(
+                    "more than {max} connections (max_pending_handshakes) were waiting to send their hello; \
+                     this one was the oldest"
+                );
+                Err(Refusal::with_reply(ErrorCode::TooManyClients, message))
+            }
+        }
     }
 
     async fn read_hello(&mut self) -> Result<ClientHello, Refusal> {
@@ -232,15 +285,17 @@ impl Connection {
         let header =
             SegmentHeader::new(request_bytes, response_bytes, config.max_frame_bytes).map_err(|e| setup_failed(&e))?;
         let (segment, memfd) = Segment::create(header).map_err(|e| setup_failed(&e))?;
+        let bell = Bell::new().map_err(|e| setup_failed(&e))?;
         let mut welcome = self.welcome(header.segment_bytes);
         welcome.request_ring_bytes = request_bytes;
         welcome.response_ring_bytes = response_bytes;
         welcome.max_frame_bytes = header.max_frame_bytes;
-        self.send_hello(&welcome, &[memfd.as_raw_fd()]).await?;
+        self.send_hello(&welcome, &[memfd.as_raw_fd(), bell.as_raw_fd()])
+            .await?;
         // Our copy of the memfd is no longer needed: the mapping keeps the
         // memory, and closing it leaves the client's fd as the only handle.
         drop(memfd);
-        Ok(Admitted::SharedMemory(segment))
+        Ok(Admitted::SharedMemory(segment, bell))
     }
 
     fn welcome(&self, segment_bytes: u64) -> ServerHello {
@@ -267,16 +322,28 @@ impl Connection {
         }
     }
 
+    /// What this connection is charged against `memory_budget_bytes`.
+    fn memory_charge(&self, hello: &ClientHello) -> u64 {
+        let config = self.shared.config();
+        if hello.flags & FLAG_SOCKET_TRANSPORT != 0 {
+            return crate::socket_session::FIXED_BYTES + config.scratch_retain_bytes;
+        }
+        shm_session_bytes(
+            config.grant_ring_bytes(hello.request_ring_bytes),
+            config.grant_ring_bytes(hello.response_ring_bytes),
+            config.scratch_retain_bytes,
+        )
+    }
+
     async fn refuse(self, refusal: Refusal) {
         bump(&self.shared.metrics.handshakes_refused);
         debug!(connection = self.id, reason = %refusal.reason, "handshake refused");
         if let Some(reply) = &refusal.reply {
-            // Best effort: the peer may already be gone.
-            let _ = tokio::time::timeout(
-                self.shared.config().handshake_timeout,
-                send_all_with_fds(&self.stream, &reply.encode(), &[]),
-            )
-            .await;
+            // Best effort and one non-blocking send straight on the fd (not
+            // through tokio's readiness, which a fresh socket may not have
+            // yet): a refusal fits in a fresh socket's buffer, and no refused
+            // peer may hold a task (or an fd) waiting for it to read.
+            let _ = send_with_fds(self.stream.as_fd(), &reply.encode(), &[]);
         }
     }
 }
@@ -296,6 +363,12 @@ async fn send_all_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[i32]) -> st
         }
     }
     Ok(())
+}
+
+/// A refusal for an admission budget, counted in `counter`.
+fn refused(code: ErrorCode, error: &AdmissionError, counter: &std::sync::atomic::AtomicU64) -> Refusal {
+    bump(counter);
+    Refusal::with_reply(code, error.to_string())
 }
 
 fn log_end(connection: u64, end: &SessionEnd) {

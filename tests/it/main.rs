@@ -7,6 +7,7 @@
 //! Unit-level behaviour (ring arithmetic, codecs) is tested in the crates
 //! themselves, not here.
 
+mod admission;
 mod bad_frames;
 mod crash;
 mod disk_faults;
@@ -15,6 +16,7 @@ mod fanout;
 mod handshake;
 mod lifecycle;
 mod signals;
+mod socket_transport;
 mod store;
 mod store_boundary;
 mod transport;
