@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use nexus_client::wire::{ForgetRequest, MemoryInput, MemoryTag, RecallRequest};
+use nexus_client::wire::{ForgetRequest, HealthReport, MemoryInput, MemoryTag, RecallRequest};
 use nexus_client::{Client, ClientError};
 
 /// What the memory commands were given.
@@ -29,7 +29,7 @@ COMMANDS:
   flush | checkpoint                                          make writes durable now / snapshot now
   ping [--count N]   round trips through shared memory, with their latency
   stats [--json]     the daemon's counters
-  health             exit 0 when the daemon serves, 1 otherwise
+  health             exit 0 when the daemon serves reads and writes, 1 otherwise
 
 The socket defaults to $NEXUS_SOCKET, else $XDG_RUNTIME_DIR/nexusd.sock, else ./nexusd.sock.
 ";
@@ -178,18 +178,55 @@ fn stats(client: &Client, json: bool) -> Result<(), ClientError> {
 }
 
 fn health(socket: &std::path::Path) -> ExitCode {
-    match Client::connect(socket).and_then(|client| client.health()) {
-        Ok(report) if report.serving => {
-            println!("serving (nexusd {}, up {} s)", report.version, report.uptime_s);
+    let verdict = match Client::connect(socket).and_then(|client| client.health()) {
+        Ok(report) => health_verdict(&report),
+        Err(e) => Err(format!("unhealthy: {e}")),
+    };
+    match verdict {
+        Ok(line) => {
+            println!("{line}");
             ExitCode::SUCCESS
         }
-        Ok(_) => {
-            println!("not serving (shutting down)");
+        Err(line) => {
+            println!("{line}");
             ExitCode::FAILURE
         }
-        Err(e) => {
-            println!("unhealthy: {e}");
-            ExitCode::FAILURE
+    }
+}
+
+/// What `nexus health` prints: `Ok` when the daemon serves reads and
+/// writes (exit 0), `Err` otherwise (exit 1). A daemon that serves reads but
+/// refuses every write (its WAL stopped) is not healthy: a probe must say so.
+fn health_verdict(report: &HealthReport) -> Result<String, String> {
+    if !report.serving {
+        return Err("not serving (shutting down)".into());
+    }
+    if let Some(reason) = &report.write_failure {
+        return Err(format!("serving reads, refusing writes: {reason}"));
+    }
+    Ok(format!("serving (nexusd {}, up {} s)", report.version, report.uptime_s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(serving: bool, write_failure: Option<&str>) -> HealthReport {
+        HealthReport {
+            serving,
+            uptime_s: 7,
+            version: "0.1.0".into(),
+            write_failure: write_failure.map(str::to_owned),
         }
+    }
+
+    // Regression (issue 7, scenario 11): `nexus health` exited 0 for a daemon
+    // whose WAL had stopped accepting writes.
+    #[test]
+    fn health_fails_when_writes_are_refused_or_the_daemon_stops() {
+        assert!(health_verdict(&report(true, None)).is_ok());
+        let refused = health_verdict(&report(true, Some("fdatasync of 1.wal failed"))).unwrap_err();
+        assert!(refused.contains("refusing writes: fdatasync"), "{refused}");
+        assert!(health_verdict(&report(false, None)).is_err());
     }
 }

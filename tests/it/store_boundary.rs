@@ -6,10 +6,15 @@
 //! Each test performs one scenario against a real `nexusd-it`; faults come
 //! through `NEXUS_FAULT_INJECT` (ENOSPC, a failed or hung fdatasync).
 
-use nexus_client::wire::{ErrorCode, ForgetRequest, RecallRequest, RequestBody};
-use nexus_tests::store::check_refused;
+use std::time::Duration;
 
-use crate::start;
+use nexus_client::wire::{ErrorCode, ForgetRequest, MemoryInput, RecallRequest, RememberRequest, RequestBody};
+use nexus_client::{Client, ClientError};
+use nexus_daemon::store::wal::FAULT_INJECT_ENV;
+use nexus_tests::TestDir;
+use nexus_tests::store::{check_refused, check_status, memory, recall};
+
+use crate::{start, start_with_env};
 
 /// `Limits::default().max_forget_ids`.
 const MAX_FORGET_IDS: usize = 100_000;
@@ -21,7 +26,7 @@ fn refusals_name_what_the_client_sent_ids_of_a_forget_and_the_query_vector() {
     let daemon = start(&[]);
     let client = daemon.large_client();
     client
-        .remember(vec![nexus_tests::store::memory("named", "a memory to forget by id")])
+        .remember(vec![memory("named", "a memory to forget by id")])
         .expect("a memory");
     let too_many = RequestBody::Forget(ForgetRequest::Ids((0..=MAX_FORGET_IDS as u64).collect()));
     let message = check_refused(&client, "a Forget of 100 001 ids", too_many, ErrorCode::BatchTooLarge);
@@ -54,9 +59,9 @@ fn refusals_name_what_the_client_sent_ids_of_a_forget_and_the_query_vector() {
         );
     }
     client
-        .remember(vec![nexus_client::wire::MemoryInput {
+        .remember(vec![MemoryInput {
             vector: Some(vec![0.5; 4]),
-            ..nexus_tests::store::memory("named", "four")
+            ..memory("named", "four")
         }])
         .expect("a 4-d vector");
     let message = check_refused(
@@ -66,4 +71,103 @@ fn refusals_name_what_the_client_sent_ids_of_a_forget_and_the_query_vector() {
         ErrorCode::DimensionMismatch,
     );
     assert!(message.starts_with("query"), "the refusal names the query: {message}");
+}
+
+// Regression (issue 7, scenario 11): after a failed fdatasync every write was
+// refused, yet Health answered as for a healthy daemon.
+#[test]
+fn health_reports_a_fail_stopped_wal_as_refusing_writes() {
+    // The first fdatasync is the new segment's at start-up; the next, the first write's.
+    let daemon = start_with_env(&[], &[(FAULT_INJECT_ENV, "fsync-eio-after:1")]);
+    let client = daemon.client();
+    let healthy = client.health().expect("Health before the failure");
+    assert_eq!(healthy.write_failure, None, "writes are accepted at first");
+    let failed = client.remember(vec![memory("health", "lost to a failed fdatasync")]);
+    check_status(failed, ErrorCode::StorageFailed);
+
+    let report = client.health().expect("Health after the failure");
+    assert!(report.serving, "reads are still served");
+    let reason = report
+        .write_failure
+        .unwrap_or_else(|| panic!("Health does not say that writes are refused"));
+    assert!(
+        reason.contains("fdatasync"),
+        "the reason names the failed fdatasync: {reason}"
+    );
+}
+
+/// Shutdown's wait for in-flight requests and for the WAL writer, in the test below.
+const SHUTDOWN_TIMEOUT_MS: &str = "500";
+
+// Regression (issue 7, scenario 11): with an fdatasync that never returned,
+// SIGTERM never ended the daemon: the final checkpoint waited for the WAL
+// writer's rotation for ever.
+#[test]
+fn sigterm_ends_the_daemon_even_while_an_fdatasync_never_returns() {
+    let mut daemon = start_with_env(
+        &["--shutdown-timeout-ms", SHUTDOWN_TIMEOUT_MS],
+        &[(FAULT_INJECT_ENV, "fsync-hang-after:1")],
+    );
+    let client = daemon.client();
+    let stuck = client.call(
+        RequestBody::Remember(RememberRequest {
+            memories: vec![memory("hang", "its fdatasync never returns")],
+        }),
+        Some(Duration::from_millis(200)),
+    );
+    assert!(
+        matches!(stuck, Err(ClientError::Timeout(_))),
+        "the write waits for its fdatasync: {stuck:?}"
+    );
+    let pinged = daemon.client().ping();
+    assert!(pinged.is_ok(), "the daemon still serves other clients: {pinged:?}");
+
+    let status = daemon.sigterm_and_wait();
+    assert!(
+        !status.success(),
+        "a shutdown that could not stop the WAL writer says so with its exit status"
+    );
+    let stderr = daemon.stderr_text();
+    assert!(
+        stderr.contains("did not answer within") || stderr.contains("did not stop within"),
+        "the log names the stuck WAL writer:\n{stderr}"
+    );
+}
+
+// Regression (issue 7, scenario 4): a Forget released its key before its
+// record was logged; when the log write failed (disk full) the memory stayed,
+// unindexed, and the next Remember of its key made a second memory.
+#[test]
+fn a_forget_that_fails_on_a_full_disk_leaves_its_key_naming_the_one_memory() {
+    let marker_dir = TestDir::new();
+    let full = marker_dir.path().join("disk-is-full");
+    let spec = format!("disk-full-while:{}", full.display());
+    let mut daemon = start_with_env(&[], &[(FAULT_INJECT_ENV, &spec)]);
+    let client = daemon.client();
+    let keyed = |text: &str| MemoryInput {
+        key: Some("profile".into()),
+        ..memory("keys", text)
+    };
+    let first = client.remember(vec![keyed("likes tea")]).expect("the first write");
+
+    std::fs::write(&full, b"").expect("filling the disk (marker)");
+    let forget = client.forget(ForgetRequest::Ids(first.clone()));
+    check_status(forget, ErrorCode::DiskFull);
+    std::fs::remove_file(&full).expect("freeing the disk (marker)");
+
+    let again = client
+        .remember(vec![keyed("likes coffee")])
+        .expect("a write once space is back");
+    assert_eq!(again, first, "the key still names its one memory");
+    check_key_texts(&client, &[(first[0], "likes coffee")]);
+    daemon.restart();
+    check_key_texts(&daemon.client(), &[(first[0], "likes coffee")]);
+}
+
+/// The memories of namespace `keys`, by id and text.
+#[track_caller]
+fn check_key_texts(client: &Client, expected: &[(u64, &str)]) {
+    let hits = recall(client, "keys", "likes");
+    let found: Vec<(u64, &str)> = hits.iter().map(|h| (h.id, h.text.as_str())).collect();
+    assert_eq!(found, expected, "memories of the keyed namespace");
 }

@@ -12,17 +12,19 @@
 //! Checkpoint: rotate the WAL, write the state as a snapshot (temp, fsync,
 //! rename, fsync dir), then delete the snapshots and WAL segments it covers.
 
+pub mod ids;
+#[cfg(test)]
+mod key_interleavings;
 pub mod logged;
 pub mod model;
 pub mod snapshot;
 pub mod state;
 pub mod wal;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use nexus_shm_protocol::wire::{
@@ -34,6 +36,7 @@ use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use self::ids::Ids;
 use self::logged::LoggedRecord;
 use self::model::{Limits, MemoryRef, StoreError, Subject, WalRecord, WalRecordRef, validate_memory};
 use self::snapshot::Snapshot;
@@ -55,6 +58,11 @@ pub struct StoreConfig {
     pub limits: Limits,
     /// Truncate the WAL at the first bad record instead of refusing to start.
     pub salvage_wal: bool,
+    /// How long a checkpoint or shutdown waits for the WAL writer (to rotate,
+    /// or to finish its last sync) before giving up on it: an fdatasync that
+    /// never returns must not hang shutdown. The daemon passes its
+    /// `shutdown_timeout`.
+    pub wal_stall_timeout: Duration,
 }
 
 impl Default for StoreConfig {
@@ -66,6 +74,7 @@ impl Default for StoreConfig {
             checkpoint_wal_bytes: 256 << 20,
             limits: Limits::default(),
             salvage_wal: false,
+            wal_stall_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -99,17 +108,14 @@ struct Inner {
     /// Taken out (None) by `close` to stop the writer thread.
     wal: RwLock<Option<Arc<Wal<Ticket>>>>,
     limits: Limits,
-    /// (namespace, key) → id, including ids reserved by writes still in flight.
-    keys: Mutex<HashMap<(String, String), u64>>,
-    next_id: AtomicU64,
-    /// The store's vector dimension (0: not fixed yet).
-    dimension: AtomicU32,
     checkpoint_lock: tokio::sync::Mutex<()>,
     checkpoint_running: AtomicBool,
     checkpoint_wal_bytes: AtomicU64,
     bytes_since_checkpoint: AtomicU64,
     last_checkpoint_lsn: AtomicU64,
     checkpoints_total: AtomicU64,
+    /// See [`StoreConfig::wal_stall_timeout`].
+    wal_stall_timeout: Duration,
     background: TaskTracker,
     report: OpenReport,
     _lock: Flock<File>,
@@ -295,12 +301,8 @@ impl Store {
             warn!(?torn, "torn record at the WAL's tail was truncated");
         }
         let dimension = check_dimension(&state, &config.limits)?;
+        state.configure_dimension(dimension);
         let next_lsn = replayed.last_lsn.max(state.applied_lsn()) + 1;
-        let keys = state
-            .keyed()
-            .map(|(ns, key, id)| ((ns.to_owned(), key.to_owned()), id))
-            .collect();
-        let next_id = state.next_id();
         let last_checkpoint_lsn = report.snapshot.as_ref().map(|_| state.applied_lsn()).unwrap_or(0);
         info!(
             memories = state.len(),
@@ -322,15 +324,13 @@ impl Store {
             state,
             wal: RwLock::new(Some(Arc::new(wal))),
             limits: config.limits.clone(),
-            keys: Mutex::new(keys),
-            next_id: AtomicU64::new(next_id),
-            dimension: AtomicU32::new(dimension),
             checkpoint_lock: tokio::sync::Mutex::new(()),
             checkpoint_running: AtomicBool::new(false),
             checkpoint_wal_bytes: AtomicU64::new(config.checkpoint_wal_bytes),
             bytes_since_checkpoint: AtomicU64::new(0),
             last_checkpoint_lsn: AtomicU64::new(last_checkpoint_lsn),
             checkpoints_total: AtomicU64::new(0),
+            wal_stall_timeout: config.wal_stall_timeout,
             background: TaskTracker::new(),
             report,
             _lock: lock,
@@ -365,8 +365,11 @@ impl Store {
         for (index, input) in request.memories.iter().enumerate() {
             memories.push(validate_memory(index, input, limits, now_ms)?);
         }
-        self.fix_dimension(&memories)?;
-        self.assign_ids(&mut memories);
+        {
+            let state = self.read();
+            fix_dimension(state.ids(), &memories)?;
+            state.ids().assign(&mut memories);
+        }
         let ids = memories.iter().map(|m| m.id).collect();
         let record = LoggedRecord::encode_ref(&WalRecordRef::Remember(memories));
         self.log(record).await?;
@@ -411,7 +414,7 @@ impl Store {
         };
         let count = ids.len() as u64;
         if count > 0 {
-            self.release_keys(&ids);
+            // Keys are released when the record is applied (see `ids.rs`).
             self.log(LoggedRecord::encode(&WalRecord::Forget(ids))).await?;
         }
         Ok(count)
@@ -450,7 +453,7 @@ impl Store {
             .map(|v| v.iter().map(|x| x.to_native()).collect());
         if let Some(vector) = &vector {
             model::check_vector(Subject::Query, vector, limits)?;
-            let expected = self.inner.dimension.load(Ordering::Relaxed);
+            let expected = self.read().ids().dimension();
             if expected != 0 && expected as usize != vector.len() {
                 return Err(StoreError::DimensionMismatch {
                     subject: Subject::Query,
@@ -523,7 +526,7 @@ impl Store {
         }
         let started = Instant::now();
         let wal = self.wal()?;
-        wal.rotate().await?;
+        self.rotate(&wal).await?;
         // The lock is held only to copy the id map (shares the bytes); the
         // snapshot is written while writes go on.
         let frozen = self.read().freeze();
@@ -541,29 +544,34 @@ impl Store {
     }
 
     /// Graceful end: waits for background checkpoints, checkpoints, and stops
-    /// the WAL writer after it fsynced everything.
+    /// the WAL writer after it fsynced everything. Bounded: every wait for the
+    /// WAL writer gives up after `wal_stall_timeout` (an fdatasync that never
+    /// returns), and then the error says so; nothing unacknowledged is at stake.
     pub async fn close(&self) -> Result<Lsn, StoreError> {
         self.inner.background.close();
         self.inner.background.wait().await;
         let checkpointed = self.checkpoint().await;
         let taken = self.inner.wal.write().unwrap_or_else(|p| p.into_inner()).take();
-        let Some(mut wal) = taken else { return checkpointed };
-        // Requests still holding the WAL (past the shutdown bound) finish within
-        // their own await; give them a moment, then stop the writer regardless.
-        for _ in 0..100 {
-            match Arc::try_unwrap(wal) {
-                Ok(owned) => {
-                    let flushed = tokio::task::spawn_blocking(move || owned.shutdown())
-                        .await
-                        .map_err(|e| StoreError::Storage(format!("WAL shutdown task failed: {e}")))??;
-                    return checkpointed.map(|lsn| lsn.max(flushed));
-                }
-                Err(shared) => wal = shared,
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let Some(wal) = taken else { return checkpointed };
+        let Some(owned) = last_owner(wal).await else {
+            warn!("WAL still in use at shutdown; its writer stops when the process exits");
+            return checkpointed;
+        };
+        let bound = self.inner.wal_stall_timeout;
+        let flushed = tokio::task::spawn_blocking(move || owned.shutdown_within(bound))
+            .await
+            .map_err(|e| StoreError::Storage(format!("WAL shutdown task failed: {e}")))??;
+        checkpointed.map(|lsn| lsn.max(flushed))
+    }
+
+    /// Why writes are refused, while the WAL is fail-stopped (a failed
+    /// fdatasync or write: only a restart, replaying what is on disk, makes
+    /// writes safe again); `None` while writes are accepted.
+    pub fn write_failure(&self) -> Option<String> {
+        match self.wal() {
+            Ok(wal) => wal.failure(),
+            Err(closed) => Some(closed.to_string()),
         }
-        warn!("WAL still in use at shutdown; its writer stops when the process exits");
-        checkpointed
     }
 
     /// Counters for Stats.
@@ -575,7 +583,7 @@ impl Store {
         let mut counters = vec![
             counter("memories", state.len() as u64),
             counter("namespaces", state.namespace_count() as u64),
-            counter("dimension", u64::from(inner.dimension.load(Ordering::Relaxed))),
+            counter("dimension", u64::from(state.ids().dimension())),
             counter("applied_lsn", state.applied_lsn()),
             counter("last_checkpoint_lsn", inner.last_checkpoint_lsn.load(Ordering::Relaxed)),
             counter("checkpoints_total", inner.checkpoints_total.load(Ordering::Relaxed)),
@@ -591,6 +599,19 @@ impl Store {
     fn wal(&self) -> Result<Arc<Wal<Ticket>>, StoreError> {
         let wal = self.inner.wal.read().unwrap_or_else(|p| p.into_inner());
         wal.clone().ok_or(StoreError::ShuttingDown)
+    }
+
+    /// Seals the active segment, waiting at most `wal_stall_timeout` for the
+    /// writer (it may be stuck in an fdatasync that never returns).
+    async fn rotate(&self, wal: &Wal<Ticket>) -> Result<wal::RotateInfo, StoreError> {
+        let bound = self.inner.wal_stall_timeout;
+        match tokio::time::timeout(bound, wal.rotate()).await {
+            Ok(rotated) => Ok(rotated?),
+            Err(_) => Err(StoreError::Storage(format!(
+                "the WAL writer did not answer within {bound:?} (an fdatasync that does not return?); \
+                 no checkpoint was written"
+            ))),
+        }
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -635,57 +656,19 @@ impl Store {
             store.inner.checkpoint_running.store(false, Ordering::Release);
         });
     }
+}
 
-    /// Fixes the store's dimension with the first vector; rejects mismatches.
-    fn fix_dimension(&self, memories: &[MemoryRef<'_>]) -> Result<(), StoreError> {
-        let mut dims = (memories.iter().enumerate()).filter_map(|(i, m)| m.vector.map(|v| (i, v.len() as u32)));
-        let Some((first_index, first)) = dims.next() else {
-            return Ok(());
-        };
-        if let Some((index, got)) = dims.find(|(_, d)| *d != first) {
-            return Err(StoreError::MixedDimensions {
-                index,
-                expected: first,
-                got,
-            });
+/// Waits (up to 2 s) until `wal` has no other owner: requests past the
+/// shutdown bound may still hold it for the moment of an append.
+async fn last_owner(mut wal: Arc<Wal<Ticket>>) -> Option<Wal<Ticket>> {
+    for _ in 0..100 {
+        match Arc::try_unwrap(wal) {
+            Ok(owned) => return Some(owned),
+            Err(shared) => wal = shared,
         }
-        match self
-            .inner
-            .dimension
-            .compare_exchange(0, first, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => Ok(()),
-            Err(current) if current == first => Ok(()),
-            Err(current) => Err(StoreError::DimensionMismatch {
-                subject: Subject::Memory(first_index),
-                expected: current,
-                got: first,
-            }),
-        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-
-    /// Forgotten memories give their keys up, so remembering a key again creates
-    /// a new memory with a fresh id (ids are never reused). Done before the
-    /// Forget is logged: a Remember of that key racing with it either lands
-    /// first (an upsert the Forget then deletes) or gets a fresh id.
-    fn release_keys(&self, forgotten: &[u64]) {
-        let mut keys = self.inner.keys.lock().unwrap_or_else(|p| p.into_inner());
-        keys.retain(|_, id| forgotten.binary_search(id).is_err());
-    }
-
-    /// Assigns ids: a known key keeps its id (upsert), everything else gets a new one.
-    fn assign_ids(&self, memories: &mut [MemoryRef<'_>]) {
-        let inner = &self.inner;
-        let mut keys = inner.keys.lock().unwrap_or_else(|p| p.into_inner());
-        for memory in memories {
-            memory.id = match memory.key {
-                Some(key) => *keys
-                    .entry((memory.namespace.to_owned(), key.to_owned()))
-                    .or_insert_with(|| inner.next_id.fetch_add(1, Ordering::Relaxed)),
-                None => inner.next_id.fetch_add(1, Ordering::Relaxed),
-            };
-        }
-    }
+    None
 }
 
 /// Writes `frozen` as a snapshot, opens it, and moves the state's unchanged
@@ -743,6 +726,28 @@ fn storage(error: impl std::fmt::Display) -> StoreError {
     StoreError::Storage(error.to_string())
 }
 
+/// Reserves the store's dimension with the batch's first vector; rejects
+/// mismatches, within the batch or with the store.
+fn fix_dimension(ids: &Ids, memories: &[MemoryRef<'_>]) -> Result<(), StoreError> {
+    let mut dims = (memories.iter().enumerate()).filter_map(|(i, m)| m.vector.map(|v| (i, v.len() as u32)));
+    let Some((first_index, first)) = dims.next() else {
+        return Ok(());
+    };
+    if let Some((index, got)) = dims.find(|(_, d)| *d != first) {
+        return Err(StoreError::MixedDimensions {
+            index,
+            expected: first,
+            got,
+        });
+    }
+    ids.reserve_dimension(first)
+        .map_err(|current| StoreError::DimensionMismatch {
+            subject: Subject::Memory(first_index),
+            expected: current,
+            got: first,
+        })
+}
+
 /// The configured dimension must agree with the stored data.
 fn check_dimension(state: &State, limits: &Limits) -> Result<u32, StoreError> {
     match (state.dimension(), limits.dimension) {
@@ -755,19 +760,65 @@ fn check_dimension(state: &State, limits: &Limits) -> Result<u32, StoreError> {
 }
 
 /// One daemon per data directory: an exclusive flock on `<dir>/LOCK`.
+///
+/// The directory is private to the daemon (see [`create_private_dir`]).
+/// `LOCK` is opened 0600, never through a symlink (`O_NOFOLLOW`: a link
+/// planted there cannot make us create or clobber another file) and never
+/// truncated before the flock is ours, so a running daemon's lock file stays
+/// as it is; once held, it records our pid for the next daemon's error.
 fn lock_data_dir(dir: &Path) -> Result<Flock<File>, StoreError> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    create_private_dir(dir)?;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| StoreError::Storage(format!("cannot open {} (a symlink is refused): {e}", path.display())))?;
+    let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(file, errno)| {
+        let mut holder = String::new();
+        let _ = std::io::Read::take(&file, 32).read_to_string(&mut holder);
+        StoreError::Storage(format!(
+            "the data directory {} is in use by another nexusd (pid {}, {errno})",
+            dir.display(),
+            holder.trim()
+        ))
+    })?;
+    let pid = format!("{}\n", std::process::id());
+    // Best effort: the pid only improves another daemon's error message.
+    let _ = lock.set_len(0).and_then(|()| lock.write_all_at(pid.as_bytes(), 0));
+    Ok(lock)
+}
+
+/// Creates the data directory 0700 (with missing parents), or checks a
+/// pre-existing one: it must be a directory owned by the daemon's uid that
+/// neither its group nor others can write, since whoever can write it could
+/// replace the WAL or a snapshot under the daemon.
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let refuse = |why: String| StoreError::Storage(format!("the data directory {} {why}", dir.display()));
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| StoreError::Storage(format!("cannot create the data directory {}: {e}", dir.display())))?;
-    let path = dir.join("LOCK");
-    let file = File::create(&path).map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-        StoreError::Storage(format!(
-            "the data directory {} is in use by another nexusd ({errno})",
-            dir.display()
-        ))
-    })
+        .map_err(|e| refuse(format!("cannot be created: {e}")))?;
+    let meta = std::fs::metadata(dir).map_err(|e| refuse(format!("cannot be read: {e}")))?;
+    let uid = nix::unistd::geteuid().as_raw();
+    if !meta.is_dir() {
+        return Err(refuse("is not a directory".into()));
+    }
+    if meta.uid() != uid {
+        return Err(refuse(format!("is owned by uid {}, not by nexusd's uid {uid}", meta.uid())));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(refuse(format!(
+            "is writable by its group or others (mode {mode:o}); make it private (chmod 700)"
+        )));
+    }
+    Ok(())
 }

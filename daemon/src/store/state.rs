@@ -14,6 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
+use crate::store::ids::Ids;
 use crate::store::logged::LoggedRecord;
 use crate::store::model::{ArchivedStoredMemory, ArchivedWalRecord, MemoryRef};
 use crate::store::snapshot::{FeedbackTally, Snapshot, SnapshotBodyRef};
@@ -99,25 +100,20 @@ pub struct State {
     base: Option<Arc<Snapshot>>,
     entries: IdMap<Entry>,
     namespaces: HashMap<String, BTreeSet<u64>>,
-    keys: HashMap<(String, String), u64>,
+    /// Keys, the id counter and the dimension (see `ids.rs`).
+    ids: Ids,
     feedback: IdMap<Tally>,
-    dim: Option<u32>,
-    next_id: u64,
     applied_lsn: Lsn,
 }
 
 impl State {
     /// A state holding exactly the snapshot's memories (or nothing).
     pub fn from_snapshot(snapshot: Option<Arc<Snapshot>>) -> Self {
-        let mut state = Self {
-            next_id: 1,
-            ..Self::default()
-        };
+        let mut state = Self::default();
         let Some(snapshot) = snapshot else { return state };
         let body = snapshot.body();
         state.applied_lsn = body.lsn.to_native();
-        state.next_id = body.next_id.to_native().max(1);
-        state.dim = Some(body.dim.to_native()).filter(|d| *d != 0);
+        state.ids = Ids::new(body.next_id.to_native(), body.dim.to_native());
         state.entries.reserve(body.memories.len());
         for (index, memory) in body.memories.iter().enumerate() {
             let id = memory.id.to_native();
@@ -162,14 +158,20 @@ impl State {
         self.applied_lsn
     }
 
-    /// The next id never handed out.
-    pub fn next_id(&self) -> u64 {
-        self.next_id
+    /// Ids, keys and the dimension: read them, assign ids and reserve the
+    /// dimension for a write (under the read lock).
+    pub fn ids(&self) -> &Ids {
+        &self.ids
     }
 
-    /// The store's vector dimension, once fixed.
+    /// Fixes the dimension by configuration (at start).
+    pub fn configure_dimension(&mut self, dim: u32) {
+        self.ids.configure_dimension(dim);
+    }
+
+    /// The dimension of the stored vectors, once one is stored.
     pub fn dimension(&self) -> Option<u32> {
-        self.dim
+        Some(self.ids.applied_dimension()).filter(|d| *d != 0)
     }
 
     /// Live memories.
@@ -185,18 +187,6 @@ impl State {
     /// Namespaces holding at least one memory.
     pub fn namespace_count(&self) -> usize {
         self.namespaces.len()
-    }
-
-    /// The id a key already has in a namespace.
-    pub fn id_for_key(&self, namespace: &str, key: &str) -> Option<u64> {
-        self.keys.get(&(namespace.to_owned(), key.to_owned())).copied()
-    }
-
-    /// Every (namespace, key, id) of a keyed memory.
-    pub fn keyed(&self) -> impl Iterator<Item = (&str, &str, u64)> {
-        self.keys
-            .iter()
-            .map(|((namespace, key), id)| (namespace.as_str(), key.as_str(), *id))
     }
 
     /// Feedback counts of a memory.
@@ -247,8 +237,8 @@ impl State {
         feedback.sort_by_key(|t| t.memory_id);
         Frozen {
             lsn: self.applied_lsn,
-            next_id: self.next_id,
-            dim: self.dim.unwrap_or(0),
+            next_id: self.ids.next_id(),
+            dim: self.ids.applied_dimension(),
             base: self.base.clone(),
             entries,
             feedback,
@@ -291,15 +281,24 @@ impl State {
         moved
     }
 
+    /// Inserts or replaces memory `id`. A key names one live memory: if
+    /// another memory holds this one's key (two writes raced for a new key,
+    /// or a Forget and a Remember of it crossed), the later record in LSN
+    /// order wins and the other memory is removed, here, the same way at
+    /// every replay.
     fn put(&mut self, memory: &ArchivedStoredMemory, entry: Entry) {
         let id = memory.id.to_native();
         if self.entries.contains_key(&id) {
             self.remove(id);
         }
-        if let Some(vector) = memory.vector.as_ref() {
-            self.dim.get_or_insert(vector.len() as u32);
+        let key = memory.key.as_ref().map(|k| k.as_str());
+        if let Some(holder) = key.and_then(|key| self.ids.key_holder(&memory.namespace, key)) {
+            self.remove(holder);
         }
-        self.index(id, &memory.namespace, memory.key.as_ref().map(|k| k.as_str()));
+        if let Some(vector) = memory.vector.as_ref() {
+            self.ids.note_applied_dimension(vector.len() as u32);
+        }
+        self.index(id, &memory.namespace, key);
         self.entries.insert(id, entry);
     }
 
@@ -313,9 +312,9 @@ impl State {
             }
         }
         if let Some(key) = key {
-            self.keys.insert((namespace.to_owned(), key.to_owned()), id);
+            self.ids.hold_key(namespace, key, id);
         }
-        self.next_id = self.next_id.max(id + 1);
+        self.ids.note_applied_id(id);
     }
 
     fn remove(&mut self, id: u64) {
@@ -329,10 +328,7 @@ impl State {
             }
         }
         if let Some(key) = key {
-            let slot = (namespace, key);
-            if self.keys.get(&slot) == Some(&id) {
-                self.keys.remove(&slot);
-            }
+            self.ids.release_key(&namespace, &key, id);
         }
         self.entries.remove(&id);
         self.feedback.remove(&id);

@@ -1,8 +1,9 @@
 //! The WAL's file operations behind a trait, so tests can make the disk fail.
 //!
 //! Two implementations: [`RealFs`] (std + `fallocate`) and [`FaultyFs`], which wraps it
-//! and fails chosen operations: the N-th write with ENOSPC, the N-th fdatasync with EIO,
-//! or every write and allocation while "the disk is full". Tests drive it through
+//! and fails chosen operations: the N-th write with ENOSPC, the N-th fdatasync with EIO
+//! (or stuck until released, as on a dying disk), or every write and allocation while
+//! "the disk is full". Tests drive it through
 //! [`Faults`]; [`test_fs_from_env`] builds it from `NEXUS_FAULT_INJECT` for the
 //! daemon under test (`nexusd-it`) so end-to-end tests can break a real daemon.
 //!
@@ -15,8 +16,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -27,7 +28,8 @@ use rkyv::util::AlignedVec;
 use super::WalError;
 
 /// Environment variable read by [`test_fs_from_env`] (the test daemon only):
-/// comma-separated `write-enospc-after:<n>`, `fsync-eio-after:<n>`, `disk-full`.
+/// comma-separated `write-enospc-after:<n>`, `fsync-eio-after:<n>`, `fsync-hang-after:<n>`,
+/// `disk-full`, `disk-full-while:<path>`, `emfile-while:<path>` (see [`FaultyFs::from_spec`]).
 pub const FAULT_INJECT_ENV: &str = "NEXUS_FAULT_INJECT";
 
 /// Largest scratch-probe sample count [`measure_fdatasync`] accepts: each sample is a
@@ -232,9 +234,18 @@ impl WalFile for RealFile {
 pub struct Faults {
     write_enospc_countdown: AtomicU64,
     sync_eio_countdown: AtomicU64,
+    sync_hang_countdown: AtomicU64,
     disk_full: AtomicBool,
+    /// The disk is also full while this file exists (a switch a test flips
+    /// from outside the daemon's process).
+    disk_full_while: OnceLock<PathBuf>,
+    /// Opening files and directories fails with EMFILE while this file exists.
+    emfile_while: OnceLock<PathBuf>,
     writes: AtomicU64,
     syncs: AtomicU64,
+    /// Set by [`Faults::release_hung_syncs`]; hung fdatasyncs wait for it.
+    hang_released: Mutex<bool>,
+    hang_released_changed: Condvar,
 }
 
 impl Faults {
@@ -251,9 +262,34 @@ impl Faults {
         self.sync_eio_countdown.store(nth, Ordering::SeqCst);
     }
 
+    /// The `nth` fdatasync from now (1 = the next) does not return until
+    /// [`Faults::release_hung_syncs`] (then it succeeds), as on a disk that
+    /// stopped answering. Nothing in the WAL can cancel it: only bounds around
+    /// the waits for the writer thread keep the daemon responsive.
+    pub fn hang_sync(&self, nth: u64) {
+        self.sync_hang_countdown.store(nth, Ordering::SeqCst);
+    }
+
+    /// Lets hung fdatasyncs return (and later ones not hang).
+    pub fn release_hung_syncs(&self) {
+        *self.hang_released.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.hang_released_changed.notify_all();
+    }
+
     /// While set, every write and allocation fails with ENOSPC.
     pub fn set_disk_full(&self, full: bool) {
         self.disk_full.store(full, Ordering::SeqCst);
+    }
+
+    /// The disk is full (as [`Faults::set_disk_full`]) whenever `marker` exists.
+    pub fn disk_full_while_exists(&self, marker: PathBuf) {
+        let _ = self.disk_full_while.set(marker);
+    }
+
+    /// Creating or opening a file, and opening a directory to sync it, fail
+    /// with EMFILE (the process is out of file descriptors) whenever `marker` exists.
+    pub fn emfile_while_exists(&self, marker: PathBuf) {
+        let _ = self.emfile_while.set(marker);
     }
 
     /// Writes attempted so far (failed ones included).
@@ -270,7 +306,7 @@ impl Faults {
     /// (the countdown: a write that ran out of space midway, as real ones do).
     fn before_write(&self) -> WriteFate {
         self.writes.fetch_add(1, Ordering::SeqCst);
-        if self.disk_full.load(Ordering::SeqCst) {
+        if self.is_disk_full() {
             return WriteFate::Refused;
         }
         match fires(&self.write_enospc_countdown) {
@@ -280,18 +316,39 @@ impl Faults {
     }
 
     fn before_allocate(&self) -> io::Result<()> {
-        match self.disk_full.load(Ordering::SeqCst) {
+        match self.is_disk_full() {
             true => Err(io::Error::from(Errno::ENOSPC)),
+            false => Ok(()),
+        }
+    }
+
+    fn is_disk_full(&self) -> bool {
+        self.disk_full.load(Ordering::SeqCst) || self.disk_full_while.get().is_some_and(|marker| marker.exists())
+    }
+
+    /// Before the process would take a new file descriptor.
+    fn before_open(&self) -> io::Result<()> {
+        match self.emfile_while.get().is_some_and(|marker| marker.exists()) {
+            true => Err(io::Error::from(Errno::EMFILE)),
             false => Ok(()),
         }
     }
 
     fn before_sync(&self) -> io::Result<()> {
         self.syncs.fetch_add(1, Ordering::SeqCst);
+        if fires(&self.sync_hang_countdown) {
+            self.wait_until_released();
+        }
         match fires(&self.sync_eio_countdown) {
             true => Err(io::Error::from(Errno::EIO)),
             false => Ok(()),
         }
+    }
+
+    fn wait_until_released(&self) {
+        let released = self.hang_released.lock().unwrap_or_else(PoisonError::into_inner);
+        let waited = self.hang_released_changed.wait_while(released, |released| !*released);
+        drop(waited.unwrap_or_else(PoisonError::into_inner));
     }
 }
 
@@ -325,8 +382,10 @@ impl FaultyFs {
     }
 
     /// Parses a [`FAULT_INJECT_ENV`] spec: `write-enospc-after:<n>` (n writes succeed,
-    /// the next fails), `fsync-eio-after:<n>` (likewise for fdatasync), `disk-full`;
-    /// comma-separated.
+    /// the next fails), `fsync-eio-after:<n>` (likewise for fdatasync),
+    /// `fsync-hang-after:<n>` (n fdatasyncs return, the next never does), `disk-full`,
+    /// `disk-full-while:<path>` (full while that file exists), `emfile-while:<path>`
+    /// (opening files fails with EMFILE while that file exists); comma-separated.
     pub fn from_spec(spec: &str) -> Result<Self, WalError> {
         let fs = Self::new();
         for item in spec.split(',').map(str::trim).filter(|item| !item.is_empty()) {
@@ -339,10 +398,14 @@ impl FaultyFs {
             match name {
                 "write-enospc-after" => fs.faults.fail_write_with_enospc(after()? + 1),
                 "fsync-eio-after" => fs.faults.fail_sync_with_eio(after()? + 1),
+                "fsync-hang-after" => fs.faults.hang_sync(after()? + 1),
                 "disk-full" if count.is_empty() => fs.faults.set_disk_full(true),
+                "disk-full-while" if !count.is_empty() => fs.faults.disk_full_while_exists(count.into()),
+                "emfile-while" if !count.is_empty() => fs.faults.emfile_while_exists(count.into()),
                 _ => {
                     return Err(bad(
-                        "known faults: write-enospc-after:<n>, fsync-eio-after:<n>, disk-full",
+                        "known faults: write-enospc-after:<n>, fsync-eio-after:<n>, fsync-hang-after:<n>, \
+                         disk-full, disk-full-while:<path>, emfile-while:<path>",
                     ));
                 }
             }
@@ -363,6 +426,7 @@ impl WalFs for FaultyFs {
     }
 
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
+        self.faults.before_open()?;
         let inner = RealFs.create_new(path)?;
         Ok(Box::new(FaultyFile {
             inner,
@@ -371,6 +435,7 @@ impl WalFs for FaultyFs {
     }
 
     fn open_rw(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
+        self.faults.before_open()?;
         let inner = RealFs.open_rw(path)?;
         Ok(Box::new(FaultyFile {
             inner,
@@ -395,6 +460,7 @@ impl WalFs for FaultyFs {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.faults.before_open()?;
         RealFs.sync_dir(dir)
     }
 }

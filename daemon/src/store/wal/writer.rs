@@ -209,14 +209,27 @@ impl<T: Send + 'static> Wal<T> {
         self.shared.stats()
     }
 
+    /// Why the WAL refuses writes, once it fail-stopped (see [`WalError::Failed`]).
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failed.get().cloned()
+    }
+
     /// Stops taking appends, lets the writer drain the queue, write, sync and seal, and
     /// joins it (at most `SHUTDOWN_TIMEOUT`, 30 s). Returns the durable LSN, or the error
     /// that failed the WAL. Blocks: call it from a blocking context.
     pub fn shutdown(self) -> Result<Lsn, WalError> {
+        self.shutdown_within(SHUTDOWN_TIMEOUT)
+    }
+
+    /// [`Wal::shutdown`] waiting at most `bound` for the writer. Past it (an
+    /// fdatasync that does not return) the writer thread is left behind and
+    /// [`WalError::ShutdownTimedOut`] returned: what it was syncing was never
+    /// acknowledged, so the caller may exit.
+    pub fn shutdown_within(self, bound: Duration) -> Result<Lsn, WalError> {
         let Self { tx, shared, thread, .. } = self;
         drop(tx); // the writer's receive loop ends once the queue is empty
-        if !shared.wait_exited(SHUTDOWN_TIMEOUT) {
-            return Err(WalError::ShutdownTimedOut(SHUTDOWN_TIMEOUT));
+        if !shared.wait_exited(bound) {
+            return Err(WalError::ShutdownTimedOut(bound));
         }
         let panicked = || WalError::Failed {
             cause: "the WAL writer thread panicked".into(),
