@@ -69,6 +69,8 @@
 //! corruption, not a torn tail; salvage recovers it.
 
 mod fs;
+#[doc(hidden)]
+pub mod fuzz;
 mod record;
 mod replay;
 mod segment;
