@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use nexus_shm_protocol::layout::{FrameKind, RingHeader, frame_footprint, max_frame_for_capacity};
 use nexus_shm_protocol::ring::{BadFrameReason, Consumer, Producer, RingError, heap_ring, ring_ends_from_raw};
+use proptest::prelude::*;
 
 /// Small enough that a few frames wrap the ring (and Miri stays quick).
 const CAPACITY_BYTES: u64 = 256;
@@ -221,6 +222,108 @@ fn producer_cursor_behind_consumer_is_corrupt() {
     check_consumer_refuses_corrupt_ring(&consumer);
 }
 
+/// Regression (issue 7, scenario 2): the daemon's ring ends used to resume
+/// their cursors from the shared header, which the client can write before
+/// the daemon creates them; a tail near the end of the ring (or unaligned, or
+/// near 2^64) made the daemon write past the end of the mapping. The values
+/// below are the attacker's; under Miri an out-of-bounds access fails the test.
+#[test]
+fn cursors_scribbled_before_the_ends_exist_are_never_trusted() {
+    let hostile = [
+        (CAPACITY_BYTES - 8, CAPACITY_BYTES - 8),
+        (CAPACITY_BYTES - 16, CAPACITY_BYTES - 16),
+        (u64::MAX - 15, u64::MAX - 15),
+        (u64::MAX - 7, u64::MAX),
+        (3, 3),
+        (0, CAPACITY_BYTES * 3 + 8),
+    ];
+    for (head, tail) in hostile {
+        let scribble = |header: &RingHeader| {
+            header.head.store(head, std::sync::atomic::Ordering::Relaxed);
+            header.tail.store(tail, std::sync::atomic::Ordering::Relaxed);
+        };
+        let (memory, mut producer, consumer) = peer_visible_ring_after(scribble);
+        exercise_daemon_ends(&memory, &mut producer, consumer, &[]);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        // Miri runs each case about a thousand times slower.
+        cases: if cfg!(miri) { 3 } else { 256 },
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Whatever the peer writes into the header, before the ends exist and
+    /// between any two operations, the daemon's ends report `Corrupt` or
+    /// `BadFrame` or work normally: no panic, no access outside the ring
+    /// (Miri checks that), no sleep on a ring that is not what it seems.
+    #[test]
+    fn arbitrary_header_contents_never_panic_or_escape_the_ring(
+        before in header_values(),
+        during in proptest::collection::vec(header_values(), 0..6),
+    ) {
+        let (memory, mut producer, consumer) = peer_visible_ring_after(|header| store_header(header, before));
+        exercise_daemon_ends(&memory, &mut producer, consumer, &during);
+    }
+}
+
+/// (head, tail, producer_waiting, consumer_sleeping), biased towards the
+/// values an attacker tries: near the end, near 2^64, unaligned.
+fn header_values() -> impl Strategy<Value = (u64, u64, u32, u32)> {
+    let cursor = prop_oneof![
+        Just(0u64),
+        (0..4 * CAPACITY_BYTES),
+        (u64::MAX - 4 * CAPACITY_BYTES..=u64::MAX),
+        any::<u64>(),
+    ];
+    (cursor.clone(), cursor, any::<u32>(), any::<u32>())
+}
+
+fn store_header(header: &RingHeader, (head, tail, waiting, sleeping): (u64, u64, u32, u32)) {
+    use std::sync::atomic::Ordering::Relaxed;
+    header.head.store(head, Relaxed);
+    header.tail.store(tail, Relaxed);
+    header.producer_waiting.store(waiting, Relaxed);
+    header.consumer_sleeping.store(sleeping, Relaxed);
+}
+
+/// Drives both daemon-side roles over a ring whose header the peer scribbles
+/// on (`during`, one value per round): writing answers, reading requests,
+/// copying payloads, the sleep and wake checks.
+fn exercise_daemon_ends(
+    memory: &PeerVisibleRing,
+    producer: &mut Producer,
+    mut consumer: Consumer,
+    during: &[(u64, u64, u32, u32)],
+) {
+    let mut copy = rkyv::util::AlignedVec::<16>::new();
+    for round in 0..=during.len() {
+        for size in SIZES {
+            let _ = producer.try_write_bytes(FrameKind::Response, round as u64, &vec![7; size]);
+            let _ = producer.free_bytes();
+            let _ = producer.prepare_wait_for_space(0);
+            let _ = producer.consumer_needs_wake();
+            match consumer.peek() {
+                Ok(Some(frame)) => {
+                    consumer.copy_payload_aligned(&frame, &mut copy);
+                    assert_eq!(copy.len(), frame.len as usize);
+                    consumer.release(&frame);
+                }
+                Ok(None) | Err(RingError::Corrupt(_)) => {}
+                Err(RingError::BadFrame { resume_at, .. }) => consumer.skip_to(resume_at),
+                Err(other) => panic!("unexpected ring error {other:?}"),
+            }
+            let _ = consumer.prepare_sleep();
+            let _ = consumer.producer_needs_wake();
+        }
+        if let Some(values) = during.get(round) {
+            store_header(&memory.header, *values);
+        }
+    }
+}
+
 /// A producer and a consumer thread spinning on full/empty keep order and bytes.
 #[test]
 fn two_threads_stream_frames_in_order() {
@@ -342,10 +445,17 @@ struct AlignedData([u8; CAPACITY_BYTES as usize]);
 unsafe impl Sync for PeerVisibleRing {}
 
 fn peer_visible_ring() -> (Arc<PeerVisibleRing>, Producer, Consumer) {
+    peer_visible_ring_after(|_| {})
+}
+
+/// A ring whose header the peer wrote (`scribble`) before this side created
+/// its ends, as a client can between receiving the memfd and its first request.
+fn peer_visible_ring_after(scribble: impl FnOnce(&RingHeader)) -> (Arc<PeerVisibleRing>, Producer, Consumer) {
     let memory = Arc::new(PeerVisibleRing {
         header: RingHeader::new(),
         data: UnsafeCell::new(AlignedData([0; CAPACITY_BYTES as usize])),
     });
+    scribble(&memory.header);
     let header: *const RingHeader = &memory.header;
     let data = memory.data.get().cast::<u8>();
     let keepalive = memory.clone();
