@@ -47,7 +47,7 @@ fn main() -> ExitCode {
 fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
     use lexopt::prelude::*;
     let mut parser = lexopt::Parser::from_env();
-    let mut socket = nexus_shm_protocol::default_socket_path();
+    let mut socket = nexus_client::default_socket_path();
     let mut command: Option<String> = None;
     let (mut count, mut json) = (3u32, false);
     let mut memory = MemoryArgs {
