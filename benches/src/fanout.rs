@@ -9,6 +9,7 @@
 //! client holds three fds in this process. Judging leaks from the figures is
 //! the reader's (or a test's) job; this module only measures.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -192,4 +193,38 @@ pub fn raise_fd_limit() -> Result<(), BenchError> {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(std::io::Error::from)?;
     }
     Ok(())
+}
+
+/// The fan-out result as a table.
+pub fn fanout_table(report: &FanoutReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "fanout: {} clients, {} served ({}), back to {} connections: {} after {} ms",
+        report.clients,
+        report.served,
+        if report.all_served { "all" } else { "NOT all" },
+        report.before.connections_open,
+        report.returned_to_baseline,
+        report.settle_ms
+    );
+    let _ = writeln!(out, "{:<8} {:>12} {:>10} {:>12}", "when", "connections", "fds", "RSS");
+    for (name, g) in [
+        ("before", &report.before),
+        ("peak", &report.peak),
+        ("after", &report.after),
+    ] {
+        let _ = writeln!(
+            out,
+            "{:<8} {:>12} {:>10} {:>9.1} MiB",
+            name,
+            g.connections_open,
+            g.open_fds,
+            g.rss_bytes as f64 / (1 << 20) as f64
+        );
+    }
+    for failure in &report.failures {
+        let _ = writeln!(out, "failure: {failure}");
+    }
+    out
 }

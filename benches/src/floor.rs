@@ -20,7 +20,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde::Serialize;
 
 use crate::error::BenchError;
-use crate::report::percentile;
+use crate::report::{micros, percentile};
 
 /// Round trips per mechanism.
 pub const DEFAULT_ROUND_TRIPS: u64 = 50_000;
@@ -148,6 +148,20 @@ fn socketpair_round_trips(n: u64) -> Result<Vec<u64>, BenchError> {
         echo.join().expect("the echo thread panicked")?;
         Ok(samples)
     })
+}
+
+/// The floor result as a table.
+pub fn floor_table(r: &FloorReport) -> String {
+    format!(
+        "floor: {} round trips between two threads\neventfd pair   p50 {}  p99 {}\nsocketpair     p50 {}  p99 {}\nbell + futex   p50 {}  p99 {}\n",
+        r.round_trips,
+        micros(r.eventfd_p50_ns),
+        micros(r.eventfd_p99_ns),
+        micros(r.socketpair_p50_ns),
+        micros(r.socketpair_p99_ns),
+        micros(r.bell_futex_p50_ns),
+        micros(r.bell_futex_p99_ns)
+    )
 }
 
 #[cfg(test)]

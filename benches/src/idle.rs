@@ -110,3 +110,16 @@ fn connect_idle_clients(config: &IdleConfig) -> Result<Vec<Client>, BenchError> 
         })
         .collect()
 }
+
+/// The idle result as a table.
+pub fn idle_table(report: &IdleReport) -> String {
+    format!(
+        "idle: {} clients for {:.1} s: daemon CPU {:.3} % ({:.1} ms of CPU, {} wake-ups sent, {} requests)\n",
+        report.clients,
+        report.seconds,
+        report.cpu_percent,
+        report.daemon_cpu_ns as f64 / 1e6,
+        report.wakeups_sent,
+        report.requests
+    )
+}

@@ -11,7 +11,8 @@
 //! - [`floor`]: the machine's own wake-up round trip (no daemon), to read `ping` against;
 //! - [`remember`]: durable Remember throughput and latency against a bare fdatasync;
 //! - [`startup`]: restart time from a big snapshot, and the WAL replay rate;
-//! - [`report`]: percentiles and the human-readable tables;
+//! - [`report`]: percentiles and the number formats the tables share (each
+//!   benchmark renders its own table, so `report` depends on none of them);
 //! - [`daemon`]: starting a throwaway `nexusd` so one command reproduces a figure;
 //! - [`stats`]: the daemon gauges read through `Stats`.
 //!

@@ -13,6 +13,7 @@
 //! threads) — that is the daemon's command line.
 
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,7 @@ use nexus_shm_protocol::layout::{MAX_RING_BYTES, frame_footprint};
 use serde::Serialize;
 
 use crate::error::{BenchError, client_step};
-use crate::report::{Summary, ratio};
+use crate::report::{Summary, grouped, micros, ratio};
 
 /// Most requests kept in flight per connection: beyond this the benchmark
 /// measures queueing in the rings, not the transport.
@@ -305,6 +306,44 @@ fn round_share(total: u64, rounds: u32, round: u32) -> u64 {
 
 fn nanos(elapsed: Duration) -> u64 {
     u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The ping result as a table.
+pub fn ping_table(config: &PingConfig, report: &PingReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "ping: payload {} B, depth {}, {} measured requests per transport in {} alternating rounds \
+         (+{} warm-up), client spin {} µs",
+        config.payload_bytes,
+        config.depth,
+        config.iterations,
+        config.rounds,
+        config.warmup,
+        config.client_spin.as_micros()
+    );
+    let _ = writeln!(
+        out,
+        "{:<10} {:>11} {:>11} {:>11} {:>14}",
+        "transport", "p50", "p99", "p99.9", "throughput"
+    );
+    for (name, s) in [("shm", &report.shm), ("uds", &report.uds)] {
+        let _ = writeln!(
+            out,
+            "{:<10} {:>11} {:>11} {:>11} {:>12}/s",
+            name,
+            micros(s.p50_ns),
+            micros(s.p99_ns),
+            micros(s.p999_ns),
+            grouped(s.throughput_per_s)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "shm/uds: p50 {:.3}x, throughput {:.2}x",
+        report.ratio_p50, report.ratio_throughput
+    );
+    out
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! rotates over a few distinct batches), so the figures are the daemon's and
 //! the transport's, not the benchmark's allocator's.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -27,7 +28,7 @@ use nexus_shm_protocol::layout::MAX_RING_BYTES;
 use serde::Serialize;
 
 use crate::error::{BenchError, client_step};
-use crate::report::{percentile, ratio};
+use crate::report::{grouped, micros, percentile, ratio};
 use crate::stats::connect_observer;
 
 /// Most client threads.
@@ -479,6 +480,47 @@ impl XorShift {
     fn unit_f32(&mut self) -> f32 {
         (self.next() >> 40) as f32 / (1u64 << 24) as f32
     }
+}
+
+/// The remember result as a table.
+pub fn remember_table(r: &RememberReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "remember over {}: {} clients, batch {}, {}-d vectors, {} B texts: {} memories in {} requests",
+        r.transport, r.clients, r.batch, r.dim, r.text_bytes, r.memories, r.requests
+    );
+    let _ = writeln!(
+        out,
+        "throughput {}/s memories ({}/s requests); WAL: {} fdatasyncs, {:.1} memories each",
+        grouped(r.throughput_per_s),
+        grouped(r.requests_per_s),
+        r.wal_fsyncs,
+        r.memories_per_fsync
+    );
+    let _ = writeln!(
+        out,
+        "request latency p50 {}  p99 {}  p99.9 {}",
+        micros(r.p50_ns),
+        micros(r.p99_ns),
+        micros(r.p999_ns)
+    );
+    let _ = writeln!(
+        out,
+        "bare fdatasync on {}: p50 {}  p99 {}  (p50 - fdatasync p50: {:.2} µs)",
+        r.fsync_dir.display(),
+        micros(r.fdatasync_p50_ns),
+        micros(r.fdatasync_p99_ns),
+        r.p50_over_fdatasync_ns as f64 / 1000.0
+    );
+    let _ = writeln!(
+        out,
+        "disk: {:.0} MB/s durable writes (4 MiB + fdatasync); {:.0} WAL bytes per memory: at most {}/s memories",
+        r.disk_sync_write_mb_s,
+        r.wal_bytes_per_memory,
+        grouped(r.disk_bound_per_s)
+    );
+    out
 }
 
 #[cfg(test)]

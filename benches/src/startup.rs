@@ -14,6 +14,7 @@
 //! maximum) so the WAL of step 3 is really replayed.
 
 use std::ffi::OsString;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ use serde::Serialize;
 use crate::daemon::SpawnedDaemon;
 use crate::error::{BenchError, client_step};
 use crate::remember::{RememberConfig, run_remember};
-use crate::report::ratio;
+use crate::report::{grouped, ratio};
 use crate::stats::connect_observer;
 
 /// Longest a checkpoint of the filled store may take.
@@ -208,4 +209,30 @@ fn snapshot_bytes(data_dir: &std::path::Path) -> Result<u64, BenchError> {
             data_dir.display()
         ))),
     }
+}
+
+/// The startup result as a table.
+pub fn startup_table(r: &StartupReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "startup: {} memories ({}-d, {} B texts) filled at {}/s; checkpoint {} ms, snapshot {:.1} MiB",
+        r.memories,
+        r.dim,
+        r.text_bytes,
+        grouped(r.fill_per_s),
+        r.checkpoint_ms,
+        r.snapshot_bytes as f64 / (1 << 20) as f64
+    );
+    let line = |out: &mut String, name: &str, x: &Restart| {
+        let _ = writeln!(
+            out,
+            "{name:<14} ready {:>6} ms  (snapshot load {} ms, replayed {} records in {} ms, {} memories)",
+            x.ready_ms, x.snapshot_load_ms, x.replay_records, x.replay_ms, x.memories
+        );
+    };
+    line(&mut out, "from snapshot", &r.from_snapshot);
+    line(&mut out, "after SIGKILL", &r.from_wal);
+    let _ = writeln!(out, "WAL replay: {} records/s", grouped(r.replay_records_per_s));
+    out
 }

@@ -16,8 +16,8 @@ use nexus_benches::floor::{DEFAULT_ROUND_TRIPS, run_floor};
 use nexus_benches::idle::{IdleConfig, run_idle};
 use nexus_benches::ping::{PingConfig, run_ping};
 use nexus_benches::remember::{RememberConfig, run_remember};
-use nexus_benches::report;
 use nexus_benches::startup::{StartupConfig, run_startup};
+use nexus_benches::{fanout, floor, idle, ping, remember, startup};
 use nexus_client::Transport;
 
 #[global_allocator]
@@ -84,7 +84,7 @@ fn main() -> anyhow::Result<()> {
     };
     if let Command::Floor { round_trips } = args.command {
         let result = run_floor(round_trips).context("floor benchmark")?;
-        print!("{}", render(args.json, &result, || report::floor_table(&result))?);
+        print!("{}", render(args.json, &result, || floor::floor_table(&result))?);
         return Ok(());
     }
     if let Command::Startup(config) = args.command {
@@ -98,7 +98,7 @@ fn main() -> anyhow::Result<()> {
             ..config
         };
         let result = run_startup(&config).context("startup benchmark")?;
-        print!("{}", render(args.json, &result, || report::startup_table(&result))?);
+        print!("{}", render(args.json, &result, || startup::startup_table(&result))?);
         return Ok(());
     }
     let daemon = match &args.spawn_daemon {
@@ -135,15 +135,15 @@ fn run(command: Command, socket: PathBuf, data_dir: PathBuf, json: bool) -> anyh
         Command::Ping(config) => {
             let config = PingConfig { socket, ..config };
             let result = run_ping(&config).context("ping benchmark")?;
-            render(json, &result, || report::ping_table(&config, &result))?
+            render(json, &result, || ping::ping_table(&config, &result))?
         }
         Command::Idle(config) => {
             let result = run_idle(&IdleConfig { socket, ..config }).context("idle benchmark")?;
-            render(json, &result, || report::idle_table(&result))?
+            render(json, &result, || idle::idle_table(&result))?
         }
         Command::Fanout(config) => {
             let result = run_fanout(&FanoutConfig { socket, ..config }).context("fanout benchmark")?;
-            render(json, &result, || report::fanout_table(&result))?
+            render(json, &result, || fanout::fanout_table(&result))?
         }
         Command::Remember(config) => {
             let fsync_dir = match config.fsync_dir.as_os_str().is_empty() {
@@ -156,7 +156,7 @@ fn run(command: Command, socket: PathBuf, data_dir: PathBuf, json: bool) -> anyh
                 ..config
             })
             .context("remember benchmark")?;
-            render(json, &result, || report::remember_table(&result))?
+            render(json, &result, || remember::remember_table(&result))?
         }
         Command::Startup(_) | Command::Floor { .. } => {
             unreachable!("startup and floor are run by main before any daemon is spawned")
