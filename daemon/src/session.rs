@@ -83,6 +83,8 @@ pub struct ShmSession {
     stream: UnixStream,
     /// Wake-ups in a row that found the request ring empty.
     empty_wakeups: u32,
+    /// When the last request was taken: `idle_timeout` counts from here.
+    last_request: Instant,
     scratch: AlignedVec<16>,
     pending: Option<Response>,
     bad_frames: u32,
@@ -131,6 +133,7 @@ impl ShmSession {
             bell,
             stream,
             empty_wakeups: 0,
+            last_request: Instant::now(),
             scratch: AlignedVec::with_capacity(4096),
             pending: None,
             bad_frames: 0,
@@ -208,6 +211,7 @@ impl ShmSession {
             }
         };
         let picked_up = Instant::now();
+        self.last_request = picked_up;
         // The one copy at the trust boundary: from here on the client cannot
         // change the bytes we validate and use.
         self.requests.copy_payload_aligned(&frame, &mut self.scratch);
@@ -302,10 +306,18 @@ impl ShmSession {
             self.scratch = AlignedVec::with_capacity(4096);
         }
         let slept = Instant::now();
-        let waited = wait(&self.bell, &self.stream, shutdown, None).await;
+        let idle_left = self
+            .shared
+            .config()
+            .idle_timeout
+            .saturating_sub(self.last_request.elapsed());
+        let waited = wait(&self.bell, &self.stream, shutdown, Some(idle_left)).await;
         self.requests.end_sleep();
         self.spin.record_idle(slept.elapsed());
-        waited?;
+        if let Wake::TimedOut = waited? {
+            bump(&self.shared.metrics.clients_disconnected_idle);
+            return Err(SessionEnd::Idle);
+        }
         self.judge_wakeup()
     }
 

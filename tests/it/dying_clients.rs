@@ -6,7 +6,7 @@
 //! The misbehaving clients are `nexus-test-peer` processes, so a SIGKILL
 //! hits a real process at a known point (it prints when it is there).
 
-use nexus_tests::{Daemon, check_released, check_rss_within_tolerance};
+use nexus_tests::{BOUNDED_WAIT, Daemon, check_released, check_rss_within_tolerance, wait_until};
 
 use crate::start;
 
@@ -114,4 +114,36 @@ fn check_disconnected_as_stalled_while_others_are_served(daemon: &Daemon) {
             n == 1
         },
     );
+}
+
+#[test]
+fn an_idle_shared_memory_client_is_closed_after_the_idle_timeout_and_an_active_one_is_not() {
+    let daemon = start(&["--idle-timeout-ms", "300"]);
+    let idle = daemon.client();
+    let active = daemon.client();
+    idle.ping().expect("the idle client's only request");
+    std::thread::scope(|scope| {
+        // A client that keeps asking, every 50 ms, well inside the timeout.
+        let keeps_asking = scope.spawn(|| {
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(1200);
+            while std::time::Instant::now() < until {
+                active.ping().expect("a client that keeps asking is never idle");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        // Fresh connections for Stats: the harness's long-lived observer is
+        // itself a quiet client here.
+        wait_until("the idle client is closed", BOUNDED_WAIT, || {
+            idle_closures(&daemon) >= 1
+        });
+        keeps_asking.join().expect("the active client was served throughout");
+    });
+    assert!(matches!(idle.ping(), Err(nexus_client::ClientError::DaemonGone)));
+    // The quiet client and, possibly, the harness's quiet observer.
+    assert!(idle_closures(&daemon) <= 2);
+}
+
+fn idle_closures(daemon: &Daemon) -> u64 {
+    let stats = daemon.client().stats().expect("Stats over a fresh connection");
+    nexus_client::counter(&stats, "clients_disconnected_idle").expect("the counter exists")
 }
