@@ -89,8 +89,8 @@ pub async fn handle(request: &ArchivedRequest, shared: &Shared, now_ns: u64) -> 
         ArchivedRequestBody::Remember(remember) => {
             store.remember(remember, now_ms()).await.map(ResponseBody::Remembered)
         }
-        ArchivedRequestBody::Recall(recall) => store.recall(recall).map(ResponseBody::Recalled),
-        ArchivedRequestBody::Forget(forget) => store.forget(forget).await.map(ResponseBody::Forgotten),
+        ArchivedRequestBody::Recall(recall) => store.recall(recall, deadline_ns).await.map(ResponseBody::Recalled),
+        ArchivedRequestBody::Forget(forget) => store.forget(forget, deadline_ns).await.map(ResponseBody::Forgotten),
         ArchivedRequestBody::Feedback(feedback) => store.feedback(feedback).await.map(|()| ResponseBody::Empty),
         ArchivedRequestBody::Flush => store.flush().await.map(ResponseBody::Flushed),
         ArchivedRequestBody::Checkpoint => store.checkpoint().await.map(ResponseBody::Checkpointed),

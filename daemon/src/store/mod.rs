@@ -17,6 +17,7 @@ pub mod ids;
 mod key_interleavings;
 pub mod logged;
 pub mod model;
+pub mod recall;
 pub mod snapshot;
 pub mod state;
 pub mod wal;
@@ -39,8 +40,9 @@ use tracing::{info, warn};
 use self::ids::Ids;
 use self::logged::LoggedRecord;
 use self::model::{Limits, MemoryRef, StoreError, Subject, WalRecord, WalRecordRef, validate_memory};
+use self::recall::{Query, SLICE_MEMORIES, Scan, Scored};
 use self::snapshot::Snapshot;
-use self::state::{Query, State};
+use self::state::{Cursor, Detached, State};
 use self::wal::{Committer, FsyncPolicy, Lsn, Wal, WalConfig, WalError, WalFs};
 
 /// How to open the store.
@@ -377,39 +379,26 @@ impl Store {
     }
 
     /// Deletes by ids, namespace or tags; returns how many were deleted.
-    pub async fn forget(&self, request: &ArchivedForgetRequest) -> Result<u64, StoreError> {
-        let ids = {
-            let state = self.read();
-            match request {
-                ArchivedForgetRequest::Ids(ids) => {
-                    if ids.len() > self.inner.limits.max_forget_ids {
-                        let max = self.inner.limits.max_forget_ids;
-                        return Err(StoreError::TooManyIds { len: ids.len(), max });
-                    }
-                    let mut ids: Vec<u64> = ids
-                        .iter()
-                        .map(|id| id.to_native())
-                        .filter(|id| state.get(*id).is_some())
-                        .collect();
-                    ids.sort_unstable();
-                    ids.dedup();
-                    ids
-                }
-                ArchivedForgetRequest::Namespace(namespace) if namespace.is_empty() => {
-                    return Err(StoreError::InvalidArgument(
-                        "forget by namespace needs a namespace".into(),
-                    ));
-                }
-                ArchivedForgetRequest::Namespace(namespace) => state.matching(namespace, &[]),
-                ArchivedForgetRequest::Tags { tags, .. } if tags.is_empty() => {
-                    return Err(StoreError::InvalidArgument(
-                        "forget by tags needs at least one tag".into(),
-                    ));
-                }
-                ArchivedForgetRequest::Tags { namespace, tags } => {
-                    let tags: Vec<(&str, &str)> = tags.iter().map(|t| (t.key.as_str(), t.value.as_str())).collect();
-                    state.matching(namespace.as_ref().map(|n| n.as_str()).unwrap_or(""), &tags)
-                }
+    /// The targets are chosen from the applied state in slices (the lock is
+    /// released between them), before the record is logged.
+    pub async fn forget(&self, request: &ArchivedForgetRequest, deadline_ns: u64) -> Result<u64, StoreError> {
+        let ids = match request {
+            ArchivedForgetRequest::Ids(ids) => self.live_ids(ids.as_slice())?,
+            ArchivedForgetRequest::Namespace(namespace) if namespace.is_empty() => {
+                return Err(StoreError::InvalidArgument(
+                    "forget by namespace needs a namespace".into(),
+                ));
+            }
+            ArchivedForgetRequest::Namespace(namespace) => self.matching(namespace, &[], deadline_ns).await?,
+            ArchivedForgetRequest::Tags { tags, .. } if tags.is_empty() => {
+                return Err(StoreError::InvalidArgument(
+                    "forget by tags needs at least one tag".into(),
+                ));
+            }
+            ArchivedForgetRequest::Tags { namespace, tags } => {
+                let tags = self.check_filter(tags.iter().map(|t| (t.key.as_str(), t.value.as_str())))?;
+                let namespace = namespace.as_ref().map(|n| n.as_str()).unwrap_or("");
+                self.matching(namespace, &tags, deadline_ns).await?
             }
         };
         let count = ids.len() as u64;
@@ -434,47 +423,35 @@ impl Store {
         self.log(LoggedRecord::encode(&record)).await.map(|_| ())
     }
 
-    /// Exact recall over the acknowledged memories.
-    pub fn recall(&self, request: &ArchivedRecallRequest) -> Result<Vec<RecallHit>, StoreError> {
-        let limits = &self.inner.limits;
-        let k = match request.k.to_native() {
-            0 => 8,
-            k if k > limits.max_k => {
-                return Err(StoreError::InvalidArgument(format!(
-                    "k = {k} exceeds the maximum of {}",
-                    limits.max_k
-                )));
-            }
-            k => k as usize,
-        };
+    /// Exact recall over the acknowledged memories. The scan runs in slices
+    /// (see `recall.rs`): the state's lock is held only to take each chunk,
+    /// the deadline (`deadline_ns`, CLOCK_MONOTONIC, 0 = none) is checked and
+    /// other tasks get the worker thread between chunks.
+    pub async fn recall(
+        &self,
+        request: &ArchivedRecallRequest,
+        deadline_ns: u64,
+    ) -> Result<Vec<RecallHit>, StoreError> {
+        let k = self.check_k(request.k.to_native())?;
         let vector: Option<Vec<f32>> = request
             .vector
             .as_ref()
             .map(|v| v.iter().map(|x| x.to_native()).collect());
         if let Some(vector) = &vector {
-            model::check_vector(Subject::Query, vector, limits)?;
-            let expected = self.read().ids().dimension();
-            if expected != 0 && expected as usize != vector.len() {
-                return Err(StoreError::DimensionMismatch {
-                    subject: Subject::Query,
-                    expected,
-                    got: vector.len() as u32,
-                });
-            }
+            self.check_query_vector(vector)?;
         }
-        let text = request
-            .text
-            .as_ref()
-            .map(|t| t.as_str())
-            .filter(|t| !t.trim().is_empty());
+        let text = request.text.as_ref().map(|t| t.as_str());
+        if let Some(text) = text
+            && text.len() > self.inner.limits.max_query_bytes
+        {
+            let max = self.inner.limits.max_query_bytes;
+            return Err(StoreError::QueryTooLong { len: text.len(), max });
+        }
+        let text = text.filter(|t| !t.trim().is_empty());
         if text.is_none() && vector.is_none() {
             return Err(StoreError::InvalidArgument("a recall needs a text or a vector".into()));
         }
-        let filter: Vec<(&str, &str)> = request
-            .filter
-            .iter()
-            .map(|t| (t.key.as_str(), t.value.as_str()))
-            .collect();
+        let filter = self.check_filter(request.filter.iter().map(|t| (t.key.as_str(), t.value.as_str())))?;
         let query = Query {
             namespace: request.namespace.as_str(),
             text,
@@ -482,31 +459,14 @@ impl Store {
             k,
             filter: &filter,
         };
-        let state = self.read();
-        let hits = state.recall(&query).into_iter().filter_map(|scored| {
-            let memory = state.get(scored.id)?;
-            let mut why = Vec::new();
-            if let Some(value) = scored.vector {
-                why.push(Signal {
-                    name: "vector".into(),
-                    value,
-                });
-            }
-            if let Some(value) = scored.lexical {
-                why.push(Signal {
-                    name: "lexical".into(),
-                    value,
-                });
-            }
-            Some(RecallHit {
-                id: scored.id,
-                score: scored.score,
-                text: memory.text().to_owned(),
-                namespace: memory.namespace().to_owned(),
-                why,
-            })
-        });
-        Ok(hits.collect())
+        let mut scan = Scan::new(&query);
+        self.scan(query.namespace, deadline_ns, |chunk| scan.score(chunk))
+            .await?;
+        Ok(scan
+            .finish()
+            .into_iter()
+            .map(|(scored, memory)| hit(scored, &memory))
+            .collect())
     }
 
     /// Makes everything acknowledged so far durable (meaningful under a relaxed
@@ -601,6 +561,100 @@ impl Store {
         wal.clone().ok_or(StoreError::ShuttingDown)
     }
 
+    /// The ids of a Forget that name live memories, ascending, without
+    /// repeats; the lock is taken per slice of ids.
+    fn live_ids(&self, ids: &[rkyv::rend::u64_le]) -> Result<Vec<u64>, StoreError> {
+        let max = self.inner.limits.max_forget_ids;
+        if ids.len() > max {
+            return Err(StoreError::TooManyIds { len: ids.len(), max });
+        }
+        let mut live = Vec::new();
+        for slice in ids.chunks(SLICE_MEMORIES) {
+            let state = self.read();
+            live.extend(
+                slice
+                    .iter()
+                    .map(|id| id.to_native())
+                    .filter(|id| state.get(*id).is_some()),
+            );
+        }
+        live.sort_unstable();
+        live.dedup();
+        Ok(live)
+    }
+
+    /// Ids of `namespace`'s memories ("" = all) carrying every one of `tags`, ascending.
+    async fn matching(&self, namespace: &str, tags: &[(&str, &str)], deadline_ns: u64) -> Result<Vec<u64>, StoreError> {
+        let mut ids = Vec::new();
+        self.scan(namespace, deadline_ns, |chunk| {
+            let carrying = chunk.iter().map(Detached::view).filter(|view| view.has_tags(tags));
+            ids.extend(carrying.map(|view| view.id()));
+        })
+        .await?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Hands `namespace`'s memories ("" = all) to `each`, a chunk at a time
+    /// (see `State::take_chunk`): the read lock is held only while a chunk is
+    /// taken, `each` runs with no lock held, and between chunks the deadline
+    /// is checked and other tasks get this worker thread.
+    async fn scan(
+        &self,
+        namespace: &str,
+        deadline_ns: u64,
+        mut each: impl FnMut(&[Detached]),
+    ) -> Result<(), StoreError> {
+        let mut cursor = Cursor::default();
+        let mut seen = 0u64;
+        while !cursor.is_done() {
+            let chunk = self.read().take_chunk(namespace, &mut cursor);
+            seen += chunk.len() as u64;
+            each(&chunk);
+            drop(chunk);
+            check_deadline(deadline_ns, seen)?;
+            tokio::task::yield_now().await;
+        }
+        Ok(())
+    }
+
+    fn check_k(&self, k: u32) -> Result<usize, StoreError> {
+        match k {
+            0 => Ok(DEFAULT_K),
+            k if k > self.inner.limits.max_k => Err(StoreError::InvalidArgument(format!(
+                "query: k = {k} exceeds the maximum of {} (limits.max_k)",
+                self.inner.limits.max_k
+            ))),
+            k => Ok(k as usize),
+        }
+    }
+
+    fn check_query_vector(&self, vector: &[f32]) -> Result<(), StoreError> {
+        model::check_vector(Subject::Query, vector, &self.inner.limits)?;
+        let expected = self.read().ids().dimension();
+        if expected != 0 && expected as usize != vector.len() {
+            return Err(StoreError::DimensionMismatch {
+                subject: Subject::Query,
+                expected,
+                got: vector.len() as u32,
+            });
+        }
+        Ok(())
+    }
+
+    /// A filter of more tags than a memory may carry matches nothing; refusing
+    /// it bounds the work per memory.
+    fn check_filter<'a>(
+        &self,
+        tags: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Vec<(&'a str, &'a str)>, StoreError> {
+        let max = self.inner.limits.max_tags;
+        if tags.len() > max {
+            return Err(StoreError::FilterTooLong { len: tags.len(), max });
+        }
+        Ok(tags.collect())
+    }
+
     /// Seals the active segment, waiting at most `wal_stall_timeout` for the
     /// writer (it may be stuck in an fdatasync that never returns).
     async fn rotate(&self, wal: &Wal<Ticket>) -> Result<wal::RotateInfo, StoreError> {
@@ -656,6 +710,47 @@ impl Store {
             store.inner.checkpoint_running.store(false, Ordering::Release);
         });
     }
+}
+
+/// Results when a recall asks for k = 0.
+const DEFAULT_K: usize = 8;
+
+/// A recall result with its memory's text, and why it was chosen.
+fn hit(scored: Scored, memory: &Detached) -> RecallHit {
+    let view = memory.view();
+    let mut why = Vec::new();
+    if let Some(value) = scored.vector {
+        why.push(Signal {
+            name: "vector".into(),
+            value,
+        });
+    }
+    if let Some(value) = scored.lexical {
+        why.push(Signal {
+            name: "lexical".into(),
+            value,
+        });
+    }
+    RecallHit {
+        id: scored.id,
+        score: scored.score,
+        text: view.text().to_owned(),
+        namespace: view.namespace().to_owned(),
+        why,
+    }
+}
+
+/// `DeadlineExceeded` once the request's deadline (CLOCK_MONOTONIC, 0 =
+/// none) has passed, with how far the scan got.
+fn check_deadline(deadline_ns: u64, seen: u64) -> Result<(), StoreError> {
+    let now_ns = nexus_shm_protocol::monotonic_now_ns();
+    if deadline_ns == 0 || now_ns <= deadline_ns {
+        return Ok(());
+    }
+    Err(StoreError::DeadlineExceeded {
+        late_us: (now_ns - deadline_ns) / 1000,
+        what: format!("the request stopped after scanning {seen} memories"),
+    })
 }
 
 /// Waits (up to 2 s) until `wal` has no other owner: requests past the
@@ -767,6 +862,7 @@ fn check_dimension(state: &State, limits: &Limits) -> Result<u32, StoreError> {
 /// truncated before the flock is ours, so a running daemon's lock file stays
 /// as it is; once held, it records our pid for the next daemon's error.
 fn lock_data_dir(dir: &Path) -> Result<Flock<File>, StoreError> {
+    use std::io::Read;
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     create_private_dir(dir)?;
     let path = dir.join("LOCK");
@@ -781,11 +877,11 @@ fn lock_data_dir(dir: &Path) -> Result<Flock<File>, StoreError> {
         .map_err(|e| StoreError::Storage(format!("cannot open {} (a symlink is refused): {e}", path.display())))?;
     let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(file, errno)| {
         let mut holder = String::new();
-        let _ = std::io::Read::take(&file, 32).read_to_string(&mut holder);
+        let _ = (&file).take(32).read_to_string(&mut holder);
+        let pid = Some(holder.trim()).filter(|pid| !pid.is_empty()).unwrap_or("unknown");
         StoreError::Storage(format!(
-            "the data directory {} is in use by another nexusd (pid {}, {errno})",
-            dir.display(),
-            holder.trim()
+            "the data directory {} is in use by another nexusd (pid {pid}, {errno})",
+            dir.display()
         ))
     })?;
     let pid = format!("{}\n", std::process::id());
@@ -812,7 +908,10 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
         return Err(refuse("is not a directory".into()));
     }
     if meta.uid() != uid {
-        return Err(refuse(format!("is owned by uid {}, not by nexusd's uid {uid}", meta.uid())));
+        return Err(refuse(format!(
+            "is owned by uid {}, not by nexusd's uid {uid}",
+            meta.uid()
+        )));
     }
     let mode = meta.mode() & 0o7777;
     if mode & 0o022 != 0 {

@@ -7,16 +7,19 @@
 //! record is durable (and by replay at start), so the state is always exactly
 //! "snapshot + applied WAL records".
 //!
-//! Recall here is an exact scan (vector cosine and/or term overlap); the
-//! indexed recall pipeline is a later issue. Nothing here does I/O.
+//! Scans take the memories out in chunks ([`State::take_chunk`]): a chunk
+//! shares their bytes, so it is read after the lock is released (scoring is
+//! `recall.rs`). Nothing here does I/O.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::store::ids::Ids;
 use crate::store::logged::LoggedRecord;
 use crate::store::model::{ArchivedStoredMemory, ArchivedWalRecord, MemoryRef};
+use crate::store::recall::{SLICE_MEMORIES, SLICE_TEXT_BYTES, cosine};
 use crate::store::snapshot::{FeedbackTally, Snapshot, SnapshotBodyRef};
 use crate::store::wal::Lsn;
 
@@ -66,32 +69,36 @@ pub struct Tally {
     pub not_useful: u32,
 }
 
-/// A recall query, validated.
-#[derive(Debug, Clone, Copy)]
-pub struct Query<'a> {
-    /// Namespace to search ("" = all).
-    pub namespace: &'a str,
-    /// Query text.
-    pub text: Option<&'a str>,
-    /// Query vector (dimension already checked).
-    pub vector: Option<&'a [f32]>,
-    /// Results wanted.
-    pub k: usize,
-    /// Required tags (key, value).
-    pub filter: &'a [(&'a str, &'a str)],
+/// A memory taken out of the state (see [`State::take_chunk`]): it shares
+/// the memory's bytes, which never change, so it can be read with no lock
+/// held, even after the memory was deleted or moved by a checkpoint.
+#[derive(Clone)]
+pub struct Detached {
+    entry: Entry,
+    /// The snapshot a `Base` entry points into.
+    base: Option<Arc<Snapshot>>,
 }
 
-/// One scored result.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Scored {
-    /// Memory id.
-    pub id: u64,
-    /// Final score.
-    pub score: f32,
-    /// Cosine similarity, when both sides have vectors.
-    pub vector: Option<f32>,
-    /// Fraction of query terms found, when the query has text.
-    pub lexical: Option<f32>,
+impl Detached {
+    /// The memory.
+    pub fn view(&self) -> MemoryView<'_> {
+        view(self.base.as_deref(), &self.entry)
+    }
+}
+
+/// Where a chunked scan resumes: after this (namespace, id), in namespace
+/// then id order.
+#[derive(Debug, Clone, Default)]
+pub struct Cursor {
+    after: Option<(String, u64)>,
+    done: bool,
+}
+
+impl Cursor {
+    /// True once the scan has seen every memory.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
 }
 
 /// The live memories.
@@ -99,7 +106,8 @@ pub struct Scored {
 pub struct State {
     base: Option<Arc<Snapshot>>,
     entries: IdMap<Entry>,
-    namespaces: HashMap<String, BTreeSet<u64>>,
+    /// Ordered, so a scan of every namespace can resume where it stopped.
+    namespaces: BTreeMap<String, BTreeSet<u64>>,
     /// Keys, the id counter and the dimension (see `ids.rs`).
     ids: Ids,
     feedback: IdMap<Tally>,
@@ -199,24 +207,44 @@ impl State {
         Some(view(self.base.as_deref(), self.entries.get(&id)?))
     }
 
-    /// Ids of a namespace's memories carrying all `tags` ("" = every namespace).
+    /// Ids of a namespace's memories carrying all `tags` ("" = every
+    /// namespace), ascending. In one go: the store uses [`State::take_chunk`].
     pub fn matching(&self, namespace: &str, tags: &[(&str, &str)]) -> Vec<u64> {
-        let mut ids: Vec<u64> = self.ids_in(namespace).filter(|id| self.has_tags(*id, tags)).collect();
+        let mut cursor = Cursor::default();
+        let mut ids = Vec::new();
+        while !cursor.is_done() {
+            let chunk = self.take_chunk(namespace, &mut cursor);
+            let carrying = chunk.iter().map(Detached::view).filter(|view| view.has_tags(tags));
+            ids.extend(carrying.map(|view| view.id()));
+        }
         ids.sort_unstable();
         ids
     }
 
-    /// Exact recall: scores every candidate, returns the best `k`.
-    pub fn recall(&self, query: &Query<'_>) -> Vec<Scored> {
-        let terms = query.text.map(terms).unwrap_or_default();
-        let mut scored: Vec<Scored> = self
-            .ids_in(query.namespace)
-            .filter(|id| self.has_tags(*id, query.filter))
-            .filter_map(|id| self.score(id, query.vector, &terms))
-            .collect();
-        scored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
-        scored.truncate(query.k);
-        scored
+    /// The next memories of `namespace` ("" = every namespace) after
+    /// `cursor`: at most [`SLICE_MEMORIES`] of them or [`SLICE_TEXT_BYTES`]
+    /// of text and vectors, so the caller holds the lock for a bounded slice
+    /// and does the work on them after releasing it.
+    pub fn take_chunk(&self, namespace: &str, cursor: &mut Cursor) -> Vec<Detached> {
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        for (name, ids) in self.namespaces_from(namespace, cursor) {
+            let from = match &cursor.after {
+                Some((after, id)) if after == name => Bound::Excluded(*id),
+                _ => Bound::Unbounded,
+            };
+            for id in ids.range((from, Bound::Unbounded)) {
+                let memory = self.detach(*id);
+                bytes += memory.view().scan_bytes();
+                chunk.push(memory);
+                if chunk.len() >= SLICE_MEMORIES || bytes >= SLICE_TEXT_BYTES {
+                    cursor.after = Some((name.clone(), *id));
+                    return chunk;
+                }
+            }
+        }
+        cursor.done = true;
+        chunk
     }
 
     /// The state as of now, detached from the lock: a copy of the id map that
@@ -334,39 +362,35 @@ impl State {
         self.feedback.remove(&id);
     }
 
-    fn ids_in<'a>(&'a self, namespace: &str) -> Box<dyn Iterator<Item = u64> + 'a> {
-        if namespace.is_empty() {
-            return Box::new(self.entries.keys().copied());
+    /// The namespaces a scan of `namespace` still has to visit from `cursor`.
+    fn namespaces_from<'a>(
+        &'a self,
+        namespace: &str,
+        cursor: &Cursor,
+    ) -> Box<dyn Iterator<Item = (&'a String, &'a BTreeSet<u64>)> + 'a> {
+        if cursor.done {
+            return Box::new(std::iter::empty());
         }
-        match self.namespaces.get(namespace) {
-            Some(ids) => Box::new(ids.iter().copied()),
-            None => Box::new(std::iter::empty()),
+        if !namespace.is_empty() {
+            return Box::new(self.namespaces.get_key_value(namespace).into_iter());
+        }
+        match &cursor.after {
+            Some((after, _)) => Box::new(
+                self.namespaces
+                    .range::<str, _>((Bound::Included(after.as_str()), Bound::Unbounded)),
+            ),
+            None => Box::new(self.namespaces.iter()),
         }
     }
 
-    fn has_tags(&self, id: u64, tags: &[(&str, &str)]) -> bool {
-        tags.is_empty()
-            || self
-                .get(id)
-                .is_some_and(|view| tags.iter().all(|(k, v)| view.has_tag(k, v)))
-    }
-
-    fn score(&self, id: u64, query_vector: Option<&[f32]>, terms: &[String]) -> Option<Scored> {
-        let view = self.get(id)?;
-        let vector = query_vector.and_then(|q| view.cosine(q));
-        let lexical = (!terms.is_empty()).then(|| view.term_overlap(terms));
-        let score = match (vector, lexical) {
-            (Some(v), Some(l)) => 0.5 * v + 0.5 * l,
-            (Some(v), None) => v,
-            (None, Some(l)) if l > 0.0 => l,
-            _ => return None,
-        };
-        Some(Scored {
-            id,
-            score,
-            vector,
-            lexical,
-        })
+    fn detach(&self, id: u64) -> Detached {
+        let entry = self
+            .entries
+            .get(&id)
+            .expect("namespaces index only live memories")
+            .clone();
+        let base = matches!(entry, Entry::Base(_)).then(|| self.base.clone()).flatten();
+        Detached { entry, base }
     }
 }
 
@@ -452,43 +476,20 @@ impl<'a> MemoryView<'a> {
         self.0.tags.iter().any(|t| t.key == key && t.value == value)
     }
 
+    /// True when the memory carries every one of `tags`.
+    pub fn has_tags(&self, tags: &[(&str, &str)]) -> bool {
+        tags.iter().all(|(key, value)| self.has_tag(key, value))
+    }
+
     /// Cosine similarity with `query`, if the memory has a vector of that size.
-    pub fn cosine(&self, query: &[f32]) -> Option<f32> {
+    pub fn vector_cosine(&self, query: &[f32]) -> Option<f32> {
         let v = self.0.vector.as_ref()?;
         (v.len() == query.len()).then(|| cosine(query, v.iter().map(|x| x.to_native())))
     }
 
-    /// Fraction of the query's distinct terms that occur in the text.
-    pub fn term_overlap(&self, query_terms: &[String]) -> f32 {
-        let text = terms(self.text());
-        let found = query_terms.iter().filter(|t| text.contains(t)).count();
-        found as f32 / query_terms.len() as f32
-    }
-}
-
-/// Lower-cased alphanumeric terms, deduplicated, in first-seen order.
-fn terms(text: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
-        let word = word.to_lowercase();
-        if !out.contains(&word) {
-            out.push(word);
-        }
-    }
-    out
-}
-
-fn cosine(query: &[f32], memory: impl Iterator<Item = f32>) -> f32 {
-    let (mut dot, mut qq, mut mm) = (0f32, 0f32, 0f32);
-    for (q, m) in query.iter().zip(memory) {
-        dot += q * m;
-        qq += q * q;
-        mm += m * m;
-    }
-    if qq == 0.0 || mm == 0.0 {
-        0.0
-    } else {
-        dot / (qq.sqrt() * mm.sqrt())
+    /// What scoring this memory reads: its text and its vector.
+    fn scan_bytes(&self) -> usize {
+        self.0.text.len() + self.0.vector.as_ref().map_or(0, |v| v.len() * 4)
     }
 }
 
@@ -496,6 +497,7 @@ fn cosine(query: &[f32], memory: impl Iterator<Item = f32>) -> f32 {
 mod tests {
     use super::*;
     use crate::store::model::{StoredMemory, WalRecord};
+    use crate::store::recall::{Query, scan_all};
 
     fn logged(record: WalRecord) -> Arc<LoggedRecord> {
         Arc::new(LoggedRecord::encode(&record))
@@ -531,7 +533,7 @@ mod tests {
             k: 10,
             filter: &[],
         };
-        let ids: Vec<u64> = state.recall(&query).iter().map(|s| s.id).collect();
+        let ids: Vec<u64> = scan_all(&state, &query).iter().map(|s| s.id).collect();
         assert_eq!(ids, vec![1, 2]);
         assert_eq!(state.dimension(), Some(2));
     }
@@ -551,9 +553,12 @@ mod tests {
             k: 5,
             filter: &[],
         };
-        assert_eq!(state.recall(&query).iter().map(|s| s.id).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(
+            scan_all(&state, &query).iter().map(|s| s.id).collect::<Vec<_>>(),
+            vec![1]
+        );
         state.apply(2, logged(WalRecord::Forget(vec![1])));
-        assert!(state.recall(&query).is_empty());
+        assert!(scan_all(&state, &query).is_empty());
         assert_eq!(state.len(), 1);
         assert_eq!(state.applied_lsn(), 2);
     }
