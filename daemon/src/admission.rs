@@ -227,12 +227,12 @@ impl PendingHandshakes {
 
     /// Takes a place for a connection of `uid`; when all are taken, the
     /// oldest connection of the uid holding the most places is evicted (its
-    /// ticket's [`PendingTicket::evicted`] resolves). Returns the ticket and
-    /// whether someone was evicted.
-    pub fn enter(self: &Arc<Self>, uid: u32) -> (PendingTicket, bool) {
+    /// ticket's [`PendingTicket::evicted`] resolves).
+    pub fn enter(self: &Arc<Self>, uid: u32) -> PendingTicket {
         let mut list = lock(&self.list);
-        let evicted = list.entries.len() >= self.max;
-        if evicted && let Some(victim) = list.victim() {
+        if list.entries.len() >= self.max
+            && let Some(victim) = list.victim()
+        {
             let entry = list.entries.remove(victim).expect("the victim index is in range");
             entry.evict.cancel();
         }
@@ -244,12 +244,11 @@ impl PendingHandshakes {
             uid,
             evict: evict.clone(),
         });
-        let ticket = PendingTicket {
+        PendingTicket {
             pending: self.clone(),
             seq,
             evict,
-        };
-        (ticket, evicted)
+        }
     }
 
     /// Connections waiting now.
@@ -513,11 +512,10 @@ mod tests {
     #[test]
     fn a_full_pending_list_evicts_the_oldest_of_the_uid_holding_the_most() {
         let pending = Arc::new(PendingHandshakes::new(3));
-        let (a1, _) = pending.enter(1);
-        let (b1, _) = pending.enter(2);
-        let (b2, _) = pending.enter(2);
-        let (_c1, evicted) = pending.enter(3);
-        assert!(evicted);
+        let a1 = pending.enter(1);
+        let b1 = pending.enter(2);
+        let b2 = pending.enter(2);
+        let _c1 = pending.enter(3);
         assert_eq!(pending.len(), 3);
         assert!(b1.evict.is_cancelled(), "uid 2 held the most; its oldest goes");
         assert!(!a1.evict.is_cancelled() && !b2.evict.is_cancelled());

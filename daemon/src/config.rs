@@ -74,6 +74,10 @@ pub const MAX_NAME_BYTES: usize = 64 * 1024;
 pub const MAX_DIMENSION: u32 = 65_536;
 /// Results of one recall.
 pub const MAX_K: u32 = 100_000;
+/// Memories in one Remember: a million is far past any frame's worth.
+pub const MAX_BATCH: usize = 1_000_000;
+/// Ids in one Forget: ten million (80 MB of ids) is past any frame's worth.
+pub const MAX_FORGET_IDS: usize = 10_000_000;
 
 /// Everything the daemon runs with.
 #[derive(Debug, Clone)]
@@ -518,7 +522,8 @@ impl Config {
 }
 
 /// Ranges of the store's limits. A limit of 0 would refuse every write (or
-/// every recall); the upper ends keep one request within a frame.
+/// every recall); a text must fit in a frame; the other upper ends are far
+/// past what one frame can carry.
 fn validate_limits(limits: &Limits, max_frame_bytes: u32) -> Result<(), ConfigError> {
     let frame = max_frame_bytes as usize;
     check("limits.max_text_bytes", limits.max_text_bytes, 1..=frame, "bytes")?;
@@ -547,9 +552,14 @@ fn validate_limits(limits: &Limits, max_frame_bytes: u32) -> Result<(), ConfigEr
         0..=limits.max_dimension,
         "dimensions",
     )?;
-    check("limits.max_batch", limits.max_batch, 1..=frame, "memories")?;
+    check("limits.max_batch", limits.max_batch, 1..=MAX_BATCH, "memories")?;
     check("limits.max_k", limits.max_k, 1..=MAX_K, "results")?;
-    check("limits.max_forget_ids", limits.max_forget_ids, 1..=frame, "ids")
+    check(
+        "limits.max_forget_ids",
+        limits.max_forget_ids,
+        1..=MAX_FORGET_IDS,
+        "ids",
+    )
 }
 
 /// `name` must lie in `range`; the error says the value, the range and the unit.
@@ -614,6 +624,99 @@ mod tests {
         std::fs::write(&file, "no_such_setting = 1\n").unwrap();
         assert!(Config::build(Some(&file), &Settings::default()).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Each line is a config file with one setting out of range; the error
+    /// must name that setting. Before, most of these started a daemon that
+    /// then misbehaved (a tiny max_frame_bytes recursed until the stack
+    /// overflowed, a zero timeout cut every client, a huge spin_us burned a
+    /// core per session, checkpoint_wal_bytes = 0 checkpointed every write).
+    #[test]
+    fn every_setting_out_of_range_is_refused_naming_its_key() {
+        let long_socket = format!("socket = \"/tmp/{}.sock\"", "s".repeat(100));
+        let cases: Vec<(&str, String)> = vec![
+            ("data_dir", "data_dir = \"\"".into()),
+            ("socket", long_socket),
+            ("socket_mode", "socket_mode = \"7777\"".into()),
+            ("allow_uids", "allow_uids = []".into()),
+            ("max_clients", "max_clients = 0".into()),
+            ("max_clients", "max_clients = 1000000".into()),
+            ("max_clients_per_uid", "max_clients_per_uid = 0".into()),
+            (
+                "max_clients_per_uid",
+                "max_clients = 10\nmax_clients_per_uid = 11".into(),
+            ),
+            ("max_pending_handshakes", "max_pending_handshakes = 0".into()),
+            ("memory_budget_bytes", "memory_budget_bytes = 1".into()),
+            ("scratch_retain_bytes", "scratch_retain_bytes = 1".into()),
+            ("fd_limit", "fd_limit = 3".into()),
+            ("fd_reserve", "fd_reserve = 0".into()),
+            ("ring_bytes", "ring_bytes = 1".into()),
+            ("ring_bytes", "ring_bytes = 8192\nmax_ring_bytes = 4096".into()),
+            ("max_ring_bytes", "max_ring_bytes = 2147483648".into()),
+            ("max_frame_bytes", "max_frame_bytes = 16".into()),
+            ("max_frame_bytes", "max_frame_bytes = 4294967295".into()),
+            ("handshake_timeout_ms", "handshake_timeout_ms = 0".into()),
+            ("stalled_client_timeout_ms", "stalled_client_timeout_ms = 0".into()),
+            ("idle_timeout_ms", "idle_timeout_ms = 0".into()),
+            ("shutdown_timeout_ms", "shutdown_timeout_ms = 0".into()),
+            ("spin_us", "spin_us = 10000000".into()),
+            ("max_bad_frames", "max_bad_frames = 4000000000".into()),
+            ("worker_threads", "worker_threads = 100000".into()),
+            ("fsync", "fsync = \"interval:0\"".into()),
+            ("wal_segment_bytes", "wal_segment_bytes = 0".into()),
+            ("checkpoint_wal_bytes", "checkpoint_wal_bytes = 0".into()),
+            ("log", "log = \"=[\"".into()),
+            ("limits.max_text_bytes", "[limits]\nmax_text_bytes = 0".into()),
+            ("limits.max_tags", "[limits]\nmax_tags = 1000000".into()),
+            ("limits.max_tag_bytes", "[limits]\nmax_tag_bytes = 0".into()),
+            ("limits.max_name_bytes", "[limits]\nmax_name_bytes = 0".into()),
+            ("limits.max_dimension", "[limits]\nmax_dimension = 0".into()),
+            ("limits.dimension", "[limits]\ndimension = 5000".into()),
+            ("limits.max_batch", "[limits]\nmax_batch = 0".into()),
+            ("limits.max_k", "[limits]\nmax_k = 0".into()),
+            ("limits.max_forget_ids", "[limits]\nmax_forget_ids = 0".into()),
+        ];
+        let dir = std::env::temp_dir().join(format!("nexus-config-ranges-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("nexusd.toml");
+        for (key, text) in &cases {
+            std::fs::write(&file, text).unwrap();
+            match Config::build(Some(&file), &Settings::default()) {
+                Err(ConfigError::Invalid { name, reason }) => {
+                    assert_eq!(name, *key, "{text:?} was refused as {name}: {reason}")
+                }
+                other => panic!("{text:?} was not refused as {key}: {other:?}"),
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_defaults_and_the_ends_of_each_range_are_accepted() {
+        Config::build(None, &Settings::default()).expect("the defaults are valid");
+        let edges = Settings {
+            max_frame_bytes: Some(*FRAME_BYTES_RANGE.start()),
+            handshake_timeout_ms: Some(*HANDSHAKE_TIMEOUT_MS.start()),
+            spin_us: Some(MAX_SPIN_US),
+            checkpoint_wal_bytes: Some(*CHECKPOINT_WAL_BYTES_RANGE.start()),
+            max_bad_frames: Some(0),
+            scratch_retain_bytes: Some(MIN_SCRATCH_RETAIN_BYTES),
+            ..Settings::default()
+        };
+        Config::build(None, &edges).expect("the ends of the ranges are valid");
+    }
+
+    #[test]
+    fn the_uid_share_defaults_to_half_the_clients_when_several_uids_are_allowed() {
+        let one = Config::build(None, &Settings::default()).unwrap();
+        assert_eq!(one.clients_per_uid(), one.max_clients);
+        let several = Settings {
+            allow_uids: Some(vec![1000, 1001]),
+            max_clients: Some(11),
+            ..Settings::default()
+        };
+        assert_eq!(Config::build(None, &several).unwrap().clients_per_uid(), 6);
     }
 
     #[test]

@@ -223,13 +223,11 @@ impl Connection {
     /// a newer connection may take (eviction) if this one is slow.
     async fn read_hello_in_turn(&mut self, uid: u32) -> Result<ClientHello, Refusal> {
         let pending = self.shared.admission.pending.clone();
-        let (ticket, evicted_another) = pending.enter(uid);
-        if evicted_another {
-            bump(&self.shared.metrics.handshakes_evicted);
-        }
+        let ticket = pending.enter(uid);
         tokio::select! {
             hello = self.read_hello() => hello,
             _ = ticket.evicted() => {
+                bump(&self.shared.metrics.handshakes_evicted);
                 let max = pending.max();
                 let message = format!(
                     "more than {max} connections (max_pending_handshakes) were waiting to send their hello; \

@@ -48,18 +48,20 @@ fn silent_connections_are_bounded_and_do_not_block_a_client_that_says_hello() {
     // and closed, long before the handshake timeout.
     let at_least_evicted = SILENT_CONNECTIONS - PENDING_BOUND;
     let mut refused: Vec<Option<ServerHello>> = vec![None; SILENT_CONNECTIONS];
-    wait_until(
-        "the oldest silent connections are refused and closed",
-        BOUNDED_WAIT,
-        || {
-            for (stream, answer) in silent.iter_mut().zip(refused.iter_mut()) {
-                if answer.is_none() {
-                    *answer = read_refusal_if_closed(stream);
-                }
+    let (mut closed, mut evicted) = (0, 0);
+    let settled = poll(|| {
+        for (stream, answer) in silent.iter_mut().zip(refused.iter_mut()) {
+            if answer.is_none() {
+                *answer = read_refusal_if_closed(stream);
             }
-            let closed = refused.iter().flatten().count();
-            closed >= at_least_evicted && closed as u64 == daemon.stats_counter("handshakes_evicted")
-        },
+        }
+        closed = refused.iter().flatten().count();
+        evicted = daemon.stats_counter("handshakes_evicted") as usize;
+        closed >= at_least_evicted && closed == evicted
+    });
+    assert!(
+        settled,
+        "{closed} silent connections were closed with a refusal, {evicted} evicted, at least {at_least_evicted} expected"
     );
     for answer in refused.iter().flatten() {
         assert_eq!(answer.status, ErrorCode::TooManyClients as u32, "{:?}", answer.message);
@@ -224,6 +226,18 @@ fn check_over_budget(refusal: Option<ClientError>) {
         }
         other => panic!("a client beyond the memory budget was not refused: {other:?}"),
     }
+}
+
+/// Polls `condition` until it holds (true) or [`BOUNDED_WAIT`] passes (false).
+fn poll(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + BOUNDED_WAIT;
+    while std::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    false
 }
 
 /// The refusal on `stream` if the daemon already wrote one and closed it;

@@ -9,6 +9,7 @@
 
 mod admission;
 mod bad_frames;
+mod config_files;
 mod crash;
 mod disk_faults;
 mod dying_clients;
