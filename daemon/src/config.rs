@@ -5,7 +5,9 @@
 //! layers them. On SIGHUP the file is read again and layered under the same
 //! flags; [`Config::live_update`] takes over the settings that may change
 //! while serving and names the ones that need a restart. Every limit lives
-//! here with the reason for its value.
+//! here with the reason for its value, and every setting is range-checked
+//! by `Config::validate` against the `*_RANGE` and `MAX_*` constants below,
+//! with an error naming its key, at start and on every reload alike.
 
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
