@@ -28,8 +28,9 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use crate::config::Config;
 
 /// File descriptors one connection is assumed to hold between two counts of
-/// the fd table: its socket, and during the handshake the segment's memfd.
-/// Only an estimate between recounts.
+/// the fd table: a shared-memory session keeps its socket and its bell (an
+/// eventfd; the segment's memfd is closed after the handshake), a socket
+/// session only its socket. Only an estimate between recounts.
 pub const FDS_PER_CONNECTION: u64 = 2;
 
 /// Memory a shared-memory session holds besides its segment: the request
