@@ -4,15 +4,18 @@
 //! consumer cursor the peer controls), over memory whose header and data bytes the
 //! fuzzer writes before the ends exist and between every step.
 //!
-//! Input: ring size and frame limit, the cursors and data bytes present before the
-//! ends are created (a client holds the memfd from the start), then a script of
-//! steps: the daemon consumes, the peer publishes (plausibly or not), scribbles a
-//! frame header, moves its cursors, the daemon answers. Address sanitizer turns any
-//! access outside the data area into a crash.
+//! Input: ring size and frame limit, all four cursors (the daemon's own included)
+//! and the data bytes present before the ends are created (a client holds the memfd
+//! from the start), then a script of steps: the daemon consumes, the peer publishes
+//! (plausibly or not), scribbles a frame header, overwrites any cursor or wake-up
+//! flag, the daemon answers. The address sanitizer turns any access outside the data
+//! area into a crash. On the code before issue 7 (cursors resumed from the shared
+//! header) this target finds the out-of-bounds write within seconds.
 #![no_main]
 
 use std::alloc::Layout;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use libfuzzer_sys::fuzz_target;
 use nexus_fuzz::{Input, write_seeds_if_asked};
@@ -38,14 +41,16 @@ fn run(bytes: &[u8]) -> bool {
     let max_frame_bytes = max_frame_for_capacity(capacity_bytes) >> (input.u8() % 3);
     let requests = PeerRing::new(capacity_bytes);
     let responses = PeerRing::new(capacity_bytes);
-    requests
-        .header
-        .tail
-        .store(input.u64(), std::sync::atomic::Ordering::Relaxed);
-    responses
-        .header
-        .head
-        .store(input.u64(), std::sync::atomic::Ordering::Relaxed);
+    // Every cursor, the daemon's own included: the peer may write the whole
+    // header before the daemon creates its ends.
+    for cursor in [
+        &requests.header.tail,
+        &requests.header.head,
+        &responses.header.tail,
+        &responses.header.head,
+    ] {
+        cursor.store(input.u64(), Relaxed);
+    }
     requests.fill(input.take(capacity_bytes as usize));
     let mut daemon = Daemon {
         requests: Some(requests.consumer(max_frame_bytes)),
@@ -60,23 +65,39 @@ fn run(bytes: &[u8]) -> bool {
         match input.u8() % 8 {
             0 | 1 => daemon.consume(),
             2 => requests.publish(input.u8()),
-            3 => requests
-                .header
-                .tail
-                .store(input.u64(), std::sync::atomic::Ordering::Relaxed),
+            3 => peer_writes_cursor(&requests, &responses, &mut input),
             4 => requests.write_frame_header(&mut input),
             5 => {
                 let len = usize::from(input.u16() % MAX_ANSWER_BYTES);
                 daemon.answer(input.take(len));
             }
             6 => responses.release_all(),
-            _ => responses
-                .header
-                .head
-                .store(input.u64(), std::sync::atomic::Ordering::Relaxed),
+            _ => peer_writes_flag(&requests, &responses, &mut input),
         }
     }
     daemon.valid_requests > 0
+}
+
+/// The peer overwrites one of the four cursors, its own or the daemon's.
+fn peer_writes_cursor(requests: &PeerRing, responses: &PeerRing, input: &mut Input<'_>) {
+    let cursors = [
+        &requests.header.tail,
+        &requests.header.head,
+        &responses.header.tail,
+        &responses.header.head,
+    ];
+    cursors[usize::from(input.u8() % 4)].store(input.u64(), Relaxed);
+}
+
+/// The peer overwrites one of the four wake-up flag words.
+fn peer_writes_flag(requests: &PeerRing, responses: &PeerRing, input: &mut Input<'_>) {
+    let flags = [
+        &requests.header.producer_waiting,
+        &requests.header.consumer_sleeping,
+        &responses.header.producer_waiting,
+        &responses.header.consumer_sleeping,
+    ];
+    flags[usize::from(input.u8() % 4)].store(u32::from(input.u8()), Relaxed);
 }
 
 /// The daemon's side: one consumer, one producer; an end that reported the
@@ -198,11 +219,9 @@ impl PeerRing {
 
     /// The peer publishes `units` more 16-byte units (whatever they hold).
     fn publish(&self, units: u8) {
-        let tail = self.header.tail.load(std::sync::atomic::Ordering::Relaxed);
+        let tail = self.header.tail.load(Relaxed);
         let more = u64::from(units) * FRAME_ALIGN_BYTES;
-        self.header
-            .tail
-            .store(tail.wrapping_add(more), std::sync::atomic::Ordering::Release);
+        self.header.tail.store(tail.wrapping_add(more), Release);
     }
 
     /// The peer writes a frame header at a 16-aligned position of its choice.
@@ -222,8 +241,8 @@ impl PeerRing {
 
     /// The peer, as consumer, releases everything published.
     fn release_all(&self) {
-        let tail = self.header.tail.load(std::sync::atomic::Ordering::Acquire);
-        self.header.head.store(tail, std::sync::atomic::Ordering::Release);
+        let tail = self.header.tail.load(Acquire);
+        self.header.head.store(tail, Release);
     }
 }
 
@@ -262,12 +281,14 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         data[pos + 16..pos + 16 + payload.len()].copy_from_slice(&payload);
         published += nexus_shm_protocol::layout::frame_footprint(payload.len() as u64);
     }
-    // Capacity 1024 (4), the full frame limit (0), tail = published, head = 0, the
+    // Capacity 1024 (4), the full frame limit (0), the request ring's tail at what
+    // is published and every other cursor at 0, the
     // data area, then: consume three times, answer 8 bytes, the peer releases the
     // answers, publishes 4 units, scribbles a wrap header at 0, consumes.
     let mut seed = vec![4u8, 0];
-    seed.extend_from_slice(&published.to_le_bytes());
-    seed.extend_from_slice(&0u64.to_le_bytes());
+    for cursor in [published, 0, 0, 0] {
+        seed.extend_from_slice(&cursor.to_le_bytes());
+    }
     seed.extend_from_slice(&data);
     let steps: &[u8] = &[0, 0, 0, 5, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8, 6, 2, 4, 4, 0, 0, 1, 0, 0, 0];
     seed.extend_from_slice(steps);
