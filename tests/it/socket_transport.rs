@@ -11,13 +11,15 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use nexus_client::Transport;
-use nexus_client::wire::{PingRequest, Request, RequestBody, encode_to_vec};
+use nexus_client::wire::{ErrorCode, PingRequest, Request, RequestBody, Status, encode_to_vec};
 use nexus_shm_protocol::PROTOCOL_VERSION;
 use nexus_shm_protocol::handshake::{
     CLIENT_HELLO_BYTES, ClientHello, FLAG_SOCKET_TRANSPORT, SERVER_HELLO_BYTES, ServerHello,
 };
 use nexus_shm_protocol::layout::{FrameHeader, FrameKind};
-use nexus_tests::{BOUNDED_WAIT, Daemon, RSS_TOLERANCE_BYTES, check_closed_by_daemon, check_rss_within_tolerance};
+use nexus_tests::{
+    BOUNDED_WAIT, Daemon, RSS_TOLERANCE_BYTES, check_closed_by_daemon, check_rss_within_tolerance, error_code,
+};
 
 use crate::start;
 
@@ -102,7 +104,8 @@ fn a_large_request_on_the_socket_transport_does_not_pin_its_buffer() {
         let body = RequestBody::Ping(PingRequest {
             payload: vec![0xA5; LARGE_PING_BYTES],
         });
-        client.call(body, None).expect("a 4 MiB ping is answered");
+        let answer = client.call(body, None).expect("a 4 MiB ping is answered");
+        assert_eq!(error_code(&answer), None, "{:?}", answer.status);
     }
     daemon.wait_for_counter("memory_charged_bytes", "the large buffers are given back", |charged| {
         charged == charged_before
@@ -111,6 +114,29 @@ fn a_large_request_on_the_socket_transport_does_not_pin_its_buffer() {
     clients.iter().for_each(|client| {
         client.ping().expect("still served");
     });
+}
+
+/// The budget charges a frame's buffer as it grows: a frame it cannot hold
+/// is read past and answered Busy, and the connection goes on.
+#[test]
+fn a_frame_the_memory_budget_cannot_hold_is_answered_busy_and_the_connection_goes_on() {
+    let daemon = start(&["--memory-budget-bytes", "4194304"]);
+    let client = daemon.client_over(Transport::Socket);
+    let body = RequestBody::Ping(PingRequest {
+        payload: vec![0xA5; LARGE_PING_BYTES],
+    });
+    let answer = client.call(body, None).expect("the large ping is answered");
+    match &answer.status {
+        Status::Error { code, message } => {
+            assert_eq!(*code, ErrorCode::Busy as u32, "{message}");
+            assert!(message.contains("memory_budget_bytes"), "{message}");
+        }
+        other => panic!("a 4 MiB frame fit in a 4 MiB budget beside the observer: {other:?}"),
+    }
+    client
+        .ping()
+        .expect("the same connection is served after the refused frame");
+    assert_eq!(daemon.stats_counter("refused_memory_budget"), 1);
 }
 
 /// A socket-transport session set up by hand: the hello sent, the welcome
