@@ -17,6 +17,7 @@ pub mod config;
 pub mod handler;
 pub mod listener;
 pub mod metrics;
+pub mod recall;
 pub mod server;
 pub mod session;
 pub mod socket_session;

@@ -1,0 +1,3 @@
+//! Recall: the search engines behind a recall (the pipeline comes later).
+
+pub mod ann;
