@@ -14,6 +14,7 @@
 pub mod admission;
 pub mod cli;
 pub mod config;
+pub mod embed;
 pub mod handler;
 pub mod listener;
 pub mod metrics;
