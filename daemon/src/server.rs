@@ -143,7 +143,7 @@ impl Connection {
         bump(&self.shared.metrics.connections_total);
         let end = match admitted {
             Admitted::SharedMemory(segment, bell) => {
-                match ShmSession::new(self.id, &segment, bell, self.stream, self.shared.clone()) {
+                match ShmSession::new(self.id, &segment, bell, self.stream, held.charge, self.shared.clone()) {
                     Ok(session) => session.run(&self.shutdown).await,
                     Err(e) => SessionEnd::Io(e),
                 }

@@ -35,6 +35,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Charge;
 use crate::handler::{Shared, handle};
 use crate::metrics::bump;
 
@@ -66,11 +67,6 @@ pub enum SessionEnd {
 /// never thousands in a row.
 const MAX_EMPTY_WAKEUPS: u32 = 1024;
 
-/// The scratch buffer a session keeps while idle. A larger one (grown by a
-/// big batch) is given back when the session goes to sleep, so 1,000 idle
-/// clients do not each hold the largest request they ever sent.
-const IDLE_SCRATCH_BYTES: usize = 64 * 1024;
-
 /// A session's state. Everything in it is bounded: two fixed rings, one
 /// scratch buffer of at most `max_frame_bytes`, at most one pending answer.
 pub struct ShmSession {
@@ -85,6 +81,11 @@ pub struct ShmSession {
     empty_wakeups: u32,
     /// When the last request was taken: `idle_timeout` counts from here.
     last_request: Instant,
+    /// This connection's share of `memory_budget_bytes` (its segment and
+    /// scratch buffer); given back when the session ends.
+    charge: Charge,
+    /// Scratch bytes covered by `charge`.
+    scratch_charged_bytes: u64,
     scratch: AlignedVec<16>,
     pending: Option<Response>,
     bad_frames: u32,
@@ -119,6 +120,7 @@ impl ShmSession {
         segment: &Arc<Segment>,
         bell: Bell,
         stream: UnixStream,
+        charge: Charge,
         shared: Arc<Shared>,
     ) -> std::io::Result<Self> {
         let (requests, responses) = segment.daemon_ends().map_err(std::io::Error::other)?;
@@ -134,6 +136,8 @@ impl ShmSession {
             stream,
             empty_wakeups: 0,
             last_request: Instant::now(),
+            charge,
+            scratch_charged_bytes: shared.config().scratch_retain_bytes,
             scratch: AlignedVec::with_capacity(4096),
             pending: None,
             bad_frames: 0,
@@ -212,6 +216,11 @@ impl ShmSession {
         };
         let picked_up = Instant::now();
         self.last_request = picked_up;
+        if let Err(refused) = self.charge_scratch(frame.len) {
+            self.requests.release(&frame);
+            let message = format!("the daemon's memory budget cannot hold this request now: {refused}");
+            return Ok(Some(Response::error(frame.request_id, ErrorCode::Busy, message)));
+        }
         // The one copy at the trust boundary: from here on the client cannot
         // change the bytes we validate and use.
         self.requests.copy_payload_aligned(&frame, &mut self.scratch);
@@ -302,9 +311,7 @@ impl ShmSession {
         if !self.requests.prepare_sleep() {
             return Ok(());
         }
-        if self.scratch.capacity() > IDLE_SCRATCH_BYTES {
-            self.scratch = AlignedVec::with_capacity(4096);
-        }
+        self.shrink_scratch();
         let slept = Instant::now();
         let idle_left = self
             .shared
@@ -319,6 +326,30 @@ impl ShmSession {
             return Err(SessionEnd::Idle);
         }
         self.judge_wakeup()
+    }
+
+    /// Charges the scratch buffer's growth past what admission charged
+    /// (`scratch_retain_bytes`) to the memory budget, before it grows.
+    fn charge_scratch(&mut self, frame_len: u32) -> Result<(), crate::admission::AdmissionError> {
+        let needed = u64::from(frame_len);
+        if needed > self.scratch_charged_bytes {
+            self.charge.try_grow(needed - self.scratch_charged_bytes)?;
+            self.scratch_charged_bytes = needed;
+        }
+        Ok(())
+    }
+
+    /// Going to sleep: a scratch buffer grown by a big request goes back to
+    /// the retained size (and its charge with it), so 1,000 idle clients do
+    /// not each hold the largest request they ever sent.
+    fn shrink_scratch(&mut self) {
+        let retain = self.shared.config().scratch_retain_bytes;
+        if self.scratch_charged_bytes > retain {
+            self.scratch = AlignedVec::with_capacity(retain.min(4096) as usize);
+            self.charge
+                .shrink_to(self.charge.bytes() - (self.scratch_charged_bytes - retain));
+            self.scratch_charged_bytes = retain;
+        }
     }
 
     /// Counts wake-ups that found nothing to do; a long run of them is a

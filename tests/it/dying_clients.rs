@@ -6,7 +6,8 @@
 //! The misbehaving clients are `nexus-test-peer` processes, so a SIGKILL
 //! hits a real process at a known point (it prints when it is there).
 
-use nexus_tests::{BOUNDED_WAIT, Daemon, check_released, check_rss_within_tolerance, wait_until};
+use nexus_shm_protocol::wire::{PingRequest, RequestBody};
+use nexus_tests::{BOUNDED_WAIT, Daemon, check_released, check_rss_within_tolerance, error_code, wait_until};
 
 use crate::start;
 
@@ -146,4 +147,32 @@ fn an_idle_shared_memory_client_is_closed_after_the_idle_timeout_and_an_active_o
 fn idle_closures(daemon: &Daemon) -> u64 {
     let stats = daemon.client().stats().expect("Stats over a fresh connection");
     nexus_client::counter(&stats, "clients_disconnected_idle").expect("the counter exists")
+}
+
+/// A big request grows a shared-memory session's scratch buffer; going idle
+/// gives it back, and the budget's charge with it (issue 7, scenario 7).
+#[test]
+fn a_large_request_over_shared_memory_does_not_pin_its_scratch_buffer() {
+    const PAYLOAD_BYTES: usize = 3 << 20;
+    let daemon = start(&[]);
+    // 8 × 3 MiB pinned would exceed the RSS tolerance (16 MiB).
+    let clients: Vec<_> = (0..8).map(|_| daemon.large_client()).collect();
+    clients.iter().for_each(|client| {
+        client.ping().expect("a small ping first");
+    });
+    let before = daemon.resources();
+    let charged_before = daemon.stats_counter("memory_charged_bytes");
+    for client in &clients {
+        let body = RequestBody::Ping(PingRequest {
+            payload: vec![0xA5; PAYLOAD_BYTES],
+        });
+        let answer = client.call(body, None).expect("a 3 MiB ping is answered");
+        assert_eq!(error_code(&answer), None, "{:?}", answer.status);
+    }
+    daemon.wait_for_counter(
+        "memory_charged_bytes",
+        "the scratch buffers are given back",
+        |charged| charged == charged_before,
+    );
+    check_rss_within_tolerance(&daemon, before);
 }
