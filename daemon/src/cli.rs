@@ -21,9 +21,9 @@ use tracing_subscriber::{EnvFilter, Registry, reload};
 
 use crate::config::{Config, Settings};
 use crate::handler::Shared;
-use crate::listener::BoundSocket;
 use crate::store::Store;
 use crate::store::wal::{RealFs, WalFs};
+use crate::transport::listener::BoundSocket;
 
 /// Changes the log filter of the running daemon (SIGHUP).
 type LogHandle = reload::Handle<EnvFilter, Registry>;
@@ -138,7 +138,7 @@ fn serve(config: Config, flags: Settings, log: LogHandle, wal_fs: Arc<dyn WalFs>
         info!(version = env!("CARGO_PKG_VERSION"), data_dir = %config.data_dir.display(), "nexusd ready");
         let shared = Shared::new(config, store.clone());
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(crate::server::run(shared.clone(), socket, shutdown.clone()));
+        let server = tokio::spawn(crate::transport::server::run(shared.clone(), socket, shutdown.clone()));
         let background = TaskTracker::new();
         react_to_signals(signals, &shared, &flags, &log, &background).await;
         shutdown.cancel();

@@ -463,7 +463,7 @@ impl Config {
         check("max_frame_bytes", self.max_frame_bytes, FRAME_BYTES_RANGE, "bytes")?;
         let retain_range = MIN_SCRATCH_RETAIN_BYTES..=u64::from(self.max_frame_bytes);
         check("scratch_retain_bytes", self.scratch_retain_bytes, retain_range, "bytes")?;
-        let one_client = crate::admission::shm_session_bytes(
+        let one_client = crate::transport::admission::shm_session_bytes(
             self.grant_ring_bytes(0),
             self.grant_ring_bytes(0),
             self.scratch_retain_bytes,

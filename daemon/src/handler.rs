@@ -12,11 +12,11 @@ use nexus_shm_protocol::wire::{
     ArchivedRequest, ArchivedRequestBody, ErrorCode, HealthReport, Pong, Response, ResponseBody, StatsReport,
 };
 
-use crate::admission::Admission;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::model::StoreError;
+use crate::transport::admission::Admission;
 
 /// State every session shares.
 pub struct Shared {

@@ -27,11 +27,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::admission::{AdmissionError, Charge, UidSlot, shm_session_bytes};
 use crate::handler::Shared;
-use crate::listener::BoundSocket;
 use crate::metrics::bump;
-use crate::session::{SessionEnd, ShmSession};
+use crate::transport::admission::{AdmissionError, Charge, UidSlot, shm_session_bytes};
+use crate::transport::frame::SessionEnd;
+use crate::transport::listener::BoundSocket;
+use crate::transport::shm_session::ShmSession;
 
 /// Serves `socket` until `shutdown` is cancelled, then waits (bounded) for
 /// the sessions to end. The socket file is removed when this returns.
@@ -149,8 +150,11 @@ impl Connection {
                 }
             }
             Admitted::Socket { max_frame_bytes } => {
-                let session =
-                    crate::socket_session::SocketSession::new(&self.shared, max_frame_bytes, &mut held.charge);
+                let session = crate::transport::socket_session::SocketSession::new(
+                    &self.shared,
+                    max_frame_bytes,
+                    &mut held.charge,
+                );
                 session.run(self.stream, &self.shutdown).await
             }
         };
@@ -324,7 +328,7 @@ impl Connection {
     fn memory_charge(&self, hello: &ClientHello) -> u64 {
         let config = self.shared.config();
         if hello.flags & FLAG_SOCKET_TRANSPORT != 0 {
-            return crate::socket_session::FIXED_BYTES + config.scratch_retain_bytes;
+            return crate::transport::socket_session::FIXED_BYTES + config.scratch_retain_bytes;
         }
         shm_session_bytes(
             config.grant_ring_bytes(hello.request_ring_bytes),

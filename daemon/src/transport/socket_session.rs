@@ -24,8 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_shm_protocol::layout::{FRAME_HEADER_BYTES, FrameHeader, FrameKind};
-use nexus_shm_protocol::monotonic_now_ns;
-use nexus_shm_protocol::wire::{ErrorCode, Response, Status, access_request, encode_to_vec};
+use nexus_shm_protocol::wire::{ErrorCode, Response, encode_to_vec};
 use rkyv::util::AlignedVec;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::UnixStream;
@@ -33,10 +32,10 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{AdmissionError, Charge};
-use crate::handler::{Shared, handle};
+use crate::handler::Shared;
 use crate::metrics::bump;
-use crate::session::SessionEnd;
+use crate::transport::admission::{AdmissionError, Charge};
+use crate::transport::frame::{FramePolicy, SessionEnd, Verdict};
 
 /// Buffer size of each direction: a pipelined burst is read and written with
 /// one syscall, which is what makes the baseline fair under load.
@@ -58,15 +57,7 @@ pub struct SocketSession<'a> {
     /// capacity, at least `scratch_retain_bytes`.
     charge: &'a mut Charge,
     payload: AlignedVec<16>,
-    bad_frames: u32,
-}
-
-/// What follows a frame.
-enum Step {
-    /// Send this answer and go on.
-    Answer(Response),
-    /// Send this answer (best effort), then end the session.
-    AnswerAndEnd(Response, SessionEnd),
+    policy: FramePolicy,
 }
 
 /// Why reading a frame's payload stopped short.
@@ -85,7 +76,7 @@ impl<'a> SocketSession<'a> {
             max_frame_bytes,
             charge,
             payload: AlignedVec::new(),
-            bad_frames: 0,
+            policy: FramePolicy::default(),
         }
     }
 
@@ -105,12 +96,12 @@ impl<'a> SocketSession<'a> {
                 return end;
             }
             match self.read_frame(&mut reader).await {
-                Ok(Step::Answer(answer)) => {
+                Ok(Verdict::Answer(answer)) => {
                     if let Err(end) = self.send(&mut writer, answer).await {
                         return end;
                     }
                 }
-                Ok(Step::AnswerAndEnd(answer, end)) => {
+                Ok(Verdict::Last(answer, end)) => {
                     let _ = self.send(&mut writer, answer).await;
                     let _ = self.within_stall(writer.flush()).await;
                     return end;
@@ -139,7 +130,7 @@ impl<'a> SocketSession<'a> {
 
     /// Reads one frame (all of it within `stalled_client_timeout` of its
     /// first byte) and returns its answer.
-    async fn read_frame(&mut self, reader: &mut Reader) -> Result<Step, SessionEnd> {
+    async fn read_frame(&mut self, reader: &mut Reader) -> Result<Verdict, SessionEnd> {
         let deadline = Instant::now() + self.shared.config().stalled_client_timeout;
         let mut header_bytes = [0u8; FRAME_HEADER_BYTES as usize];
         match tokio::time::timeout_at(deadline, reader.read_exact(&mut header_bytes)).await {
@@ -149,10 +140,8 @@ impl<'a> SocketSession<'a> {
         }
         let header = FrameHeader::from_le_bytes(&header_bytes);
         if header.len > self.max_frame_bytes {
-            return Ok(Step::AnswerAndEnd(
-                self.frame_too_large(&header),
-                SessionEnd::TooManyBadFrames,
-            ));
+            let answer = self.frame_too_large(&header);
+            return Ok(self.policy.unrecoverable(answer, self.shared));
         }
         match self.read_payload(reader, header.len as usize, deadline).await {
             Ok(()) => {}
@@ -160,16 +149,19 @@ impl<'a> SocketSession<'a> {
             Err(Unread::OverBudget(e)) => {
                 bump(&self.shared.metrics.refused_memory_budget);
                 let message = format!("{e}; retry the request later");
-                return Ok(Step::Answer(Response::error(
+                return Ok(Verdict::Answer(Response::error(
                     header.request_id,
                     ErrorCode::Busy,
                     message,
                 )));
             }
         }
-        let answer = answer(&header, &self.payload, self.shared).await;
+        let picked_up = std::time::Instant::now();
+        let verdict = (self.policy)
+            .answer(header.kind, header.request_id, &self.payload, picked_up, self.shared)
+            .await;
         self.give_back_payload();
-        Ok(self.count_rejection(answer))
+        Ok(verdict)
     }
 
     /// Reads `len` payload bytes into `self.payload`, growing it as they
@@ -237,23 +229,7 @@ impl<'a> SocketSession<'a> {
         self.shared.config().scratch_retain_bytes
     }
 
-    /// Counts a rejected frame; past `max_bad_frames` the connection ends
-    /// (after the answer is sent).
-    fn count_rejection(&mut self, answer: Response) -> Step {
-        if !is_rejection(&answer) {
-            return Step::Answer(answer);
-        }
-        bump(&self.shared.metrics.frames_rejected);
-        self.bad_frames += 1;
-        if self.bad_frames > self.shared.config().max_bad_frames {
-            bump(&self.shared.metrics.clients_disconnected_bad_frames);
-            return Step::AnswerAndEnd(answer, SessionEnd::TooManyBadFrames);
-        }
-        Step::Answer(answer)
-    }
-
     fn frame_too_large(&self, header: &FrameHeader) -> Response {
-        bump(&self.shared.metrics.frames_rejected);
         let message = format!(
             "frame length {} exceeds the maximum of {} bytes",
             header.len, self.max_frame_bytes
@@ -282,27 +258,6 @@ impl<'a> SocketSession<'a> {
     }
 }
 
-async fn answer(header: &FrameHeader, payload: &[u8], shared: &Shared) -> Response {
-    let picked_up = std::time::Instant::now();
-    if header.kind != FrameKind::Request as u16 {
-        let message = format!("frame kind {} is not a request", header.kind);
-        return Response::error(header.request_id, ErrorCode::UnknownFrameKind, message);
-    }
-    match access_request(payload) {
-        Ok(request) => {
-            let mut response = handle(request, shared, monotonic_now_ns()).await;
-            response.timings.handled_ns = picked_up.elapsed().as_nanos() as u64;
-            bump(&shared.metrics.requests_total);
-            response
-        }
-        Err(e) => Response::error(
-            header.request_id,
-            ErrorCode::MalformedFrame,
-            format!("request frame failed validation: {e}"),
-        ),
-    }
-}
-
 async fn write_answer(writer: &mut Writer, answer: &Response) -> std::io::Result<()> {
     let bytes = encode_to_vec(answer);
     let header = FrameHeader {
@@ -313,12 +268,6 @@ async fn write_answer(writer: &mut Writer, answer: &Response) -> std::io::Result
     };
     writer.write_all(&header.to_le_bytes()).await?;
     writer.write_all(&bytes).await
-}
-
-/// True for the answers to frames the daemon could not use.
-fn is_rejection(answer: &Response) -> bool {
-    matches!(&answer.status, Status::Error { code, .. }
-        if *code == ErrorCode::UnknownFrameKind as u32 || *code == ErrorCode::MalformedFrame as u32)
 }
 
 fn io_end(e: std::io::Error) -> SessionEnd {

@@ -24,42 +24,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nexus_shm_protocol::layout::FrameKind;
-use nexus_shm_protocol::monotonic_now_ns;
-use nexus_shm_protocol::ring::{BadFrameReason, Consumer, Frame, Producer, RingError};
+use nexus_shm_protocol::ring::{BadFrameReason, Consumer, Producer, RingError};
 use nexus_shm_protocol::segment::Segment;
 use nexus_shm_protocol::wake::{Bell, futex_wake};
-use nexus_shm_protocol::wire::{ErrorCode, Response, access_request, encode_into};
+use nexus_shm_protocol::wire::{ErrorCode, Response, encode_into};
 use rkyv::util::AlignedVec;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::Charge;
-use crate::handler::{Shared, handle};
+use crate::handler::Shared;
 use crate::metrics::bump;
-
-/// Why a session ended.
-#[derive(Debug)]
-pub enum SessionEnd {
-    /// The client closed its socket (or died).
-    PeerGone,
-    /// The daemon is shutting down.
-    Shutdown,
-    /// Too many malformed frames.
-    TooManyBadFrames,
-    /// The response ring stayed full past `stalled_client_timeout`.
-    Stalled,
-    /// The shared ring state was impossible; the connection is poisoned.
-    Corrupt(RingError),
-    /// The client broke the protocol outside the rings (bytes on its socket,
-    /// a flood of empty wake-ups).
-    ProtocolViolation(String),
-    /// A syscall on the connection's fds failed.
-    Io(std::io::Error),
-    /// No request arrived for `idle_timeout`.
-    Idle,
-}
+use crate::transport::admission::Charge;
+use crate::transport::frame::{FramePolicy, SessionEnd, Verdict};
 
 /// Wake-ups in a row that found nothing to do before the client is judged to
 /// be flooding the bell. An honest client rings only after publishing and only
@@ -88,7 +66,7 @@ pub struct ShmSession {
     scratch_charged_bytes: u64,
     scratch: AlignedVec<16>,
     pending: Option<Response>,
-    bad_frames: u32,
+    policy: FramePolicy,
     /// When the response ring first had no room for `pending` (reset when an
     /// answer is written): the stall timeout counts from here, not from the
     /// last wake-up, which a client can cause without ever reading.
@@ -140,7 +118,7 @@ impl ShmSession {
             scratch_charged_bytes: shared.config().scratch_retain_bytes,
             scratch: AlignedVec::with_capacity(4096),
             pending: None,
-            bad_frames: 0,
+            policy: FramePolicy::default(),
             stalled_since: None,
             spin: AdaptiveSpin::default(),
             shared,
@@ -184,7 +162,16 @@ impl ShmSession {
         }
         let mut handled = 0;
         while handled < limit {
-            let Some(answer) = self.next_answer().await? else { break };
+            let answer = match self.next_answer().await? {
+                None => break,
+                Some(Verdict::Answer(answer)) => answer,
+                Some(Verdict::Last(answer, end)) => {
+                    // Best effort: tell the client why before closing.
+                    let _ = self.send(answer);
+                    let _ = self.wake_client_if_asleep();
+                    return Err(end);
+                }
+            };
             handled += 1;
             if let Some(blocked) = self.send(answer)? {
                 return Ok(blocked);
@@ -197,7 +184,7 @@ impl ShmSession {
     }
 
     /// The answer to the next frame, or `None` when the ring is empty.
-    async fn next_answer(&mut self) -> Result<Option<Response>, SessionEnd> {
+    async fn next_answer(&mut self) -> Result<Option<Verdict>, SessionEnd> {
         let frame = match self.requests.peek() {
             Ok(Some(frame)) => frame,
             Ok(None) => return Ok(None),
@@ -207,7 +194,9 @@ impl ShmSession {
                 resume_at,
             }) => {
                 self.requests.skip_to(resume_at);
-                return self.reject(bad_frame_answer(request_id, reason)).map(Some);
+                return Ok(Some(
+                    self.policy.reject(bad_frame_answer(request_id, reason), &self.shared),
+                ));
             }
             Err(error) => {
                 bump(&self.shared.metrics.clients_disconnected_corrupt);
@@ -219,47 +208,20 @@ impl ShmSession {
         if let Err(refused) = self.charge_scratch(frame.len) {
             self.requests.release(&frame);
             let message = format!("the daemon's memory budget cannot hold this request now: {refused}");
-            return Ok(Some(Response::error(frame.request_id, ErrorCode::Busy, message)));
+            return Ok(Some(Verdict::Answer(Response::error(
+                frame.request_id,
+                ErrorCode::Busy,
+                message,
+            ))));
         }
         // The one copy at the trust boundary: from here on the client cannot
         // change the bytes we validate and use.
         self.requests.copy_payload_aligned(&frame, &mut self.scratch);
         self.requests.release(&frame);
-        if frame.kind != FrameKind::Request as u16 {
-            let message = format!("frame kind {} is not a request", frame.kind);
-            return self
-                .reject(Response::error(frame.request_id, ErrorCode::UnknownFrameKind, message))
-                .map(Some);
-        }
-        self.answer(&frame, picked_up).await.map(Some)
-    }
-
-    async fn answer(&mut self, frame: &Frame, picked_up: Instant) -> Result<Response, SessionEnd> {
-        let request = match access_request(&self.scratch) {
-            Ok(request) => request,
-            Err(e) => {
-                let message = format!("request frame failed validation: {e}");
-                return self.reject(Response::error(frame.request_id, ErrorCode::MalformedFrame, message));
-            }
-        };
-        let mut response = handle(request, &self.shared, monotonic_now_ns()).await;
-        response.timings.handled_ns = picked_up.elapsed().as_nanos() as u64;
-        bump(&self.shared.metrics.requests_total);
-        Ok(response)
-    }
-
-    /// Counts a bad frame; past the limit the connection is closed.
-    fn reject(&mut self, answer: Response) -> Result<Response, SessionEnd> {
-        bump(&self.shared.metrics.frames_rejected);
-        self.bad_frames += 1;
-        if self.bad_frames > self.shared.config().max_bad_frames {
-            bump(&self.shared.metrics.clients_disconnected_bad_frames);
-            // Best effort: tell the client why before closing.
-            let _ = self.send(answer);
-            let _ = self.wake_client_if_asleep();
-            return Err(SessionEnd::TooManyBadFrames);
-        }
-        Ok(answer)
+        let verdict = (self.policy)
+            .answer(frame.kind, frame.request_id, &self.scratch, picked_up, &self.shared)
+            .await;
+        Ok(Some(verdict))
     }
 
     /// Writes an answer in place; returns `Blocked` (keeping the answer) when full.
@@ -330,7 +292,7 @@ impl ShmSession {
 
     /// Charges the scratch buffer's growth past what admission charged
     /// (`scratch_retain_bytes`) to the memory budget, before it grows.
-    fn charge_scratch(&mut self, frame_len: u32) -> Result<(), crate::admission::AdmissionError> {
+    fn charge_scratch(&mut self, frame_len: u32) -> Result<(), crate::transport::admission::AdmissionError> {
         let needed = u64::from(frame_len);
         if needed > self.scratch_charged_bytes {
             self.charge.try_grow(needed - self.scratch_charged_bytes)?;
