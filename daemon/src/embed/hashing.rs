@@ -10,7 +10,7 @@
 
 use super::normalizer::{Normalizer, PreTokenizer};
 use super::static_model::MAX_DIM;
-use super::{EmbedError, EmbedScratch, Embedder, ModelIdentity, check_dim, l2_normalize};
+use super::{EmbedError, EmbedScratch, Embedder, ModelIdentity, check_dim, l2_normalize, truncate_chars};
 
 /// Longest character n-gram allowed: longer ones are nearly whole words, which are
 /// hashed anyway.
@@ -18,6 +18,9 @@ pub const MAX_NGRAM_CHARS: usize = 8;
 /// Words longer than this many characters contribute their word feature only: their
 /// n-grams would cost more than the rest of a short text together.
 const MAX_NGRAM_WORD_CHARS: usize = 32;
+/// Characters read per allowed word: a text is cut to `max_words` times this before
+/// normalising, so a huge text costs no more than a long one (words average ~5).
+const CHARS_PER_WORD_BUDGET: usize = 16;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -69,6 +72,7 @@ pub enum HashingConfigError {
 }
 
 /// See the module docs.
+#[derive(Debug)]
 pub struct HashingEmbedder {
     config: HashingConfig,
     normalizer: Normalizer,
@@ -136,6 +140,7 @@ impl Embedder for HashingEmbedder {
     fn embed(&self, text: &str, scratch: &mut EmbedScratch, out: &mut [f32]) -> Result<usize, EmbedError> {
         check_dim(self.config.dim, out)?;
         out.fill(0.0);
+        let text = truncate_chars(text, self.config.max_words.saturating_mul(CHARS_PER_WORD_BUDGET));
         let normalized = self
             .normalizer
             .normalize(text, &mut scratch.text_a, &mut scratch.text_b);

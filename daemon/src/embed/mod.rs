@@ -113,6 +113,14 @@ fn l2_normalize(v: &mut [f32]) {
     }
 }
 
+/// The first `max_chars` characters of `text`.
+fn truncate_chars(text: &str, max_chars: usize) -> &str {
+    if text.len() <= max_chars {
+        return text;
+    }
+    text.char_indices().nth(max_chars).map_or(text, |(idx, _)| &text[..idx])
+}
+
 fn check_dim(expected: usize, out: &[f32]) -> Result<(), EmbedError> {
     if out.len() == expected {
         Ok(())

@@ -21,7 +21,7 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde_json::Value;
 
 use super::wordpiece::Tokenizer;
-use super::{EmbedError, EmbedScratch, Embedder, ModelIdentity, check_dim, l2_normalize};
+use super::{EmbedError, EmbedScratch, Embedder, ModelIdentity, check_dim, l2_normalize, truncate_chars};
 
 /// model2vec's default `max_length` when config.json does not set one: at most this
 /// many tokens of a text count (a static model gains nothing from more, and it bounds
@@ -248,6 +248,15 @@ impl StaticModel {
     }
 }
 
+impl std::fmt::Debug for StaticModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticModel")
+            .field("identity", &self.identity)
+            .field("max_tokens", &self.max_tokens)
+            .finish()
+    }
+}
+
 impl Embedder for StaticModel {
     fn dim(&self) -> usize {
         self.dim
@@ -471,14 +480,6 @@ fn axpy_i8(weight: f32, row: &[i8], out: &mut [f32]) {
     for (o, &x) in out.iter_mut().zip(row) {
         *o += weight * f32::from(x);
     }
-}
-
-/// The first `max_chars` characters of `text`.
-fn truncate_chars(text: &str, max_chars: usize) -> &str {
-    if text.len() <= max_chars {
-        return text;
-    }
-    text.char_indices().nth(max_chars).map_or(text, |(idx, _)| &text[..idx])
 }
 
 fn bad_shape(tensor: &'static str, shape: &[usize], expected: String) -> ModelError {

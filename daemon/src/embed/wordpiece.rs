@@ -248,23 +248,26 @@ impl AddedTokens {
     /// Patterns of `normalized: true` tokens are themselves normalised first, as the
     /// reference does, so they match the normalised text.
     fn build(tokens: Vec<AddedToken>, normalizer: Option<&Normalizer>) -> Result<Option<Self>, ModelError> {
-        if tokens.is_empty() {
+        let (mut a, mut b) = (String::new(), String::new());
+        let mut patterns = Vec::with_capacity(tokens.len());
+        let mut kept = Vec::with_capacity(tokens.len());
+        for token in tokens {
+            let pattern = normalizer.map_or(token.content.as_str(), |n| n.normalize(&token.content, &mut a, &mut b));
+            // An empty pattern would match between every two characters; the
+            // reference's matcher rejects it, so such a token is never produced.
+            if !pattern.is_empty() {
+                patterns.push(pattern.to_owned());
+                kept.push(token);
+            }
+        }
+        if kept.is_empty() {
             return Ok(None);
         }
-        let (mut a, mut b) = (String::new(), String::new());
-        let patterns: Vec<String> = tokens
-            .iter()
-            .map(|t| {
-                normalizer
-                    .map_or(t.content.as_str(), |n| n.normalize(&t.content, &mut a, &mut b))
-                    .to_owned()
-            })
-            .collect();
         let matcher = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
             .build(&patterns)
             .map_err(|e| ModelError::AddedTokens { reason: e.to_string() })?;
-        Ok(Some(Self { matcher, tokens }))
+        Ok(Some(Self { matcher, tokens: kept }))
     }
 }
 
