@@ -153,6 +153,10 @@ pub struct Config {
     pub wal_segment_bytes: u64,
     /// WAL volume since the last checkpoint that triggers one. Live.
     pub checkpoint_wal_bytes: u64,
+    /// A client's Checkpoint this soon after the last successful one answers
+    /// with that one instead of writing another: a checkpoint rewrites the
+    /// whole store, so clients may not make the daemon do it back to back.
+    pub checkpoint_min_interval: Duration,
     /// Limits on writes and queries.
     pub limits: Limits,
     /// Start even when the WAL is corrupt mid-log, cutting it at the first bad record.
@@ -192,6 +196,7 @@ pub struct Settings {
     pub fsync: Option<String>,
     pub wal_segment_bytes: Option<u64>,
     pub checkpoint_wal_bytes: Option<u64>,
+    pub checkpoint_min_interval_ms: Option<u64>,
     pub limits: Option<Limits>,
     /// Flag only (`--salvage-wal`); a file cannot set it.
     #[serde(skip)]
@@ -250,6 +255,7 @@ impl Default for Config {
             fsync: store.fsync,
             wal_segment_bytes: store.wal_segment_bytes,
             checkpoint_wal_bytes: store.checkpoint_wal_bytes,
+            checkpoint_min_interval: store.checkpoint_min_interval,
             limits: store.limits,
             salvage_wal: false,
             config_file: None,
@@ -328,6 +334,10 @@ impl Config {
         differs("max_ring_bytes", self.max_ring_bytes != new.max_ring_bytes);
         differs("max_frame_bytes", self.max_frame_bytes != new.max_frame_bytes);
         differs("worker_threads", self.worker_threads != new.worker_threads);
+        differs(
+            "checkpoint_min_interval_ms",
+            self.checkpoint_min_interval != new.checkpoint_min_interval,
+        );
         differs("fsync", self.fsync != new.fsync);
         differs("wal_segment_bytes", self.wal_segment_bytes != new.wal_segment_bytes);
         differs("limits", self.limits != new.limits);
@@ -361,6 +371,7 @@ impl Config {
             fsync: self.fsync,
             wal_segment_bytes: self.wal_segment_bytes,
             checkpoint_wal_bytes: self.checkpoint_wal_bytes,
+            checkpoint_min_interval: self.checkpoint_min_interval,
             limits: self.limits.clone(),
             salvage_wal: self.salvage_wal,
             wal_stall_timeout: self.shutdown_timeout,
@@ -399,6 +410,7 @@ impl Config {
         }
         set(&mut self.wal_segment_bytes, s.wal_segment_bytes);
         set(&mut self.checkpoint_wal_bytes, s.checkpoint_wal_bytes);
+        set(&mut self.checkpoint_min_interval, s.checkpoint_min_interval_ms.map(ms));
         set(&mut self.limits, s.limits.clone());
         set(&mut self.salvage_wal, s.salvage_wal);
         Ok(())

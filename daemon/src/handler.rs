@@ -93,7 +93,7 @@ pub async fn handle(request: &ArchivedRequest, shared: &Shared, now_ns: u64) -> 
         ArchivedRequestBody::Forget(forget) => store.forget(forget, deadline_ns).await.map(ResponseBody::Forgotten),
         ArchivedRequestBody::Feedback(feedback) => store.feedback(feedback).await.map(|()| ResponseBody::Empty),
         ArchivedRequestBody::Flush => store.flush().await.map(ResponseBody::Flushed),
-        ArchivedRequestBody::Checkpoint => store.checkpoint().await.map(ResponseBody::Checkpointed),
+        ArchivedRequestBody::Checkpoint => store.requested_checkpoint().await.map(ResponseBody::Checkpointed),
     };
     match result {
         Ok(body) => Response::ok(id, body),

@@ -13,10 +13,13 @@ use nexus_client::wire::{
 };
 use nexus_client::{Client, ClientError, ConnectOptions, Transport};
 use nexus_daemon::store::wal::FAULT_INJECT_ENV;
-use nexus_tests::store::{check_refused, check_status, memory, recall};
-use nexus_tests::{BOUNDED_WAIT, LARGE_RING_BYTES, TestDir, test_options};
+use nexus_tests::disk::{Tmpfs, fill_disk, snapshots, wal_segments};
+use nexus_tests::store::{
+    BATCH_MEMORIES, NamespaceLedger, batch_texts, check_namespace, check_refused, check_status, memory, recall,
+};
+use nexus_tests::{BOUNDED_WAIT, Daemon, LARGE_RING_BYTES, Launch, TestDir, test_options};
 
-use crate::{start, start_with_env};
+use crate::{BINARIES, start, start_with_env};
 
 /// `Limits::default().max_forget_ids`.
 const MAX_FORGET_IDS: usize = 100_000;
@@ -324,4 +327,208 @@ fn worst_case_query(max_bytes: usize) -> String {
         query.push_str(&word);
     }
     query
+}
+
+/// Clients asking for checkpoints at once, and requests each of them makes.
+const CHECKPOINT_CLIENTS: usize = 4;
+const CHECKPOINTS_PER_CLIENT: usize = 5;
+
+// Regression (issue 7, scenario 8): every client Checkpoint wrote the whole
+// store again, so clients could keep the daemon checkpointing back to back.
+#[test]
+fn client_checkpoints_while_one_runs_or_soon_after_share_it() {
+    let daemon = start(&[]);
+    let writer = daemon.client();
+    let mut ledger = NamespaceLedger::new("rationed");
+    ledger
+        .remember(&writer, 0, batch_texts(0, BATCH_MEMORIES, 4))
+        .expect("a first write");
+    let clients: Vec<Client> = (0..CHECKPOINT_CLIENTS).map(|_| daemon.client()).collect();
+    let lsns: Vec<u64> = std::thread::scope(|scope| {
+        let askers: Vec<_> = (clients.iter())
+            .map(|client| {
+                scope.spawn(move || {
+                    (0..CHECKPOINTS_PER_CLIENT)
+                        .map(|_| client.checkpoint().expect("a checkpoint"))
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        // Writes go on meanwhile, so every request has something new to cover.
+        for id in 1..=20 {
+            ledger
+                .remember(&writer, id, batch_texts(id, BATCH_MEMORIES, 4))
+                .expect("a write during the checkpoints");
+        }
+        askers
+            .into_iter()
+            .flat_map(|asker| asker.join().expect("a checkpoint thread"))
+            .collect()
+    });
+    assert_eq!(
+        daemon.stats_counter("checkpoints_total"),
+        1,
+        "{} requests shared one checkpoint (answers: {lsns:?})",
+        lsns.len()
+    );
+    assert!(lsns.iter().all(|lsn| *lsn == lsns[0]), "all answer its LSN: {lsns:?}");
+    // An operator's SIGUSR1 is not rationed.
+    nexus_tests::signal(daemon.pid(), nix::sys::signal::Signal::SIGUSR1);
+    daemon.wait_for_counter("checkpoints_total", "SIGUSR1 wrote a checkpoint", |n| n == 2);
+    check_namespace(&daemon.large_client(), &ledger, "after the checkpoints");
+}
+
+// Regression (issue 7, scenario 8): last_checkpoint_lsn was set to the
+// applied LSN after replay, so after a restart that replayed records both
+// Checkpoint and shutdown returned early, and the replayed segments stayed.
+#[test]
+fn after_a_restart_that_replayed_records_shutdown_and_checkpoint_write_a_snapshot() {
+    let mut daemon = start(&[]);
+    let mut ledger = NamespaceLedger::new("replayed");
+    let mut write = |daemon: &Daemon, id: u64| {
+        (ledger.remember(&daemon.client(), id, batch_texts(id, BATCH_MEMORIES, 4)))
+            .unwrap_or_else(|e| panic!("batch {id}: {e}"));
+    };
+    write(&daemon, 0);
+    daemon.client().checkpoint().expect("the first checkpoint");
+    write(&daemon, 1);
+    daemon.restart(); // SIGKILL: batch 1 is only in the WAL
+    assert_eq!(daemon.stats_counter("replay_records"), 1);
+    let status = daemon.sigterm_and_wait();
+    assert_eq!(status.code(), Some(0), "nexusd ended with {status}");
+    daemon.restart();
+    assert_eq!(
+        daemon.stats_counter("replay_records"),
+        0,
+        "the shutdown after a replay wrote a snapshot covering it"
+    );
+
+    write(&daemon, 2);
+    daemon.restart(); // SIGKILL again: batch 2 is only in the WAL
+    assert_eq!(daemon.stats_counter("replay_records"), 1);
+    let mut replayed_segments = wal_segments(&daemon.data_dir());
+    replayed_segments.pop(); // the newest is the one this start writes to
+    let lsn = daemon.client().checkpoint().expect("a checkpoint after the replay");
+    assert_eq!(
+        lsn,
+        daemon.stats_counter("applied_lsn"),
+        "it covers the replayed record"
+    );
+    let snapshot = daemon.data_dir().join(format!("snapshot-{lsn:020}.nxs"));
+    assert_eq!(
+        snapshots(&daemon.data_dir()),
+        vec![snapshot],
+        "a snapshot at that LSN, alone"
+    );
+    let left: Vec<_> = (wal_segments(&daemon.data_dir()).into_iter())
+        .filter(|segment| replayed_segments.contains(segment))
+        .collect();
+    assert!(left.is_empty(), "the replayed segments are deleted: {left:?} remain");
+    daemon.restart();
+    check_namespace(&daemon.large_client(), &ledger, "after the checkpoint and a restart");
+}
+
+/// kill -9 loop iterations, and batches written in each.
+const CRASH_ITERATIONS: u64 = 20;
+const BATCHES_PER_CRASH: u64 = 3;
+/// The default WAL segment: each start preallocates one.
+const SEGMENT_BYTES: u64 = 64 << 20;
+/// WAL on disk a crash loop may leave: the running segment's preallocation,
+/// plus room for the small segments of the runs since the last checkpoint.
+const MAX_WAL_BYTES: u64 = SEGMENT_BYTES + (16 << 20);
+/// Segments it may leave: twice the count that triggers a checkpoint (8 with
+/// the defaults; past twice it a start compacts before serving), the running
+/// one, and one a checkpoint may be starting.
+const MAX_WAL_SEGMENTS: usize = 2 * 8 + 2;
+
+// Regression (issue 7, scenario 8): every start opened a new preallocated
+// 64 MiB segment and restarted the automatic-checkpoint count at zero, so a
+// daemon that kept crashing never checkpointed: 40 crashes, 2.5 GiB of WAL.
+#[test]
+fn a_daemon_killed_over_and_over_keeps_its_wal_bounded() {
+    let mut daemon = start(&[]);
+    let mut ledgers = Vec::new();
+    for iteration in 0..CRASH_ITERATIONS {
+        let mut ledger = NamespaceLedger::new(&format!("crash-{iteration}"));
+        let client = daemon.client();
+        for id in 0..BATCHES_PER_CRASH {
+            (ledger.remember(&client, id, batch_texts(id, BATCH_MEMORIES, 4)))
+                .unwrap_or_else(|e| panic!("iteration {iteration}, batch {id}: {e}"));
+        }
+        ledgers.push(ledger);
+        daemon.restart();
+        let segments = wal_segments(&daemon.data_dir());
+        let bytes: u64 = segments
+            .iter()
+            .map(|s| std::fs::metadata(s).map_or(0, |m| m.len()))
+            .sum();
+        assert!(
+            bytes <= MAX_WAL_BYTES && segments.len() <= MAX_WAL_SEGMENTS,
+            "after {} kills: {} WAL segments, {} MiB",
+            iteration + 1,
+            segments.len(),
+            bytes >> 20
+        );
+    }
+    assert!(!snapshots(&daemon.data_dir()).is_empty(), "the restarts checkpointed");
+    let verifier = daemon.large_client();
+    for ledger in &ledgers {
+        check_namespace(&verifier, ledger, "after the kill loop");
+    }
+}
+
+/// Memories written before the disk fills: a snapshot of several MiB.
+const FULL_DISK_BATCHES: u64 = 12;
+const FULL_DISK_BATCH_MEMORIES: usize = 80;
+/// Words per memory there (~4 KiB of text).
+const FULL_DISK_WORDS: usize = 400;
+/// Space left free: room for the checkpoint's WAL rotation, not its snapshot.
+const SPACE_LEFT_BYTES: usize = 2 << 20;
+
+// Regression (issue 7, scenario 8): a checkpoint that failed (here: the disk
+// filled up under its snapshot) left its partial temp file behind.
+#[test]
+fn a_checkpoint_that_fails_on_a_full_disk_leaves_no_temp_file() {
+    let mount_dir = TestDir::new();
+    let tmpfs = match Tmpfs::mount(&mount_dir.path().join("tmpfs"), "16m") {
+        Ok(tmpfs) => tmpfs,
+        Err(reason) => {
+            println!("skipped: {reason}");
+            return;
+        }
+    };
+    let launch = Launch::args(&["--wal-segment-bytes", "1048576"]).data_dir(tmpfs.path().join("data"));
+    let daemon = Daemon::launch(BINARIES, TestDir::new(), launch);
+    let client = daemon.large_client();
+    let mut ledger = NamespaceLedger::new("full");
+    for id in 0..FULL_DISK_BATCHES {
+        let texts = batch_texts(id, FULL_DISK_BATCH_MEMORIES, FULL_DISK_WORDS);
+        ledger
+            .remember(&client, id, texts)
+            .unwrap_or_else(|e| panic!("batch {id}: {e}"));
+    }
+    let reserve = tmpfs.path().join("reserve");
+    std::fs::write(&reserve, vec![1u8; SPACE_LEFT_BYTES]).expect("the reserve");
+    let filler = tmpfs.path().join("filler");
+    fill_disk(&filler);
+    std::fs::remove_file(&reserve).expect("freeing the reserve");
+
+    let failed = client.checkpoint();
+    check_status(failed, ErrorCode::StorageFailed);
+    let data = daemon.data_dir();
+    let temps: Vec<String> = (std::fs::read_dir(&data).expect("the data dir"))
+        .map(|entry| entry.expect("an entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert!(
+        temps.is_empty(),
+        "the failed checkpoint left {temps:?} in {}",
+        data.display()
+    );
+    assert!(snapshots(&data).is_empty(), "no snapshot was written");
+
+    std::fs::remove_file(&filler).expect("freeing the disk");
+    let lsn = client.checkpoint().expect("a checkpoint once space is back");
+    assert_eq!(snapshots(&data), vec![data.join(format!("snapshot-{lsn:020}.nxs"))]);
+    check_namespace(&client, &ledger, "after the failed and the good checkpoint");
 }

@@ -12,6 +12,7 @@
 //! Checkpoint: rotate the WAL, write the state as a snapshot (temp, fsync,
 //! rename, fsync dir), then delete the snapshots and WAL segments it covers.
 
+mod checkpoint;
 pub mod ids;
 #[cfg(test)]
 mod key_interleavings;
@@ -24,7 +25,7 @@ pub mod wal;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,7 @@ use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use self::checkpoint::{Checkpoints, Trigger};
 use self::ids::Ids;
 use self::logged::LoggedRecord;
 use self::model::{Limits, MemoryRef, StoreError, Subject, WalRecord, WalRecordRef, validate_memory};
@@ -56,6 +58,9 @@ pub struct StoreConfig {
     pub wal_segment_bytes: u64,
     /// WAL bytes written since the last checkpoint that trigger a new one.
     pub checkpoint_wal_bytes: u64,
+    /// A client's Checkpoint within this long after the last successful one
+    /// answers with that one instead of writing another (see `checkpoint.rs`).
+    pub checkpoint_min_interval: Duration,
     /// Write limits.
     pub limits: Limits,
     /// Truncate the WAL at the first bad record instead of refusing to start.
@@ -74,6 +79,7 @@ impl Default for StoreConfig {
             fsync: FsyncPolicy::Always,
             wal_segment_bytes: 64 << 20,
             checkpoint_wal_bytes: 256 << 20,
+            checkpoint_min_interval: Duration::from_secs(60),
             limits: Limits::default(),
             salvage_wal: false,
             wal_stall_timeout: Duration::from_secs(5),
@@ -110,12 +116,7 @@ struct Inner {
     /// Taken out (None) by `close` to stop the writer thread.
     wal: RwLock<Option<Arc<Wal<Ticket>>>>,
     limits: Limits,
-    checkpoint_lock: tokio::sync::Mutex<()>,
-    checkpoint_running: AtomicBool,
-    checkpoint_wal_bytes: AtomicU64,
-    bytes_since_checkpoint: AtomicU64,
-    last_checkpoint_lsn: AtomicU64,
-    checkpoints_total: AtomicU64,
+    checkpoints: Checkpoints,
     /// See [`StoreConfig::wal_stall_timeout`].
     wal_stall_timeout: Duration,
     background: TaskTracker,
@@ -285,6 +286,7 @@ impl Store {
             ..OpenReport::default()
         };
         let mut state = State::from_snapshot(snapshot);
+        let snapshot_lsn = state.applied_lsn();
         let replayed = wal::replay(
             &dir,
             fs.as_ref(),
@@ -302,10 +304,10 @@ impl Store {
             report.torn_detail = Some(format!("{torn:?}"));
             warn!(?torn, "torn record at the WAL's tail was truncated");
         }
+        let (snapshot_lsn, wal_bytes) = compact_if_far_behind(config, fs.as_ref(), &mut state, snapshot_lsn, &replayed);
         let dimension = check_dimension(&state, &config.limits)?;
         state.configure_dimension(dimension);
         let next_lsn = replayed.last_lsn.max(state.applied_lsn()) + 1;
-        let last_checkpoint_lsn = report.snapshot.as_ref().map(|_| state.applied_lsn()).unwrap_or(0);
         info!(
             memories = state.len(),
             snapshot = ?report.snapshot,
@@ -326,28 +328,22 @@ impl Store {
             state,
             wal: RwLock::new(Some(Arc::new(wal))),
             limits: config.limits.clone(),
-            checkpoint_lock: tokio::sync::Mutex::new(()),
-            checkpoint_running: AtomicBool::new(false),
-            checkpoint_wal_bytes: AtomicU64::new(config.checkpoint_wal_bytes),
-            bytes_since_checkpoint: AtomicU64::new(0),
-            last_checkpoint_lsn: AtomicU64::new(last_checkpoint_lsn),
-            checkpoints_total: AtomicU64::new(0),
+            checkpoints: Checkpoints::new(config, snapshot_lsn, wal_bytes),
             wal_stall_timeout: config.wal_stall_timeout,
             background: TaskTracker::new(),
             report,
             _lock: lock,
         };
-        Ok(Self { inner: Arc::new(inner) })
+        let store = Self { inner: Arc::new(inner) };
+        // Records replayed count toward the next checkpoint: a daemon that
+        // keeps crashing still compacts its log.
+        store.checkpoint_if_due();
+        Ok(store)
     }
 
     /// What start-up found.
     pub fn open_report(&self) -> &OpenReport {
         &self.inner.report
-    }
-
-    /// Changes the WAL volume that triggers a checkpoint (config reload).
-    pub fn set_checkpoint_wal_bytes(&self, bytes: u64) {
-        self.inner.checkpoint_wal_bytes.store(bytes, Ordering::Relaxed);
     }
 
     /// Stores a batch durably; returns the ids in request order.
@@ -475,34 +471,6 @@ impl Store {
         Ok(self.wal()?.flush().await?)
     }
 
-    /// Writes a snapshot of the current state and drops what it covers.
-    /// Returns the LSN it covers. One checkpoint runs at a time.
-    pub async fn checkpoint(&self) -> Result<Lsn, StoreError> {
-        let inner = &self.inner;
-        let _one_at_a_time = inner.checkpoint_lock.lock().await;
-        let applied = self.read().applied_lsn();
-        if applied == inner.last_checkpoint_lsn.load(Ordering::Relaxed) && applied != 0 {
-            return Ok(applied);
-        }
-        let started = Instant::now();
-        let wal = self.wal()?;
-        self.rotate(&wal).await?;
-        // The lock is held only to copy the id map (shares the bytes); the
-        // snapshot is written while writes go on.
-        let frozen = self.read().freeze();
-        let (state, dir) = (inner.state.clone(), inner.dir.clone());
-        let written = tokio::task::spawn_blocking(move || write_and_rebase(&state, &dir, &frozen))
-            .await
-            .map_err(|e| StoreError::Storage(format!("checkpoint task failed: {e}")))?;
-        let (path, lsn) = written?;
-        snapshot::remove_others(&inner.dir, &path).map_err(storage)?;
-        wal.remove_segments_up_to(lsn)?;
-        inner.last_checkpoint_lsn.store(lsn, Ordering::Relaxed);
-        inner.checkpoints_total.fetch_add(1, Ordering::Relaxed);
-        info!(lsn, path = %path.display(), ms = started.elapsed().as_millis() as u64, "checkpoint written");
-        Ok(lsn)
-    }
-
     /// Graceful end: waits for background checkpoints, checkpoints, and stops
     /// the WAL writer after it fsynced everything. Bounded: every wait for the
     /// WAL writer gives up after `wal_stall_timeout` (an fdatasync that never
@@ -510,7 +478,7 @@ impl Store {
     pub async fn close(&self) -> Result<Lsn, StoreError> {
         self.inner.background.close();
         self.inner.background.wait().await;
-        let checkpointed = self.checkpoint().await;
+        let checkpointed = self.checkpoint_for(Trigger::Final).await;
         let taken = self.inner.wal.write().unwrap_or_else(|p| p.into_inner()).take();
         let Some(wal) = taken else { return checkpointed };
         let Some(owned) = last_owner(wal).await else {
@@ -545,8 +513,8 @@ impl Store {
             counter("namespaces", state.namespace_count() as u64),
             counter("dimension", u64::from(state.ids().dimension())),
             counter("applied_lsn", state.applied_lsn()),
-            counter("last_checkpoint_lsn", inner.last_checkpoint_lsn.load(Ordering::Relaxed)),
-            counter("checkpoints_total", inner.checkpoints_total.load(Ordering::Relaxed)),
+            counter("last_checkpoint_lsn", inner.checkpoints.last_lsn()),
+            counter("checkpoints_total", inner.checkpoints.total()),
             counter("snapshot_load_ms", report.snapshot_load.as_millis() as u64),
             counter("replay_records", report.replayed_records),
             counter("replay_ms", report.replay.as_millis() as u64),
@@ -688,27 +656,9 @@ impl Store {
             Ok(Err(failure)) => return Err(StoreError::Storage(failure.message)),
             Err(_) => return Err(StoreError::ShuttingDown),
         };
-        self.note_logged(bytes);
+        self.inner.checkpoints.note_logged(bytes);
+        self.checkpoint_if_due();
         Ok(lsn)
-    }
-
-    /// Starts a background checkpoint once enough WAL accumulated.
-    fn note_logged(&self, bytes: u64) {
-        let inner = &self.inner;
-        let total = inner.bytes_since_checkpoint.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if total < inner.checkpoint_wal_bytes.load(Ordering::Relaxed)
-            || inner.checkpoint_running.swap(true, Ordering::AcqRel)
-        {
-            return;
-        }
-        inner.bytes_since_checkpoint.store(0, Ordering::Relaxed);
-        let store = self.clone();
-        inner.background.spawn(async move {
-            if let Err(error) = store.checkpoint().await {
-                warn!(%error, "background checkpoint failed");
-            }
-            store.inner.checkpoint_running.store(false, Ordering::Release);
-        });
     }
 }
 
@@ -766,30 +716,6 @@ async fn last_owner(mut wal: Arc<Wal<Ticket>>) -> Option<Wal<Ticket>> {
     None
 }
 
-/// Writes `frozen` as a snapshot, opens it, and moves the state's unchanged
-/// memories onto it (see [`State::rebase`]). A snapshot that cannot be read
-/// back is removed, so a restart never meets it.
-fn write_and_rebase(state: &RwLock<State>, dir: &Path, frozen: &state::Frozen) -> Result<(PathBuf, Lsn), StoreError> {
-    let body = frozen.snapshot_body();
-    let path = snapshot::write(dir, &body).map_err(storage)?;
-    drop(body);
-    let opened = match Snapshot::open(&path) {
-        Ok(opened) => opened,
-        Err(error) => {
-            let _ = std::fs::remove_file(&path);
-            return Err(StoreError::Storage(format!(
-                "the snapshot just written does not read back ({error}); it was removed"
-            )));
-        }
-    };
-    let moved = state
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .rebase(frozen, Arc::new(opened));
-    tracing::debug!(moved, "state rebased on the new snapshot");
-    Ok((path, frozen.lsn()))
-}
-
 /// WAL counters, with the fdatasync latency histogram as one counter per
 /// log2 bucket (`wal_fsync_le_<upper bound>_ns`).
 fn wal_counters(stats: &wal::WalStats) -> Vec<Counter> {
@@ -841,6 +767,37 @@ fn fix_dimension(ids: &Ids, memories: &[MemoryRef<'_>]) -> Result<(), StoreError
             expected: current,
             got: first,
         })
+}
+
+/// Compacts the log before the WAL starts when earlier runs left far more of
+/// it than the checkpoint triggers allow (see `checkpoint.rs`). Returns the
+/// LSN the newest snapshot covers and the WAL bytes it does not. A failure
+/// only costs the compaction: the log is intact, the start goes on.
+fn compact_if_far_behind(
+    config: &StoreConfig,
+    fs: &dyn WalFs,
+    state: &mut State,
+    snapshot_lsn: Lsn,
+    replayed: &wal::ReplayReport,
+) -> (Lsn, u64) {
+    if !checkpoint::compaction_due_at_start(config, replayed.bytes, replayed.segments) {
+        return (snapshot_lsn, replayed.bytes);
+    }
+    match checkpoint::compact_before_start(&config.data_dir, fs, state, snapshot_lsn) {
+        Ok(lsn) => {
+            info!(
+                lsn,
+                segments = replayed.segments,
+                bytes = replayed.bytes,
+                "WAL compacted at start"
+            );
+            (lsn, 0)
+        }
+        Err(error) => {
+            warn!(%error, "could not compact the WAL at start; serving from it as it is");
+            (snapshot_lsn, replayed.bytes)
+        }
+    }
 }
 
 /// The configured dimension must agree with the stored data.

@@ -183,10 +183,27 @@ impl Snapshot {
     }
 }
 
-/// Writes `body` as the snapshot for its LSN in `dir`, durably; returns its path.
+/// Writes `body` as the snapshot for its LSN in `dir`, durably; returns its
+/// path. On failure the temp file is removed: a failed checkpoint (a full
+/// disk, most likely) must not leave a partial snapshot taking the space.
 pub fn write(dir: &Path, body: &SnapshotBodyRef<'_>) -> Result<PathBuf, SnapshotError> {
     let path = dir.join(format!("{PREFIX}{:020}{SUFFIX}", body.lsn));
     let temp = path.with_extension("nxs.tmp");
+    match write_temp(&temp, body).and_then(|()| std::fs::rename(&temp, &path).map_err(io("rename", &temp))) {
+        Ok(()) => {
+            sync_dir(dir)?;
+            Ok(path)
+        }
+        Err(error) => {
+            let _ = std::fs::remove_file(&temp);
+            Err(error)
+        }
+    }
+}
+
+/// Writes the header and archive of `body` to `temp` and fsyncs it.
+fn write_temp(temp: &Path, body: &SnapshotBodyRef<'_>) -> Result<(), SnapshotError> {
+    let temp = temp.to_path_buf();
     let mut file = File::create(&temp).map_err(io("create", &temp))?;
     file.write_all(&[0u8; HEADER_BYTES]).map_err(io("write", &temp))?;
     let mut writer = ChecksumWriter {
@@ -206,11 +223,7 @@ pub fn write(dir: &Path, body: &SnapshotBodyRef<'_>) -> Result<PathBuf, Snapshot
     file.seek(SeekFrom::Start(0)).map_err(io("seek", &temp))?;
     file.write_all(&encode_header(body.lsn, len, crc))
         .map_err(io("write", &temp))?;
-    file.sync_all().map_err(io("fsync", &temp))?;
-    drop(file);
-    std::fs::rename(&temp, &path).map_err(io("rename", &temp))?;
-    sync_dir(dir)?;
-    Ok(path)
+    file.sync_all().map_err(io("fsync", &temp))
 }
 
 /// The snapshot with the highest LSN in `dir`, if any (temp files ignored).
@@ -389,6 +402,27 @@ mod tests {
         reseal_for_fuzzing(&mut bytes);
         std::fs::write(&path, &bytes).unwrap();
         assert!(matches!(Snapshot::open(&path), Err(SnapshotError::Corrupt { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    // Regression (issue 7, scenario 8): a failed checkpoint left its partial
+    // temp file behind (on a full disk, taking the space it had).
+    #[test]
+    fn a_snapshot_write_that_fails_removes_its_temp_file() {
+        let dir = temp_dir("failed");
+        // The rename cannot replace a directory that holds something.
+        let blocked = dir.join(format!("{PREFIX}{:020}{SUFFIX}", 42));
+        std::fs::create_dir_all(blocked.join("occupied")).unwrap();
+        assert!(write_owned(&dir, &body(42)).is_err());
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            vec![format!("{PREFIX}{:020}{SUFFIX}", 42)],
+            "no temp file is left"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -143,8 +143,9 @@ impl WalFs for RealFs {
         // sealed segments it no longer writes; the data directory is locked
         // (flock) against other daemons. So the mapped bytes are not changed
         // while read (a change would only fail a checksum) and never truncated
-        // below a byte that is read: replay cuts a torn tail (or salvages) only
-        // after its scan and only past the last valid record, and the payloads
+        // below a byte that is read: replay cuts a torn tail, salvages, or gives
+        // back a killed writer's preallocated zeros only after its scan and only
+        // past the last valid record, and the payloads
         // it keeps (`KeptPayload`) all lie before that point; truncation would
         // SIGBUS only on pages wholly past the new end. The map is
         // page-aligned, so payloads stay 16-aligned.

@@ -18,6 +18,7 @@
 //! wal.stats() -> WalStats
 //! wal.shutdown() -> Result<Lsn, WalError>                     // drain, write, sync, join (bounded)
 //! replay(dir, fs, after_lsn, salvage, apply) -> Result<ReplayReport, WalError>
+//! remove_replayed_segments(dir, fs, last_lsn) -> Result<u64, WalError>  // after a snapshot at start
 //! measure_fdatasync(dir, samples) -> Result<Vec<Duration>, WalError>  // bare 4 KiB append + fdatasync
 //! measure_sync_writes(dir, chunk, n) -> Result<Vec<Duration>, WalError>  // big writes + fdatasync into preallocated space
 //! test_fs_from_env() -> Arc<dyn WalFs>  // FaultyFs from NEXUS_FAULT_INJECT, for nexusd-it only
@@ -89,7 +90,7 @@ pub use fs::{
     test_fs_from_env,
 };
 pub use record::MAX_PAYLOAD_BYTES;
-pub use replay::{KeptPayload, ReplayPayload, ReplayReport, Salvaged, TornTail, replay};
+pub use replay::{KeptPayload, ReplayPayload, ReplayReport, Salvaged, TornTail, remove_replayed_segments, replay};
 pub use writer::{RotateInfo, SealedSegment, Wal, WalStats};
 
 /// Log sequence number: 1 for the first record ever, +1 per record, never reused once

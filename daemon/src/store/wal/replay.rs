@@ -2,7 +2,8 @@
 //! damaged log means.
 //!
 //! The first invalid record ends a segment's log. What follows decides the verdict:
-//! only zeros is the normal end (preallocated space); non-zero bytes with no valid
+//! only zeros is the normal end (preallocated space, given back here: a segment whose
+//! writer was killed keeps no preallocation after the next start); non-zero bytes with no valid
 //! record among them, in the newest segment, is a torn tail (a write cut by a crash;
 //! truncated, synced, reported); a valid record after it, or a later segment, is
 //! mid-log corruption: an error naming the file and offset, unless `salvage` asks to
@@ -109,6 +110,29 @@ pub fn replay(
     Ok(report)
 }
 
+/// Deletes the segments of `dir/wal` that replay read, up to one that starts
+/// after `last_lsn` (replay's `last_lsn`: every record of those segments is
+/// at or before it), oldest first, then syncs the directory. For a store that
+/// just wrote a snapshot covering `last_lsn`, before the writer starts.
+/// Returns how many it deleted.
+pub fn remove_replayed_segments(dir: &Path, fs: &dyn WalFs, last_lsn: Lsn) -> Result<u64, WalError> {
+    let wal_dir = segment::wal_dir(dir);
+    let segments = segment::list_segments(fs, &wal_dir)?;
+    let mut removed = 0;
+    for file in segments.iter().filter(|file| file.first_lsn <= last_lsn) {
+        fs.remove_file(&file.path)
+            .map_err(|source| WalError::io("remove", &file.path, source))?;
+        removed += 1;
+    }
+    if removed > 0 {
+        fs.sync_dir(&wal_dir).map_err(|source| WalError::SyncFailed {
+            path: wal_dir.clone(),
+            source,
+        })?;
+    }
+    Ok(removed)
+}
+
 /// One record's payload as replay hands it to `apply`: 16-aligned bytes to read
 /// in place, which `apply` may also [`keep`](ReplayPayload::keep) without a copy.
 pub struct ReplayPayload<'a> {
@@ -207,6 +231,7 @@ fn replay_segment(
     };
     let scan = scan_segment(&bytes, file.first_lsn, *expected_lsn, after_lsn, &mut on_record)?;
     match scan.end {
+        SegmentEnd::Clean if file.len_bytes > scan.records_end => trim_zero_tail(fs, file, scan.records_end),
         SegmentEnd::Clean => {}
         SegmentEnd::Unborn { .. } | SegmentEnd::Torn { .. } if !is_newest => {
             let reason = format!("{}, and a later segment exists", scan.end.describe());
@@ -265,6 +290,8 @@ pub(crate) struct SegmentScan {
     pub end: SegmentEnd,
     /// LSN after the last valid record (the first LSN if it held none).
     pub next_lsn: Lsn,
+    /// Byte offset just past the last valid record (0 if the header is bad).
+    pub records_end: u64,
 }
 
 /// Decodes a segment's bytes, calling `on_record` for each valid record in order, and
@@ -286,6 +313,7 @@ pub(crate) fn scan_segment<E>(
             return Ok(SegmentScan {
                 end: header_failure(bytes, reason),
                 next_lsn: name_lsn,
+                records_end: 0,
             });
         }
     };
@@ -293,6 +321,7 @@ pub(crate) fn scan_segment<E>(
         return Ok(SegmentScan {
             end: SegmentEnd::Corrupt { offset: 0, reason },
             next_lsn: name_lsn,
+            records_end: 0,
         });
     }
     let mut offset = SEGMENT_HEADER_BYTES;
@@ -310,7 +339,11 @@ pub(crate) fn scan_segment<E>(
             Err(invalid) => invalid.to_string(),
         };
         let end = classify_end(bytes, offset, header.salt, lsn, invalid);
-        return Ok(SegmentScan { end, next_lsn: lsn });
+        return Ok(SegmentScan {
+            end,
+            next_lsn: lsn,
+            records_end: offset as u64,
+        });
     }
 }
 
@@ -400,6 +433,22 @@ fn is_all_zero(bytes: &[u8]) -> bool {
     let mut chunks = bytes.chunks_exact(64);
     let chunks_zero = chunks.all(|chunk| chunk.iter().fold(0, |acc, &byte| acc | byte) == 0);
     chunks_zero && chunks.remainder().iter().all(|&byte| byte == 0)
+}
+
+/// Gives back the zeros after a segment's last record: the preallocated space
+/// of a segment whose writer was killed (a clean stop truncates it when it
+/// seals the segment). Without this, every crash left a whole preallocated
+/// segment behind and every later start scanned its zeros again. Best effort:
+/// the log is just as valid with the zeros, so a failure is only logged, and
+/// the cut needs no sync (if it is lost, the zeros come back).
+fn trim_zero_tail(fs: &dyn WalFs, file: &SegmentFile, records_end: u64) {
+    let trimmed = fs
+        .open_rw(&file.path)
+        .and_then(|mut handle| handle.set_len(records_end));
+    match trimmed {
+        Ok(()) => tracing::debug!(file = %file.path.display(), records_end, "WAL preallocation given back"),
+        Err(error) => tracing::warn!(file = %file.path.display(), %error, "could not give back WAL preallocation"),
+    }
 }
 
 /// Cuts a torn tail: truncate the newest segment at `offset`, sync.

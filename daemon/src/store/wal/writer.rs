@@ -209,6 +209,11 @@ impl<T: Send + 'static> Wal<T> {
         self.shared.stats()
     }
 
+    /// Segment files, the active one included (cheap: no stats snapshot).
+    pub fn segment_count(&self) -> u64 {
+        self.shared.sealed().len() as u64 + 1
+    }
+
     /// Why the WAL refuses writes, once it fail-stopped (see [`WalError::Failed`]).
     pub fn failure(&self) -> Option<String> {
         self.shared.failed.get().cloned()

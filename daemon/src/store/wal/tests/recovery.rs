@@ -7,9 +7,14 @@
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use super::super::Lsn;
+
+use super::super::record::framed_len;
 use super::super::segment::SEGMENT_HEADER_BYTES;
 use super::super::{RealFs, ReplayPayload, WalConfig, WalError, replay};
-use super::support::{TempDir, append_and_flush, check_replay, config, expected, replay_all, start, write_raw_segment};
+use super::support::{
+    TempDir, append_and_flush, check_replay, config, expected, payload, replay_all, start, write_raw_segment,
+};
 
 /// Flips one byte of a file.
 fn damage(path: &std::path::Path, offset: u64) {
@@ -29,7 +34,18 @@ fn preallocated_zeros_after_the_last_record_are_a_clean_end() {
     write_raw_segment(&dir, 1..=5);
     let report = check_replay(&dir, 0, &expected(1..=5));
     assert_eq!((report.torn_tail, report.last_lsn, report.records), (None, 5, 5));
-    assert_eq!(file_len(&dir.segment(1)), 64 << 10, "a clean end is not truncated");
+    // Regression (issue 7, scenario 8): a killed writer's preallocated zeros
+    // stayed on disk and were scanned again at every start.
+    let records_end = write_raw_segment_end(1..=5);
+    assert_eq!(file_len(&dir.segment(1)), records_end, "the zeros are given back");
+    let again = check_replay(&dir, 0, &expected(1..=5));
+    assert_eq!(again.torn_tail, None, "a trimmed segment is a clean one");
+}
+
+/// Where the records `write_raw_segment` writes for `lsns` end.
+fn write_raw_segment_end(lsns: std::ops::RangeInclusive<Lsn>) -> u64 {
+    let payload_bytes: usize = lsns.map(|lsn| framed_len(payload(lsn).len())).sum();
+    (SEGMENT_HEADER_BYTES + payload_bytes) as u64
 }
 
 #[test]
