@@ -370,8 +370,7 @@ mod tests {
     }
 
     /// Every code point between two letters, normalised and split, against a dump of the
-    /// reference (one JSON line `[code point, [words]]` per code point; see the report of
-    /// the embedder's change for the three-line script that writes it).
+    /// reference written by `scripts/gen_bert_tables.py --dump FILE`.
     #[test]
     #[ignore = "needs NEXUS_EMBED_CHAR_DUMP, a dump of the reference for every code point"]
     fn every_code_point_like_the_reference() {
