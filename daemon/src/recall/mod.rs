@@ -1,3 +1,4 @@
 //! Recall: the search engines behind a recall (the pipeline comes later).
 
 pub mod ann;
+pub mod lexical;
