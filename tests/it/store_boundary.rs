@@ -532,3 +532,40 @@ fn a_checkpoint_that_fails_on_a_full_disk_leaves_no_temp_file() {
     assert_eq!(snapshots(&data), vec![data.join(format!("snapshot-{lsn:020}.nxs"))]);
     check_namespace(&client, &ledger, "after the failed and the good checkpoint");
 }
+
+/// Batches written with fds gone: each is ~250 KiB, so a 1 MiB segment needs
+/// a rotation within a few of them.
+const MAX_WRITES_UNTIL_ROTATION: u64 = 10;
+
+// Regression (issue 7, scenario 5): running out of file descriptors when the
+// WAL opened its next segment fail-stopped it: every later write was refused
+// until a restart, as after a failed fdatasync.
+#[test]
+fn running_out_of_fds_at_a_wal_rotation_fails_that_write_only() {
+    let marker_dir = TestDir::new();
+    let no_fds = marker_dir.path().join("out-of-fds");
+    let spec = format!("emfile-while:{}", no_fds.display());
+    let daemon = start_with_env(&["--wal-segment-bytes", "1048576"], &[(FAULT_INJECT_ENV, &spec)]);
+    let client = daemon.large_client();
+    let mut ledger = NamespaceLedger::new("fds");
+    std::fs::write(&no_fds, b"").expect("using up the fds (marker)");
+    let mut refusal = None;
+    for id in 0..MAX_WRITES_UNTIL_ROTATION {
+        let result = ledger.remember(&client, id, batch_texts(id, 100, 250));
+        if result.is_err() {
+            refusal = Some(check_status(result, ErrorCode::Busy));
+            break;
+        }
+    }
+    let message = refusal.unwrap_or_else(|| panic!("{MAX_WRITES_UNTIL_ROTATION} writes needed no new segment"));
+    assert!(message.contains("file descriptors"), "the refusal says why: {message}");
+    assert_eq!(daemon.stats_counter("wal_failed"), 0, "the WAL is not failed");
+    let health = client.health().expect("Health");
+    assert_eq!(health.write_failure, None, "writes are still accepted");
+
+    std::fs::remove_file(&no_fds).expect("freeing the fds (marker)");
+    ledger
+        .remember(&client, 100, batch_texts(100, 100, 250))
+        .unwrap_or_else(|e| panic!("the next write once fds are back: {e}"));
+    check_namespace(&client, &ledger, "after the fds came back");
+}

@@ -142,8 +142,41 @@ impl AsRef<[u8]> for SharedRecord {
 /// Why a WAL write failed, in a form that can be handed to the waiting request.
 #[derive(Debug, Clone)]
 struct WriteFailure {
-    disk_full: bool,
+    kind: FailureKind,
     message: String,
+}
+
+/// What a failed write means for the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureKind {
+    /// No space: retry once space is freed.
+    DiskFull,
+    /// No file descriptor for a new segment: retry once some are freed.
+    OutOfFds,
+    /// Anything else (the WAL may now refuse every write).
+    Storage,
+}
+
+impl WriteFailure {
+    fn new(error: &WalError) -> Self {
+        let kind = match error {
+            WalError::DiskFull { .. } => FailureKind::DiskFull,
+            WalError::OutOfFds { .. } => FailureKind::OutOfFds,
+            _ => FailureKind::Storage,
+        };
+        Self {
+            kind,
+            message: error.to_string(),
+        }
+    }
+
+    fn into_error(self) -> StoreError {
+        match self.kind {
+            FailureKind::DiskFull => StoreError::DiskFull(self.message),
+            FailureKind::OutOfFds => StoreError::OutOfFds(self.message),
+            FailureKind::Storage => StoreError::Storage(self.message),
+        }
+    }
 }
 
 /// Groups of durable records waiting for the apply thread. Bounded: when the
@@ -246,11 +279,7 @@ impl Committer for Applier {
     }
 
     fn failed(&mut self, ticket: Ticket, error: &WalError) {
-        let failure = WriteFailure {
-            disk_full: matches!(error, WalError::DiskFull { .. }),
-            message: error.to_string(),
-        };
-        let _ = ticket.done.send(Err(failure));
+        let _ = ticket.done.send(Err(WriteFailure::new(error)));
     }
 }
 
@@ -652,8 +681,7 @@ impl Store {
         self.wal()?.append(SharedRecord(record), ticket).await?;
         let lsn = match reply.await {
             Ok(Ok(lsn)) => lsn,
-            Ok(Err(failure)) if failure.disk_full => return Err(StoreError::DiskFull(failure.message)),
-            Ok(Err(failure)) => return Err(StoreError::Storage(failure.message)),
+            Ok(Err(failure)) => return Err(failure.into_error()),
             Err(_) => return Err(StoreError::ShuttingDown),
         };
         self.inner.checkpoints.note_logged(bytes);

@@ -253,6 +253,10 @@ pub enum StoreError {
     /// The disk is full: the write was not made durable; later writes retry.
     #[error("{0}")]
     DiskFull(String),
+    /// The daemon had no file descriptor for a new WAL segment: the write was
+    /// not made durable; later writes retry (answered `Busy`: try again).
+    #[error("{0}")]
+    OutOfFds(String),
     /// Shutdown began before the write was logged.
     #[error("nexusd is shutting down")]
     ShuttingDown,
@@ -269,6 +273,7 @@ impl StoreError {
             Self::DimensionMismatch { .. } | Self::MixedDimensions { .. } => ErrorCode::DimensionMismatch,
             Self::DeadlineExceeded { .. } => ErrorCode::DeadlineExceeded,
             Self::Wal(WalError::DiskFull { .. }) | Self::DiskFull(_) => ErrorCode::DiskFull,
+            Self::Wal(WalError::OutOfFds { .. }) | Self::OutOfFds(_) => ErrorCode::Busy,
             Self::Wal(_) | Self::Storage(_) => ErrorCode::StorageFailed,
             Self::ShuttingDown => ErrorCode::ShuttingDown,
             Self::UnknownMemory(_) => ErrorCode::NotFound,

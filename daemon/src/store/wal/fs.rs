@@ -63,6 +63,16 @@ pub trait WalFs: Send + Sync + fmt::Debug {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// fsync of the directory itself, so created, renamed and removed entries persist.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Opens a directory to sync it later without needing a new file descriptor.
+    fn open_dir(&self, dir: &Path) -> io::Result<Arc<dyn WalDir>>;
+}
+
+/// A directory held open (see [`WalFs::open_dir`]): the writer keeps the WAL
+/// directory's so that running out of file descriptors can never stop it from
+/// making a new segment's entry durable.
+pub trait WalDir: Send + Sync + fmt::Debug {
+    /// fsync of the directory.
+    fn sync(&self) -> io::Result<()>;
 }
 
 /// A whole file's bytes, 16-aligned: mapped read-only (replay reads segments
@@ -108,6 +118,15 @@ pub struct RealFs;
 
 #[derive(Debug)]
 struct RealFile(File);
+
+#[derive(Debug)]
+struct RealDir(File);
+
+impl WalDir for RealDir {
+    fn sync(&self) -> io::Result<()> {
+        self.0.sync_all()
+    }
+}
 
 impl WalFs for RealFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
@@ -181,6 +200,10 @@ impl WalFs for RealFs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
     }
+
+    fn open_dir(&self, dir: &Path) -> io::Result<Arc<dyn WalDir>> {
+        Ok(Arc::new(RealDir(File::open(dir)?)))
+    }
 }
 
 /// Most pieces one `pwritev` takes (Linux's `IOV_MAX`).
@@ -237,6 +260,8 @@ pub struct Faults {
     sync_eio_countdown: AtomicU64,
     sync_hang_countdown: AtomicU64,
     disk_full: AtomicBool,
+    /// While set, opening files and directories fails with EMFILE.
+    out_of_fds: AtomicBool,
     /// The disk is also full while this file exists (a switch a test flips
     /// from outside the daemon's process).
     disk_full_while: OnceLock<PathBuf>,
@@ -280,6 +305,12 @@ impl Faults {
     /// While set, every write and allocation fails with ENOSPC.
     pub fn set_disk_full(&self, full: bool) {
         self.disk_full.store(full, Ordering::SeqCst);
+    }
+
+    /// While set, creating or opening a file or a directory fails with EMFILE,
+    /// as when the process has used up its file descriptors.
+    pub fn set_out_of_fds(&self, out: bool) {
+        self.out_of_fds.store(out, Ordering::SeqCst);
     }
 
     /// The disk is full (as [`Faults::set_disk_full`]) whenever `marker` exists.
@@ -329,7 +360,8 @@ impl Faults {
 
     /// Before the process would take a new file descriptor.
     fn before_open(&self) -> io::Result<()> {
-        match self.emfile_while.get().is_some_and(|marker| marker.exists()) {
+        let out = self.out_of_fds.load(Ordering::SeqCst);
+        match out || self.emfile_while.get().is_some_and(|marker| marker.exists()) {
             true => Err(io::Error::from(Errno::EMFILE)),
             false => Ok(()),
         }
@@ -463,6 +495,11 @@ impl WalFs for FaultyFs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.faults.before_open()?;
         RealFs.sync_dir(dir)
+    }
+
+    fn open_dir(&self, dir: &Path) -> io::Result<Arc<dyn WalDir>> {
+        self.faults.before_open()?;
+        RealFs.open_dir(dir)
     }
 }
 

@@ -53,6 +53,10 @@
 //!   are failed, every later append fails fast with [`WalError::Failed`], and the sync is
 //!   never retried, because on Linux a retried fsync can "succeed" after the kernel has
 //!   dropped the dirty pages (fsyncgate). Restart replays what is really on disk.
+//! - Running out of file descriptors (EMFILE, ENFILE) when a rotation creates the next
+//!   segment is not poisoning either: nothing was written, the group fails with
+//!   [`WalError::OutOfFds`] and the next group tries again. The writer holds the WAL
+//!   directory open from the start, so syncing it never needs a new descriptor.
 //! - Running out of space is not poisoning: the group is failed with
 //!   [`WalError::DiskFull`], the active segment is truncated back to the end of the
 //!   last acknowledged record and synced, and later appends retry, so writes resume
@@ -86,8 +90,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use fs::{
-    FAULT_INJECT_ENV, Faults, FaultyFs, RealFs, WalDirEntry, WalFile, WalFs, measure_fdatasync, measure_sync_writes,
-    test_fs_from_env,
+    FAULT_INJECT_ENV, Faults, FaultyFs, RealFs, WalDir, WalDirEntry, WalFile, WalFs, measure_fdatasync,
+    measure_sync_writes, test_fs_from_env,
 };
 pub use record::MAX_PAYLOAD_BYTES;
 pub use replay::{KeptPayload, ReplayPayload, ReplayReport, Salvaged, TornTail, remove_replayed_segments, replay};
@@ -234,6 +238,12 @@ pub enum WalError {
     /// No space: these records were not written; later appends retry.
     #[error("WAL disk full ({op} {path}): the records were not written; writes resume when space is freed")]
     DiskFull { op: &'static str, path: PathBuf },
+    /// The process ran out of file descriptors creating the next segment: these
+    /// records were not written; later appends retry.
+    #[error(
+        "WAL out of file descriptors ({op} {path}): the records were not written; writes resume when descriptors are freed"
+    )]
+    OutOfFds { op: &'static str, path: PathBuf },
     /// fdatasync failed: the records were not acknowledged and the WAL is now failed.
     #[error("fdatasync of {path} failed: {source}; the WAL stopped accepting writes (restart nexusd to recover)")]
     SyncFailed {
@@ -292,6 +302,14 @@ impl WalError {
             source,
         }
     }
+}
+
+/// True for the errors that mean "this process (or the system) has no file
+/// descriptor to spare", which is not a fault of the disk.
+pub(crate) fn is_out_of_fds(error: &io::Error) -> bool {
+    let emfile = nix::errno::Errno::EMFILE as i32;
+    let enfile = nix::errno::Errno::ENFILE as i32;
+    matches!(error.raw_os_error(), Some(code) if code == emfile || code == enfile)
 }
 
 /// True for the errors that mean "no space" rather than "the disk lied".

@@ -19,9 +19,9 @@ use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::fs::{WalFile, WalFs};
+use super::fs::{WalDir, WalFile, WalFs};
 use super::record::MAX_PAYLOAD_BYTES;
-use super::{Lsn, MAX_SEGMENT_BYTES, WalError, is_out_of_space};
+use super::{Lsn, MAX_SEGMENT_BYTES, WalError, is_out_of_fds, is_out_of_space};
 
 /// Bytes before the first record; a multiple of 16 so payloads stay aligned.
 pub(crate) const SEGMENT_HEADER_BYTES: usize = 32;
@@ -151,10 +151,13 @@ pub(crate) fn list_segments(fs: &dyn WalFs, wal_dir: &Path) -> Result<Vec<Segmen
 }
 
 /// Creates `<wal_dir>/<first_lsn>.wal`: preallocates `prealloc_bytes`, writes and syncs
-/// the header, then syncs the directory. Out of space (at create, allocate or the
-/// header write) removes the partial file and returns [`WalError::DiskFull`].
+/// the header, then syncs the directory (`dir`, held open: no new descriptor). Out of
+/// space (at create, allocate or the header write) removes the partial file and returns
+/// [`WalError::DiskFull`]; out of file descriptors (at create) returns
+/// [`WalError::OutOfFds`] with nothing created.
 pub(crate) fn create_segment(
     fs: &dyn WalFs,
+    dir: &dyn WalDir,
     wal_dir: &Path,
     first_lsn: Lsn,
     prealloc_bytes: u64,
@@ -177,13 +180,13 @@ pub(crate) fn create_segment(
         zeroed_until: SEGMENT_HEADER_BYTES as u64,
     };
     if let Err(error) = fill_new_segment(&mut segment, &header, prealloc_bytes) {
-        return Err(discard_partial(fs, wal_dir, &segment.path, error));
+        return Err(discard_partial(fs, dir, wal_dir, &segment.path, error));
     }
     segment.file.sync_data().map_err(|source| WalError::SyncFailed {
         path: segment.path.clone(),
         source,
     })?;
-    fs.sync_dir(wal_dir).map_err(|source| WalError::SyncFailed {
+    dir.sync().map_err(|source| WalError::SyncFailed {
         path: wal_dir.to_owned(),
         source,
     })?;
@@ -209,11 +212,11 @@ fn fill_new_segment(segment: &mut ActiveSegment, header: &SegmentHeader, preallo
 
 /// Removes a segment whose creation failed, so the next attempt can reuse the name.
 /// If even that fails, the directory holds a file we cannot account for: an I/O error.
-fn discard_partial(fs: &dyn WalFs, wal_dir: &Path, path: &Path, error: WalError) -> WalError {
+fn discard_partial(fs: &dyn WalFs, dir: &dyn WalDir, wal_dir: &Path, path: &Path, error: WalError) -> WalError {
     if let Err(source) = fs.remove_file(path) {
         return WalError::io("remove", path, source);
     }
-    match fs.sync_dir(wal_dir) {
+    match dir.sync() {
         Ok(()) => error,
         Err(source) => WalError::SyncFailed {
             path: wal_dir.to_owned(),
@@ -222,13 +225,16 @@ fn discard_partial(fs: &dyn WalFs, wal_dir: &Path, path: &Path, error: WalError)
     }
 }
 
+/// Out of space and out of file descriptors are conditions to wait out; any
+/// other error is an I/O failure.
 fn space_or_io(op: &'static str, path: &Path, source: std::io::Error) -> WalError {
-    match is_out_of_space(&source) {
-        true => WalError::DiskFull {
-            op,
-            path: path.to_owned(),
-        },
-        false => WalError::io(op, path, source),
+    let path = path.to_owned();
+    if is_out_of_space(&source) {
+        WalError::DiskFull { op, path }
+    } else if is_out_of_fds(&source) {
+        WalError::OutOfFds { op, path }
+    } else {
+        WalError::io(op, path, source)
     }
 }
 

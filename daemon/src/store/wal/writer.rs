@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::fs::WalFs;
+use super::fs::{WalDir, WalFs};
 use super::record::{self, MAX_PAYLOAD_BYTES};
 use super::segment::{self, ActiveSegment, SegmentFile};
 use super::{Committer, FsyncPolicy, Lsn, WalConfig, WalError, is_out_of_space};
@@ -52,6 +52,8 @@ pub struct Wal<T> {
     shared: Arc<Shared>,
     fs: Arc<dyn WalFs>,
     wal_dir: PathBuf,
+    /// The WAL directory, held open (see [`WalDir`]).
+    dir: Arc<dyn WalDir>,
     thread: JoinHandle<Result<Lsn, WalError>>,
 }
 
@@ -118,12 +120,17 @@ impl<T: Send + 'static> Wal<T> {
             return Err(WalError::InvalidConfig("next_lsn must be at least 1".into()));
         }
         let wal_dir = prepare_dir(&*fs, &config.dir)?;
-        let sealed = adopt_existing(&*fs, &wal_dir, next_lsn)?;
-        let active = segment::create_segment(&*fs, &wal_dir, next_lsn, config.segment_bytes)?;
+        let dir = (fs.open_dir(&wal_dir)).map_err(|source| WalError::io("open directory", &wal_dir, source))?;
+        let sealed = adopt_existing(&*fs, &*dir, &wal_dir, next_lsn)?;
+        let active = segment::create_segment(&*fs, &*dir, &wal_dir, next_lsn, config.segment_bytes)?;
         let shared = Arc::new(Shared::new(next_lsn - 1, sealed, active.len_bytes));
         shared.count_segment_created();
         let (tx, rx) = mpsc::channel(config.queue_depth);
-        let writer = Writer::new(config, Arc::clone(&fs), Arc::clone(&shared), committer, rx, active)?;
+        let files = Files {
+            fs: Arc::clone(&fs),
+            dir: Arc::clone(&dir),
+        };
+        let writer = Writer::new(config, files, Arc::clone(&shared), committer, rx, active)?;
         let thread = std::thread::Builder::new()
             .name("nexus-wal".into())
             .spawn(move || writer.run())
@@ -133,6 +140,7 @@ impl<T: Send + 'static> Wal<T> {
             shared,
             fs,
             wal_dir,
+            dir,
             thread,
         })
     }
@@ -195,7 +203,7 @@ impl<T: Send + 'static> Wal<T> {
             freed_bytes += victim.bytes;
         }
         if !victims.is_empty() {
-            let synced = self.fs.sync_dir(&self.wal_dir);
+            let synced = self.dir.sync();
             synced.map_err(|source| WalError::SyncFailed {
                 path: self.wal_dir.clone(),
                 source,
@@ -448,10 +456,17 @@ struct Pending<T> {
     ticket: T,
 }
 
+/// The file system and the WAL directory held open, as the writer uses them.
+struct Files {
+    fs: Arc<dyn WalFs>,
+    dir: Arc<dyn WalDir>,
+}
+
 /// The writer thread's state.
 struct Writer<C: Committer> {
     config: WalConfig,
     fs: Arc<dyn WalFs>,
+    dir: Arc<dyn WalDir>,
     wal_dir: PathBuf,
     shared: Arc<Shared>,
     committer: C,
@@ -473,7 +488,7 @@ struct Writer<C: Committer> {
 impl<C: Committer> Writer<C> {
     fn new(
         config: WalConfig,
-        fs: Arc<dyn WalFs>,
+        files: Files,
         shared: Arc<Shared>,
         committer: C,
         rx: mpsc::Receiver<Command<C::Ticket>>,
@@ -488,7 +503,8 @@ impl<C: Committer> Writer<C> {
         let buf = Vec::with_capacity(config.max_group_bytes.min(record::framed_len(MAX_PAYLOAD_BYTES)));
         Ok(Self {
             config,
-            fs,
+            fs: files.fs,
+            dir: files.dir,
             wal_dir,
             shared,
             committer,
@@ -761,7 +777,8 @@ impl<C: Committer> Writer<C> {
     /// cannot be created, the sealed one simply stays active.
     fn rotate_segment(&mut self) -> Result<(), WalError> {
         self.seal_active()?;
-        let next = segment::create_segment(&*self.fs, &self.wal_dir, self.next_lsn, self.config.segment_bytes)?;
+        let (fs, dir) = (&*self.fs, &*self.dir);
+        let next = segment::create_segment(fs, dir, &self.wal_dir, self.next_lsn, self.config.segment_bytes)?;
         self.shared.count_segment_created();
         let old = std::mem::replace(&mut self.active, next);
         let sealed = SealedSegment {
@@ -825,9 +842,14 @@ impl<C: Committer> Writer<C> {
         (unsynced && self.shared.failed.get().is_none()).then(|| self.last_sync + interval)
     }
 
-    /// Everything but running out of space fail-stops the WAL.
+    /// Everything but running out of space or of file descriptors (nothing was
+    /// written: the next group tries again) fail-stops the WAL.
     fn escalate(&mut self, error: WalError) -> WalError {
-        if !matches!(error, WalError::DiskFull { .. } | WalError::Failed { .. }) {
+        let survivable = matches!(
+            error,
+            WalError::DiskFull { .. } | WalError::OutOfFds { .. } | WalError::Failed { .. }
+        );
+        if !survivable {
             self.enter_failed(&error);
         }
         error
@@ -868,7 +890,12 @@ fn prepare_dir(fs: &dyn WalFs, dir: &Path) -> Result<PathBuf, WalError> {
 /// last LSNs follow from contiguity: each ends where the next begins, the newest ends
 /// at `next_lsn - 1`. A newest segment named `next_lsn` must hold no record (it was
 /// created, then the daemon stopped before any append): it is removed to be recreated.
-fn adopt_existing(fs: &dyn WalFs, wal_dir: &Path, next_lsn: Lsn) -> Result<Vec<SealedSegment>, WalError> {
+fn adopt_existing(
+    fs: &dyn WalFs,
+    dir: &dyn WalDir,
+    wal_dir: &Path,
+    next_lsn: Lsn,
+) -> Result<Vec<SealedSegment>, WalError> {
     let mut existing = segment::list_segments(fs, wal_dir)?;
     if let Some(newest) = existing.last().filter(|segment| segment.first_lsn >= next_lsn) {
         if newest.first_lsn > next_lsn || holds_records(fs, newest)? {
@@ -879,7 +906,7 @@ fn adopt_existing(fs: &dyn WalFs, wal_dir: &Path, next_lsn: Lsn) -> Result<Vec<S
         }
         fs.remove_file(&newest.path)
             .map_err(|source| WalError::io("remove", &newest.path, source))?;
-        fs.sync_dir(wal_dir).map_err(|source| WalError::SyncFailed {
+        dir.sync().map_err(|source| WalError::SyncFailed {
             path: wal_dir.to_owned(),
             source,
         })?;

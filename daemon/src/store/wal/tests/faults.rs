@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::super::{FaultyFs, FsyncPolicy, Lsn, WalConfig, WalError, WalFs};
+use super::super::{FaultyFs, FsyncPolicy, Lsn, RealFs, WalConfig, WalError, WalFs};
 use super::support::{
     Outcome, TempDir, WATCHDOG, append_and_flush, check_replay, config, expected, payload, replay_all, start,
     wait_for_outcomes,
@@ -165,5 +165,65 @@ fn fault_specs_arm_countdowns_and_reject_typos() {
     for typo in ["fsync-eio", "fsync-eio-after:x", "disk-full:3", "write-enospc-after"] {
         let error = FaultyFs::from_spec(typo).unwrap_err();
         assert!(matches!(error, WalError::BadFaultSpec { .. }), "{typo}: {error}");
+    }
+}
+
+// Regression (issue 7, scenario 5): running out of file descriptors when a
+// rotation created the next segment fail-stopped the WAL, as a failed
+// fdatasync does, although nothing had been written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_fds_at_rotation_fails_the_group_and_later_appends_succeed() {
+    let dir = TempDir::new("emfile");
+    let (faulty, fs) = faulty();
+    let config = WalConfig {
+        segment_bytes: 4096,
+        max_group_bytes: 1024,
+        ..config(&dir)
+    };
+    let (wal, outcomes) = start(config, fs, 1);
+    append_and_flush(&wal, &outcomes, 1..=20).await;
+    faulty.faults().set_out_of_fds(true);
+    // Enough to need a new segment, which cannot be opened.
+    append_each_flushed(&wal, 1000..1030).await;
+    let during = outcomes.lock().unwrap()[20..].to_vec();
+    let first_refused = (during.iter())
+        .position(|outcome| matches!(outcome, Outcome::Failed { .. }))
+        .unwrap_or_else(|| panic!("a rotation was needed: {during:?}"));
+    for outcome in &during[first_refused..] {
+        assert_failed(outcome, outcome_ticket(outcome), "file descriptors");
+    }
+    assert!(!wal.stats().failed, "running out of fds does not poison the WAL");
+
+    faulty.faults().set_out_of_fds(false);
+    append_each_flushed(&wal, 2000..2010).await;
+    let after = outcomes.lock().unwrap()[50..].to_vec();
+    assert!(
+        after.iter().all(|outcome| matches!(outcome, Outcome::Durable { .. })),
+        "{after:?}"
+    );
+    assert!(wal.stats().segments >= 2, "rotation resumed");
+    let acked = (outcomes.lock().unwrap().iter())
+        .filter(|outcome| matches!(outcome, Outcome::Durable { .. }))
+        .count() as Lsn;
+    wal.shutdown().unwrap();
+    let (report, records) = replay_all(dir.path(), &RealFs, 0, false).unwrap();
+    assert_eq!(
+        (report.last_lsn, records.len() as Lsn),
+        (acked, acked),
+        "every acknowledged record replays"
+    );
+}
+
+/// Appends a 300-byte record per ticket, flushing after each.
+async fn append_each_flushed(wal: &super::super::Wal<u64>, tickets: std::ops::Range<u64>) {
+    for ticket in tickets {
+        wal.append(vec![1; 300], ticket).await.unwrap();
+        wal.flush().await.unwrap();
+    }
+}
+
+fn outcome_ticket(outcome: &Outcome) -> u64 {
+    match outcome {
+        Outcome::Durable { ticket, .. } | Outcome::Failed { ticket, .. } => *ticket,
     }
 }

@@ -183,7 +183,8 @@ pub fn expected(lsns: impl IntoIterator<Item = Lsn>) -> Vec<(Lsn, Vec<u8>)> {
 pub fn write_raw_segment(dir: &TempDir, lsns: std::ops::RangeInclusive<Lsn>) -> Vec<u64> {
     let wal_dir = dir.wal_dir();
     std::fs::create_dir_all(&wal_dir).unwrap();
-    let mut active = create_segment(&RealFs, &wal_dir, *lsns.start(), 64 << 10).expect("create segment");
+    let dir = RealFs.open_dir(&wal_dir).expect("open the WAL directory");
+    let mut active = create_segment(&RealFs, &*dir, &wal_dir, *lsns.start(), 64 << 10).expect("create segment");
     let mut bytes = Vec::new();
     let mut offsets = Vec::new();
     for lsn in lsns {
