@@ -26,6 +26,8 @@ pub mod tokenizer;
 
 #[cfg(test)]
 mod locomo_eval;
+#[cfg(test)]
+mod tests;
 
 pub use error::{ImageFault, LexicalError};
 pub use index::{
