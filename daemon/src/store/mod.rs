@@ -1,16 +1,21 @@
 //! The durable memory store: WAL, state, snapshots, and the operations on them.
 //!
-//! Write path: validate (model.rs) → fix the vector dimension and assign ids
-//! (here, before logging, so replay never invents ids) → encode one WAL record
-//! per request → the WAL's writer thread groups records from every client into
-//! one write + one fdatasync → in LSN order it applies each durable record to
-//! the state and only then acknowledges it. Reads (`recall`) take the state's
-//! read lock and see exactly the acknowledged writes.
+//! Write path: validate (model.rs) → reserve the vector dimension and assign
+//! ids from the applied state (`ids.rs`; before logging, so replay never
+//! invents ids) → encode one WAL record per request → the WAL's writer thread
+//! groups records from every client into one write + one fdatasync → in LSN
+//! order the apply thread applies each durable record to the state (which is
+//! where a client key is resolved: the later record owns it) and only then
+//! acknowledges it. Reads (`recall`, a Forget's targets) take the state's read
+//! lock one bounded chunk at a time (`recall.rs`, `State::take_chunk`) and see
+//! exactly the acknowledged writes.
 //!
 //! Start-up: lock the data directory, map the newest snapshot (validated once),
-//! replay the WAL records after its LSN, start the WAL writer.
-//! Checkpoint: rotate the WAL, write the state as a snapshot (temp, fsync,
-//! rename, fsync dir), then delete the snapshots and WAL segments it covers.
+//! replay the WAL records after its LSN (compacting first if earlier runs left
+//! far too much of it), start the WAL writer.
+//! Checkpoints (`checkpoint.rs`): rotate the WAL, write the state as a
+//! snapshot (temp, fsync, rename, fsync dir), then delete the snapshots and
+//! WAL segments it covers; one at a time, client requests rationed.
 
 mod checkpoint;
 pub mod ids;

@@ -27,8 +27,9 @@ use crate::store::state::{Detached, MemoryView};
 /// Most memories one chunk takes under the state's read lock: the lock is
 /// held for a few microseconds (copying entries, not scoring them).
 pub const SLICE_MEMORIES: usize = 512;
-/// Most text one chunk takes, so the scoring between two yields stays short
-/// (~0.2 ms of tokenizing here) even when every memory is 64 KiB long.
+/// Most text (and vector bytes) one chunk takes, so the scoring between two
+/// yields stays a fraction of a millisecond of tokenizing even when every
+/// memory is 64 KiB long.
 pub const SLICE_TEXT_BYTES: usize = 256 << 10;
 
 /// A recall query, validated.
