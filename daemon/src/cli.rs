@@ -1,7 +1,9 @@
 //! `nexusd`'s command line: flags to [`Config`], logging, the runtime, signals.
 //!
-//! `main.rs` (and the test wrapper `nexusd-it`) call [`main`]; everything
-//! else is in the library so tests run the very same code.
+//! `main.rs` calls [`main`], the test wrapper `nexusd-it` calls
+//! [`main_with_test_hooks`]; everything else is in the library so tests run
+//! the very same code. Under systemd the daemon reports its start-up, its
+//! liveness and its shutdown through [`crate::notify`].
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -12,6 +14,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, bail};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -21,6 +24,7 @@ use tracing_subscriber::{EnvFilter, Registry, reload};
 
 use crate::config::{Config, Settings};
 use crate::handler::Shared;
+use crate::notify::{ServiceManager, State, WedgeSwitch};
 use crate::store::Store;
 use crate::store::wal::{RealFs, WalFs};
 use crate::transport::listener::BoundSocket;
@@ -67,11 +71,43 @@ OPTIONS:
 
 SIGNALS: SIGTERM/SIGINT graceful stop (a second one exits at once), SIGHUP reload the
 config file, SIGUSR1 checkpoint now.
+
+SYSTEMD: with $NOTIFY_SOCKET set (Type=notify) nexusd sends STATUS= while replaying,
+READY=1 once it serves, STOPPING=1 at shutdown, and WATCHDOG=1 at half of $WATCHDOG_USEC
+while its serving loop answers. See systemd/README.md.
 ";
+
+/// What the daemon under test (`nexusd-it`) may change to break itself on
+/// purpose; `nexusd` runs with [`TestHooks::none`].
+pub struct TestHooks {
+    /// The WAL's file system: one that injects faults in the test daemon.
+    pub wal_fs: Arc<dyn WalFs>,
+    /// SIGUSR2 wedges the runtime (the watchdog test).
+    pub wedge: WedgeSwitch,
+}
+
+impl TestHooks {
+    /// The shipped daemon's: the real file system, no switch.
+    pub fn none() -> Self {
+        Self {
+            wal_fs: Arc::new(RealFs),
+            wedge: WedgeSwitch::OFF,
+        }
+    }
+
+    /// What the test daemon's environment asks for (`NEXUS_FAULT_INJECT`,
+    /// `NEXUS_TEST_WEDGE_ON_SIGUSR2`). For `nexusd-it` only.
+    pub fn from_env() -> Self {
+        Self {
+            wal_fs: crate::store::wal::test_fs_from_env(),
+            wedge: WedgeSwitch::from_env(),
+        }
+    }
+}
 
 /// Runs the daemon with the process's arguments; returns its exit code.
 pub fn main() -> ExitCode {
-    main_with_wal_fs(Arc::new(RealFs))
+    main_with_test_hooks(TestHooks::none())
 }
 
 /// Opts the process out of transparent huge pages. The allocator asks for them
@@ -84,10 +120,23 @@ fn disable_transparent_huge_pages() -> Result<(), nix::errno::Errno> {
     nix::sys::prctl::set_thp_disable(true)
 }
 
-/// `main` with the WAL's file system chosen by the caller: the daemon under test
-/// (`nexusd-it`) passes one that can inject faults; `nexusd` passes `RealFs`.
+/// `main` with the WAL's file system chosen by the caller (and no other hook).
 pub fn main_with_wal_fs(wal_fs: Arc<dyn WalFs>) -> ExitCode {
+    main_with_test_hooks(TestHooks {
+        wal_fs,
+        wedge: WedgeSwitch::OFF,
+    })
+}
+
+/// `main` with the hooks chosen by the caller: the daemon under test
+/// (`nexusd-it`) passes [`TestHooks::from_env`]; `nexusd` passes none.
+/// Must be called first thing in the binary's `main`, while the process has
+/// one thread (it removes the service manager's variables from the environment).
+pub fn main_with_test_hooks(hooks: TestHooks) -> ExitCode {
     let thp = disable_transparent_huge_pages();
+    // SAFETY: the binaries call this first thing in `main` (see above); no
+    // other thread exists yet: the runtime and the signal thread start in `serve`.
+    let (manager, notify_errors) = unsafe { ServiceManager::take_from_env() };
     make_created_files_private();
     let (config_file, flags) = match parse(std::env::args_os().skip(1)) {
         Ok(Some(parsed)) => parsed,
@@ -108,7 +157,10 @@ pub fn main_with_wal_fs(wal_fs: Arc<dyn WalFs>) -> ExitCode {
     if let Err(errno) = thp {
         tracing::warn!(%errno, "could not opt out of transparent huge pages");
     }
-    match serve(config, flags, log, wal_fs) {
+    for error in notify_errors {
+        warn!(%error, "systemd notification setting ignored");
+    }
+    match serve(config, flags, log, hooks, manager) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -117,7 +169,13 @@ pub fn main_with_wal_fs(wal_fs: Arc<dyn WalFs>) -> ExitCode {
     }
 }
 
-fn serve(config: Config, flags: Settings, log: LogHandle, wal_fs: Arc<dyn WalFs>) -> anyhow::Result<()> {
+fn serve(
+    config: Config,
+    flags: Settings,
+    log: LogHandle,
+    hooks: TestHooks,
+    manager: ServiceManager,
+) -> anyhow::Result<()> {
     let fd_limit = set_fd_limit(&config)?;
     info!(fd_limit, fd_reserve = config.fd_reserve, "file descriptors");
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -129,26 +187,71 @@ fn serve(config: Config, flags: Settings, log: LogHandle, wal_fs: Arc<dyn WalFs>
         .thread_name("nexusd-worker")
         .build()
         .context("cannot start the runtime")?;
+    (hooks.wedge.install(runtime.handle())).context("cannot arm the test wedge switch")?;
+    let manager = Arc::new(manager);
     runtime.block_on(async move {
         let signals = forward_signals()?;
+        let replaying = format!("replaying the write-ahead log in {}", config.data_dir.display());
+        manager.notify(&[State::Status(&replaying)]);
         // Replay happens before the socket exists: a client that can connect
         // sees every acknowledged write.
-        let store = Store::open(&config.store_config(), wal_fs).context("cannot open the memory store")?;
+        let store = Store::open(&config.store_config(), hooks.wal_fs).context("cannot open the memory store")?;
         let socket = BoundSocket::bind(&config.socket_path, config.socket_mode)?;
         info!(version = env!("CARGO_PKG_VERSION"), data_dir = %config.data_dir.display(), "nexusd ready");
+        manager.notify(&[State::Ready, State::Status(&ready_status(&config, &store))]);
         let shared = Shared::new(config, store.clone());
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(crate::transport::server::run(shared.clone(), socket, shutdown.clone()));
+        let watchdog_stop = CancellationToken::new();
+        let watchdog = start_watchdog(&manager, &store, &watchdog_stop);
         let background = TaskTracker::new();
         react_to_signals(signals, &shared, &flags, &log, &background).await;
+        let stopping = "stopping: draining connections, then a final checkpoint";
+        manager.notify(&[State::Stopping, State::Status(stopping)]);
         shutdown.cancel();
         server.await.context("the server task failed")??;
         background.close();
         background.wait().await;
         let lsn = store.close().await.context("the final checkpoint failed")?;
+        // The pings go on until here: a drain or checkpoint that hangs is
+        // for systemd's TimeoutStopSec= to end, as it would be when serving.
+        watchdog_stop.cancel();
+        if let Some(watchdog) = watchdog {
+            watchdog.await.context("the watchdog task failed")?;
+        }
         info!(lsn, "nexusd stopped: everything acknowledged is in the snapshot");
         Ok(())
     })
+}
+
+/// The `STATUS=` line once serving: where, and what start-up replayed.
+fn ready_status(config: &Config, store: &Store) -> String {
+    let report = store.open_report();
+    format!(
+        "serving {}: {} WAL records replayed in {} ms",
+        config.socket_path.display(),
+        report.replayed_records,
+        report.replay.as_millis()
+    )
+}
+
+/// Starts the `WATCHDOG=1` task when the unit has `WatchdogSec=`. Each ping
+/// follows a probe of the serving path: a yield through the runtime's
+/// scheduler (the queue every session task waits in) and a read of the
+/// store's state under its lock (what every request takes). A deadlocked
+/// runtime or store stops the pings, and systemd restarts the daemon.
+fn start_watchdog(manager: &Arc<ServiceManager>, store: &Store, stop: &CancellationToken) -> Option<JoinHandle<()>> {
+    let interval = manager.watchdog_interval?;
+    manager.notifier.as_ref()?;
+    let (manager, store, stop) = (manager.clone(), store.clone(), stop.clone());
+    Some(tokio::spawn(async move {
+        let Some(notifier) = &manager.notifier else { return };
+        let probe = || async {
+            tokio::task::yield_now().await;
+            drop(store.counters());
+        };
+        crate::notify::feed_watchdog(notifier, interval, probe, stop).await;
+    }))
 }
 
 /// What a signal asks for.

@@ -6,6 +6,7 @@
 //!   one frame → answer path they share;
 //! - [`handler`]: what each operation does;
 //! - [`metrics`]: counters reported by `Stats`;
+//! - [`notify`]: sd_notify to systemd (ready, status, watchdog, stopping);
 //! - [`store`]: the durable memory store (WAL, state, snapshots).
 
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod embed;
 pub mod handler;
 pub mod metrics;
+pub mod notify;
 pub mod recall;
 pub mod store;
 pub mod transport;

@@ -20,6 +20,7 @@ mod signals;
 mod socket_transport;
 mod store;
 mod store_boundary;
+mod systemd_notify;
 mod transport;
 mod wal_damage;
 

@@ -1,6 +1,7 @@
 //! `nexusd-it`: the daemon under test: the same program as `nexusd` (same
 //! allocator, same `nexus_daemon::cli`), except that its WAL file system honours
-//! `NEXUS_FAULT_INJECT` (ENOSPC, failed fdatasync) so the fault tests can break
+//! `NEXUS_FAULT_INJECT` (ENOSPC, failed fdatasync) and `NEXUS_TEST_WEDGE_ON_SIGUSR2`
+//! lets SIGUSR2 wedge its runtime (the watchdog test), so the fault tests can break
 //! a real daemon. The shipped `nexusd` has no such hook.
 //!
 //! It exists only because cargo hands an integration test the path of a
@@ -15,5 +16,5 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    nexus_daemon::cli::main_with_wal_fs(nexus_daemon::store::wal::test_fs_from_env())
+    nexus_daemon::cli::main_with_test_hooks(nexus_daemon::cli::TestHooks::from_env())
 }
