@@ -12,11 +12,13 @@
 //!   documents when it is missing or corrupt;
 //! - [`entities`]: entities found in text as byte spans (names, numbers,
 //!   dates, e-mails, URLs, configured keywords), and the [`EntityIndex`]
-//!   linking memories that share one.
+//!   linking memories that share one ([`entity_index`]).
 //!
 //! Not here: which memories exist (the store), deciding when to save, and
 //! fusing lexical results with other engines' (the recall pipeline).
 
+pub mod entities;
+pub mod entity_index;
 pub mod error;
 mod index;
 pub mod persist;
@@ -29,6 +31,8 @@ mod locomo_eval;
 #[cfg(test)]
 mod tests;
 
+pub use entities::{EntityExtractor, EntityKind, EntitySpan, ExtractScratch, KeywordList};
+pub use entity_index::{EntityConfig, EntityIndex, EntityScratch, Related};
 pub use error::{ImageFault, LexicalError};
 pub use index::{
     DEFAULT_B, DEFAULT_K1, DEFAULT_MAX_QUERY_TERMS, LexicalConfig, LexicalIndex, LexicalStats, MAX_QUERY_TERMS_LIMIT,
