@@ -68,6 +68,9 @@ pub const WAL_SEGMENT_BYTES_RANGE: RangeInclusive<u64> = 1 << 20..=1 << 30;
 /// WAL volume between checkpoints: 0 would checkpoint after every write; at
 /// most 1 TiB.
 pub const CHECKPOINT_WAL_BYTES_RANGE: RangeInclusive<u64> = 4096..=1 << 40;
+/// The least time between two client-requested checkpoints: 0 (never
+/// rationed) up to a day (a longer one would make `Checkpoint` meaningless).
+pub const CHECKPOINT_MIN_INTERVAL_MS_RANGE: RangeInclusive<u64> = 0..=86_400_000;
 /// Tags per memory.
 pub const MAX_TAGS: usize = 1024;
 /// Bytes of a name, key, source, tag key or value.
@@ -531,6 +534,13 @@ impl Config {
             self.checkpoint_wal_bytes,
             CHECKPOINT_WAL_BYTES_RANGE,
             "bytes",
+        )?;
+        let min_interval_ms = self.checkpoint_min_interval.as_millis().min(u128::from(u64::MAX)) as u64;
+        check(
+            "checkpoint_min_interval_ms",
+            min_interval_ms,
+            CHECKPOINT_MIN_INTERVAL_MS_RANGE,
+            "ms",
         )
     }
 }
@@ -568,6 +578,8 @@ fn validate_limits(limits: &Limits, max_frame_bytes: u32) -> Result<(), ConfigEr
     )?;
     check("limits.max_batch", limits.max_batch, 1..=MAX_BATCH, "memories")?;
     check("limits.max_k", limits.max_k, 1..=MAX_K, "results")?;
+    // A query longer than a frame could never arrive; 0 would refuse every recall.
+    check("limits.max_query_bytes", limits.max_query_bytes, 1..=frame, "bytes")?;
     check(
         "limits.max_forget_ids",
         limits.max_forget_ids,
@@ -680,6 +692,11 @@ mod tests {
             ("fsync", "fsync = \"interval:0\"".into()),
             ("wal_segment_bytes", "wal_segment_bytes = 0".into()),
             ("checkpoint_wal_bytes", "checkpoint_wal_bytes = 0".into()),
+            (
+                "checkpoint_min_interval_ms",
+                "checkpoint_min_interval_ms = 864000000".into(),
+            ),
+            ("limits.max_query_bytes", "[limits]\nmax_query_bytes = 0".into()),
             ("log", "log = \"=[\"".into()),
             ("limits.max_text_bytes", "[limits]\nmax_text_bytes = 0".into()),
             ("limits.max_tags", "[limits]\nmax_tags = 1000000".into()),
