@@ -15,6 +15,7 @@ pub mod embed;
 pub mod handler;
 pub mod metrics;
 pub mod notify;
+pub mod preprocess;
 pub mod recall;
 pub mod store;
 pub mod transport;

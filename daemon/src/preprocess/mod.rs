@@ -1,0 +1,24 @@
+//! Preprocessing on Remember (issue 9, item 4): what a text goes through
+//! before it is stored, as pure building blocks the store's write path
+//! calls.
+//!
+//! - [`chunk`]: long texts cut into overlapping ≈ 400-token chunks, each a
+//!   byte range of the original with its index, so a recall can put the
+//!   original back together;
+//! - [`minhash`]: MinHash signatures over word 3-shingles and LSH banding;
+//! - [`dedup`]: near-duplicate detection per namespace and the keep / merge
+//!   / skip policy as a pure decision.
+//!
+//! Entity extraction, the third preprocessing step, lives with the entity
+//! index in `recall::lexical::entities`.
+//!
+//! Not here: carrying the decisions out (storing chunks as linked memories,
+//! linking or merging duplicates, reporting it): the store and the handler.
+
+pub mod chunk;
+pub mod dedup;
+pub mod minhash;
+
+pub use chunk::{Chunk, ChunkConfig, ChunkScratch, reassemble};
+pub use dedup::{DedupConfig, DuplicateDecision, DuplicatePolicy, NearDupIndex, NearDuplicate, decide};
+pub use minhash::{LshParams, MinHasher, Signature};
