@@ -18,4 +18,6 @@ pub mod notify;
 pub mod preprocess;
 pub mod recall;
 pub mod store;
+#[doc(hidden)]
+pub mod testing;
 pub mod transport;

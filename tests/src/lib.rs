@@ -77,10 +77,11 @@ pub struct Binaries {
     pub peer: &'static str,
 }
 
-/// A private directory under the system temp dir, removed on drop.
+/// A private directory under the system temp dir, removed on drop (the
+/// daemon crate's one temp-dir helper, with the daemon's paths in it).
 #[derive(Debug)]
 pub struct TestDir {
-    path: PathBuf,
+    temp: nexus_daemon::testing::TempDir,
 }
 
 /// How a [`Daemon`] is started: flags, environment, data directory. Kept by
@@ -155,40 +156,30 @@ pub struct Resources {
 impl TestDir {
     /// A fresh, empty directory only this process uses (pid + counter), mode 0700.
     pub fn new() -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("nexus-it-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-        set_mode(&path, 0o700);
-        Self { path }
+        Self {
+            temp: nexus_daemon::testing::TempDir::new("it"),
+        }
     }
 
     /// The directory.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.temp.path()
     }
 
     /// Where the daemon's socket lives.
     pub fn socket_path(&self) -> PathBuf {
-        self.path.join("nexusd.sock")
+        self.temp.join("nexusd.sock")
     }
 
     /// Lets other uids reach the socket inside (the `setpriv` test).
     pub fn make_traversable(&self) {
-        set_mode(&self.path, 0o755);
+        set_mode(self.temp.path(), 0o755);
     }
 }
 
 impl Default for TestDir {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 

@@ -344,6 +344,7 @@ pub fn reseal_for_fuzzing(bytes: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TempDir;
 
     fn body(lsn: u64) -> SnapshotBody {
         let memory = StoredMemory {
@@ -373,48 +374,42 @@ mod tests {
         write(dir, &SnapshotBodyRef::of(archived))
     }
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("nexus-snap-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn a_written_snapshot_maps_back_identically() {
-        let dir = temp_dir("roundtrip");
-        let path = write_owned(&dir, &body(42)).unwrap();
-        assert_eq!(latest(&dir).unwrap(), Some(path.clone()));
+        let temp = TempDir::new("snapshot-roundtrip");
+        let dir = temp.path();
+        let path = write_owned(dir, &body(42)).unwrap();
+        assert_eq!(latest(dir).unwrap(), Some(path.clone()));
         let snapshot = Snapshot::open(&path).unwrap();
         let back: SnapshotBody = rkyv::deserialize::<_, rkyv::rancor::Error>(snapshot.body()).unwrap();
         assert_eq!(back, body(42));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     // Found by fuzz/fuzz_targets/snapshot.rs: a body length near 2^64 overflowed
     // `HEADER_BYTES + body_len` (a panic with overflow checks on).
     #[test]
     fn a_body_length_near_u64_max_is_corrupt_not_an_overflow() {
-        let dir = temp_dir("huge-len");
-        let path = write_owned(&dir, &body(1)).unwrap();
+        let temp = TempDir::new("snapshot-huge-len");
+        let dir = temp.path();
+        let path = write_owned(dir, &body(1)).unwrap();
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
         reseal_for_fuzzing(&mut bytes);
         std::fs::write(&path, &bytes).unwrap();
         assert!(matches!(Snapshot::open(&path), Err(SnapshotError::Corrupt { .. })));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     // Regression (issue 7, scenario 8): a failed checkpoint left its partial
     // temp file behind (on a full disk, taking the space it had).
     #[test]
     fn a_snapshot_write_that_fails_removes_its_temp_file() {
-        let dir = temp_dir("failed");
+        let temp = TempDir::new("snapshot-failed");
+        let dir = temp.path();
         // The rename cannot replace a directory that holds something.
         let blocked = dir.join(format!("{PREFIX}{:020}{SUFFIX}", 42));
         std::fs::create_dir_all(blocked.join("occupied")).unwrap();
-        assert!(write_owned(&dir, &body(42)).is_err());
-        let names: Vec<String> = std::fs::read_dir(&dir)
+        assert!(write_owned(dir, &body(42)).is_err());
+        let names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
@@ -423,13 +418,13 @@ mod tests {
             vec![format!("{PREFIX}{:020}{SUFFIX}", 42)],
             "no temp file is left"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn every_corrupted_byte_is_detected_with_the_file_named() {
-        let dir = temp_dir("corrupt");
-        let path = write_owned(&dir, &body(1)).unwrap();
+        let temp = TempDir::new("snapshot-corrupt");
+        let dir = temp.path();
+        let path = write_owned(dir, &body(1)).unwrap();
         let pristine = std::fs::read(&path).unwrap();
         for at in (0..pristine.len()).step_by(7) {
             let mut bytes = pristine.clone();
@@ -443,6 +438,5 @@ mod tests {
                 Ok(_) => panic!("byte {at}: corruption went unnoticed"),
             }
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

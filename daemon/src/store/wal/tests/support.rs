@@ -4,7 +4,6 @@
 //! Not here: assertions about a particular area (each test module has its own).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -15,37 +14,26 @@ use super::super::{Committer, Lsn, RealFs, ReplayReport, Wal, WalConfig, WalErro
 /// How long a test waits for something asynchronous before failing as hung.
 pub const WATCHDOG: Duration = Duration::from_secs(20);
 
-/// A directory under the system temp dir, removed on drop.
+/// A test's directory (the crate's one temp-dir helper), with the WAL's paths in it.
 #[derive(Debug)]
-pub struct TempDir(PathBuf);
+pub struct TempDir(crate::testing::TempDir);
 
 impl TempDir {
     pub fn new(name: &str) -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let unique = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("nexus-wal-{}-{unique}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        Self(path)
+        Self(crate::testing::TempDir::new(&format!("wal-{name}")))
     }
 
     pub fn path(&self) -> &Path {
-        &self.0
+        self.0.path()
     }
 
     pub fn wal_dir(&self) -> PathBuf {
-        segment::wal_dir(&self.0)
+        segment::wal_dir(self.path())
     }
 
     /// The segment file whose first LSN is `first_lsn`.
     pub fn segment(&self, first_lsn: Lsn) -> PathBuf {
         self.wal_dir().join(segment::segment_name(first_lsn))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
