@@ -24,6 +24,7 @@ mod index;
 pub mod persist;
 mod search;
 mod shard;
+pub mod synthetic;
 pub mod tokenizer;
 
 #[cfg(test)]

@@ -456,9 +456,13 @@ mod tests {
 
     fn words(text: &str) -> Vec<String> {
         let mut out = String::new();
-        word_spans(text)
-            .filter_map(|(_, w)| normalize_word(w, &mut out).then(|| out.clone()))
-            .collect()
+        let mut words = Vec::new();
+        for (_, word) in word_spans(text) {
+            if normalize_word(word, &mut out) {
+                words.push(out.clone());
+            }
+        }
+        words
     }
 
     #[test]
