@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nexus_shm_protocol::layout::FrameKind;
+use nexus_shm_protocol::monotonic_now_ns;
 use nexus_shm_protocol::ring::{BadFrameReason, Consumer, Producer, RingError};
 use nexus_shm_protocol::segment::Segment;
 use nexus_shm_protocol::wake::{Bell, futex_wake};
@@ -172,6 +173,10 @@ impl ShmSession {
                     return Err(end);
                 }
             };
+            if handled == 0 {
+                // Once per burst, not per frame: idleness is judged in seconds.
+                self.last_request = Instant::now();
+            }
             handled += 1;
             if let Some(blocked) = self.send(answer)? {
                 return Ok(blocked);
@@ -203,8 +208,7 @@ impl ShmSession {
                 return Err(SessionEnd::Corrupt(error));
             }
         };
-        let picked_up = Instant::now();
-        self.last_request = picked_up;
+        let picked_up_ns = monotonic_now_ns();
         if let Err(refused) = self.charge_scratch(frame.len) {
             self.requests.release(&frame);
             let message = format!("the daemon's memory budget cannot hold this request now: {refused}");
@@ -219,7 +223,7 @@ impl ShmSession {
         self.requests.copy_payload_aligned(&frame, &mut self.scratch);
         self.requests.release(&frame);
         let verdict = (self.policy)
-            .answer(frame.kind, frame.request_id, &self.scratch, picked_up, &self.shared)
+            .answer(frame.kind, frame.request_id, &self.scratch, picked_up_ns, &self.shared)
             .await;
         Ok(Some(verdict))
     }

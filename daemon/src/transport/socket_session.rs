@@ -156,9 +156,9 @@ impl<'a> SocketSession<'a> {
                 )));
             }
         }
-        let picked_up = std::time::Instant::now();
+        let picked_up_ns = nexus_shm_protocol::monotonic_now_ns();
         let verdict = (self.policy)
-            .answer(header.kind, header.request_id, &self.payload, picked_up, self.shared)
+            .answer(header.kind, header.request_id, &self.payload, picked_up_ns, self.shared)
             .await;
         self.give_back_payload();
         Ok(verdict)
