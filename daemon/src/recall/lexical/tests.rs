@@ -383,3 +383,12 @@ fn a_missing_or_corrupt_file_is_rebuilt_from_the_documents() {
     assert_same_answers(&original, &rebuilt);
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
+
+/// The owner shares the indexes between recall threads behind a lock.
+#[test]
+fn indexes_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<LexicalIndex>();
+    shareable::<crate::recall::lexical::EntityIndex>();
+    shareable::<crate::preprocess::NearDupIndex>();
+}
