@@ -4,6 +4,7 @@
 //! integration test can run the very same measurement against a daemon it
 //! started. Each module is one benchmark:
 //!
+//! - [`ann`]: the ANN index's recall@10 and queries/s against an exact scan;
 //! - [`ping`]: Ping round trips through shared memory and through the Unix
 //!   socket transport of the same daemon, alternated for fairness;
 //! - [`idle`]: the daemon's CPU use while many clients sit idle;
@@ -20,6 +21,7 @@
 //! them through their public APIs only. The ring micro-benchmarks (no daemon)
 //! are the criterion bench `benches/ring.rs`.
 
+pub mod ann;
 pub mod daemon;
 pub mod error;
 pub mod fanout;

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use nexus_benches::ann::{AnnBenchConfig, run_ann};
 use nexus_benches::daemon::SpawnedDaemon;
 use nexus_benches::fanout::{FanoutConfig, run_fanout};
 use nexus_benches::floor::{DEFAULT_ROUND_TRIPS, run_floor};
@@ -17,7 +18,7 @@ use nexus_benches::idle::{IdleConfig, run_idle};
 use nexus_benches::ping::{PingConfig, run_ping};
 use nexus_benches::remember::{RememberConfig, run_remember};
 use nexus_benches::startup::{StartupConfig, run_startup};
-use nexus_benches::{fanout, floor, idle, ping, remember, startup};
+use nexus_benches::{ann, fanout, floor, idle, ping, remember, startup};
 use nexus_client::Transport;
 
 #[global_allocator]
@@ -35,6 +36,8 @@ USAGE:
   nexus-bench floor [--round-trips N] [--json]
   nexus-bench startup --spawn-daemon NEXUSD [--daemon-arg ARG]... [--memories N] [--replay-records N]
                      [--dim D] [--text-bytes T] [--json]
+  nexus-bench ann [--vectors N] [--dim D] [--data FILE.f32] [--queries FILE.f32] [--query-count Q]
+                  [--clusters C] [--efs EF,EF,...] [--m M] [--ef-construction EF] [--rerank R] [--json]
 
 COMMON:
   --socket PATH             the daemon's socket (default: $NEXUS_SOCKET, else the daemon's default)
@@ -58,6 +61,12 @@ floor: no daemon; the machine's round trip through two eventfds, through a
 startup: fill a fresh store with N memories (default 1000000), checkpoint, time
   the restart from the snapshot; write --replay-records (default 200000) single
   records, SIGKILL, time the restart and the WAL replay rate.
+ann: no daemon; the ANN index (recall::ann) built from N vectors (default 100000,
+  384-d: a seeded set of C clusters (default 1000), or the first N rows of raw little-endian f32
+  --data), recall@10 against exact search and one-thread queries/s for each
+  search effort (default 16,24,32,48,64,96,128 and the shipped one), beside an
+  exact int8 scan of the same vectors; Q queries (default 1000: the set's own,
+  or --queries rows).
 ";
 
 /// The parsed command line.
@@ -76,6 +85,7 @@ enum Command {
     Remember(RememberConfig),
     Startup(StartupConfig),
     Floor { round_trips: u64 },
+    Ann(AnnBenchConfig),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -85,6 +95,11 @@ fn main() -> anyhow::Result<()> {
     if let Command::Floor { round_trips } = args.command {
         let result = run_floor(round_trips).context("floor benchmark")?;
         print!("{}", render(args.json, &result, || floor::floor_table(&result))?);
+        return Ok(());
+    }
+    if let Command::Ann(config) = &args.command {
+        let result = run_ann(config).context("ann benchmark")?;
+        print!("{}", render(args.json, &result, || ann::ann_table(&result))?);
         return Ok(());
     }
     if let Command::Startup(config) = args.command {
@@ -158,8 +173,8 @@ fn run(command: Command, socket: PathBuf, data_dir: PathBuf, json: bool) -> anyh
             .context("remember benchmark")?;
             render(json, &result, || remember::remember_table(&result))?
         }
-        Command::Startup(_) | Command::Floor { .. } => {
-            unreachable!("startup and floor are run by main before any daemon is spawned")
+        Command::Startup(_) | Command::Floor { .. } | Command::Ann(_) => {
+            unreachable!("startup, floor and ann are run by main before any daemon is spawned")
         }
     };
     Ok(rendered)
@@ -185,6 +200,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<Args
         Some(Value(name)) if name == "fanout" => Command::Fanout(FanoutConfig::new(placeholder)),
         Some(Value(name)) if name == "remember" => Command::Remember(RememberConfig::new(placeholder, PathBuf::new())),
         Some(Value(name)) if name == "startup" => Command::Startup(StartupConfig::new(placeholder)),
+        Some(Value(name)) if name == "ann" => Command::Ann(AnnBenchConfig::default()),
         Some(Value(name)) if name == "floor" => Command::Floor {
             round_trips: DEFAULT_ROUND_TRIPS,
         },
@@ -255,6 +271,16 @@ fn set_option(command: &mut Command, flag: &str, value: &str) -> anyhow::Result<
         (Command::Startup(c), "replay-records") => c.replay_records = value.parse()?,
         (Command::Startup(c), "dim") => c.dim = value.parse()?,
         (Command::Startup(c), "text-bytes") => c.text_bytes = value.parse()?,
+        (Command::Ann(c), "vectors") => c.vectors = value.parse()?,
+        (Command::Ann(c), "dim") => c.dim = value.parse()?,
+        (Command::Ann(c), "data") => c.data = Some(value.into()),
+        (Command::Ann(c), "queries") => c.queries_file = Some(value.into()),
+        (Command::Ann(c), "query-count") => c.queries = value.parse()?,
+        (Command::Ann(c), "clusters") => c.clusters = value.parse()?,
+        (Command::Ann(c), "efs") => c.efs = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
+        (Command::Ann(c), "m") => c.m = Some(value.parse()?),
+        (Command::Ann(c), "ef-construction") => c.ef_construction = Some(value.parse()?),
+        (Command::Ann(c), "rerank") => c.rerank = Some(value.parse()?),
         _ => bail!("unknown option for this benchmark\n\n{USAGE}"),
     }
     Ok(())

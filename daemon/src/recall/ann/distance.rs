@@ -15,15 +15,23 @@
 //! Not here: choosing which vectors to compare (`hnsw`, `tail`).
 
 /// An int8 dot-product kernel, chosen once for this CPU.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct DotKernel {
-    dot: fn(&[i8], &[i8]) -> i32,
-    name: &'static str,
+    isa: Isa,
+}
+
+/// The instruction sets a kernel may use. `Avx2` is only ever constructed
+/// after `is_x86_feature_detected!("avx2")` said yes (in [`DotKernel::all`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
 }
 
 impl std::fmt::Debug for DotKernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name)
+        f.write_str(self.name())
     }
 }
 
@@ -35,10 +43,7 @@ impl DotKernel {
 
     /// The portable kernel.
     pub fn scalar() -> Self {
-        Self {
-            dot: dot_scalar,
-            name: "scalar",
-        }
+        Self { isa: Isa::Scalar }
     }
 
     /// Every kernel this CPU can run, slowest first (tests compare them).
@@ -46,29 +51,78 @@ impl DotKernel {
         let mut kernels = vec![Self::scalar()];
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
-            kernels.push(Self {
-                dot: x86::dot_avx2_checked,
-                name: "avx2",
-            });
+            kernels.push(Self { isa: Isa::Avx2 });
         }
         kernels
     }
 
+    /// The AVX2 token if this is the AVX2 kernel (AVX2 is then present).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(crate) fn avx2(&self) -> Option<Avx2> {
+        (self.isa == Isa::Avx2).then_some(Avx2(()))
+    }
+
     /// Σ a_i·b_i over the common length.
-    #[inline]
+    #[inline(always)]
     pub fn dot(&self, a: &[i8], b: &[i8]) -> i32 {
-        (self.dot)(a, b)
+        match self.isa {
+            Isa::Scalar => dot_scalar(a, b),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx2` exists only if AVX2 was detected (see `Isa`).
+            Isa::Avx2 => unsafe { x86::dot_avx2(a, b) },
+        }
     }
 
     /// Cosine distance `1 − cos` of two quantised unit vectors.
-    #[inline]
+    #[inline(always)]
     pub fn distance(&self, a: &[i8], scale_a: f32, b: &[i8], scale_b: f32) -> f32 {
         1.0 - scale_a * scale_b * self.dot(a, b) as f32
     }
 
     /// The kernel's name ("scalar", "avx2").
     pub fn name(&self) -> &'static str {
-        self.name
+        match self.isa {
+            Isa::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => "avx2",
+        }
+    }
+}
+
+/// A dot product the graph search is generic over, so that its AVX2
+/// instance (compiled with AVX2 enabled) inlines the kernel into its loop
+/// instead of calling it ~600 times per query.
+pub(crate) trait Dot: Copy {
+    /// Σ a_i·b_i over the common length.
+    fn dot(self, a: &[i8], b: &[i8]) -> i32;
+
+    /// Cosine distance `1 − cos` of two quantised unit vectors.
+    #[inline(always)]
+    fn distance(self, a: &[i8], scale_a: f32, b: &[i8], scale_b: f32) -> f32 {
+        1.0 - scale_a * scale_b * self.dot(a, b) as f32
+    }
+}
+
+impl Dot for DotKernel {
+    #[inline(always)]
+    fn dot(self, a: &[i8], b: &[i8]) -> i32 {
+        DotKernel::dot(&self, a, b)
+    }
+}
+
+/// Proof that this CPU has AVX2: only [`DotKernel::avx2`] makes one, from
+/// a kernel built after detection.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Avx2(());
+
+#[cfg(target_arch = "x86_64")]
+impl Dot for Avx2 {
+    #[inline(always)]
+    fn dot(self, a: &[i8], b: &[i8]) -> i32 {
+        // SAFETY: an `Avx2` exists only on a CPU with AVX2 (see the type).
+        unsafe { x86::dot_avx2_inline(a, b) }
     }
 }
 
@@ -89,40 +143,43 @@ mod x86 {
     /// Bytes per AVX2 step.
     const LANES: usize = 32;
 
-    /// The AVX2 kernel as a safe `fn`, handed out only by
-    /// `DotKernel::all` after `is_x86_feature_detected!("avx2")`.
-    pub(super) fn dot_avx2_checked(a: &[i8], b: &[i8]) -> i32 {
-        // SAFETY: this function is only reachable through a `DotKernel` that
-        // `DotKernel::all` built after detecting AVX2 on this CPU.
-        unsafe { dot_avx2(a, b) }
+    /// Σ a_i·b_i with AVX2, callable from code compiled without it.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn dot_avx2(a: &[i8], b: &[i8]) -> i32 {
+        // SAFETY: this function's own target feature guarantees AVX2.
+        unsafe { dot_avx2_inline(a, b) }
     }
 
     /// Σ a_i·b_i with AVX2. `|a|` (unsigned) times `b` with `a`'s sign gives
     /// `a·b` per byte; `vpmaddubsw` sums pairs into i16 without saturating
     /// (2·127·127 < 2¹⁵ for codes in −127..=127), `vpmaddwd` widens to i32.
-    #[target_feature(enable = "avx2")]
-    fn dot_avx2(a: &[i8], b: &[i8]) -> i32 {
+    /// Always inlined: inside a function compiled with AVX2 (the graph
+    /// search's AVX2 instance) the intrinsics inline too.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn dot_avx2_inline(a: &[i8], b: &[i8]) -> i32 {
         let n = a.len().min(b.len());
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_si256();
         let mut i = 0;
-        while i + LANES <= n {
-            // SAFETY: i + 32 <= n <= a.len(), b.len(): both 32-byte loads are in
-            // bounds; loadu has no alignment requirement.
-            let (x, y) = unsafe {
-                (
-                    _mm256_loadu_si256(a.as_ptr().add(i).cast::<__m256i>()),
-                    _mm256_loadu_si256(b.as_ptr().add(i).cast::<__m256i>()),
-                )
-            };
-            let products = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(products, ones));
-            i += LANES;
-        }
-        let half = _mm_add_epi32(_mm256_extracti128_si256::<0>(acc), _mm256_extracti128_si256::<1>(acc));
-        let quarter = _mm_add_epi32(half, _mm_shuffle_epi32::<0b01_00_11_10>(half));
-        let total = _mm_add_epi32(quarter, _mm_shuffle_epi32::<0b10_11_00_01>(quarter));
-        _mm_cvtsi128_si32(total) + super::dot_scalar(&a[i..n], &b[i..n])
+        // SAFETY: AVX2 is present (the caller's contract); i + 32 <= n <=
+        // a.len(), b.len(), so both 32-byte loads are in bounds, and loadu has
+        // no alignment requirement.
+        let total = unsafe {
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = _mm256_setzero_si256();
+            while i + LANES <= n {
+                let x = _mm256_loadu_si256(a.as_ptr().add(i).cast::<__m256i>());
+                let y = _mm256_loadu_si256(b.as_ptr().add(i).cast::<__m256i>());
+                let products = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(products, ones));
+                i += LANES;
+            }
+            let half = _mm_add_epi32(_mm256_extracti128_si256::<0>(acc), _mm256_extracti128_si256::<1>(acc));
+            let quarter = _mm_add_epi32(half, _mm_shuffle_epi32::<0b01_00_11_10>(half));
+            _mm_cvtsi128_si32(_mm_add_epi32(quarter, _mm_shuffle_epi32::<0b10_11_00_01>(quarter)))
+        };
+        total + super::dot_scalar(&a[i..n], &b[i..n])
     }
 }
 

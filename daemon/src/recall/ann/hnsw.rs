@@ -21,7 +21,9 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
-use crate::recall::ann::distance::DotKernel;
+#[cfg(target_arch = "x86_64")]
+use crate::recall::ann::distance::Avx2;
+use crate::recall::ann::distance::{Dot, DotKernel};
 use crate::recall::ann::synthetic::SplitMix64;
 
 /// `upper_offsets` entry of a node with no level above 0.
@@ -126,8 +128,8 @@ impl<'a> FlatGraph<'a> {
         (offset != NO_UPPER && level <= node_level).then(|| offset as usize + (level as usize - 1) * (self.m + 1))
     }
 
-    #[inline]
-    fn distance(&self, kernel: DotKernel, query: Query<'_>, node: u32) -> f32 {
+    #[inline(always)]
+    fn distance<D: Dot>(&self, kernel: D, query: Query<'_>, node: u32) -> f32 {
         kernel.distance(query.codes, query.scale, self.code(node), self.scale(node))
     }
 }
@@ -186,6 +188,40 @@ pub(crate) fn search<A: FnMut(u32) -> bool>(
     accept: &mut A,
     visit_budget: usize,
 ) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(avx2) = kernel.avx2() {
+        // SAFETY: an `Avx2` token exists only on a CPU with AVX2.
+        return unsafe { search_avx2(graph, avx2, query, ef, scratch, accept, visit_budget) };
+    }
+    search_inline(graph, kernel, query, ef, scratch, accept, visit_budget)
+}
+
+/// [`search`] compiled with AVX2 enabled, so the kernel inlines into the
+/// loop rather than being called for each of the ~600 distances of a query.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn search_avx2<A: FnMut(u32) -> bool>(
+    graph: &FlatGraph<'_>,
+    kernel: Avx2,
+    query: Query<'_>,
+    ef: usize,
+    scratch: &mut Scratch,
+    accept: &mut A,
+    visit_budget: usize,
+) -> bool {
+    search_inline(graph, kernel, query, ef, scratch, accept, visit_budget)
+}
+
+#[inline(always)]
+fn search_inline<D: Dot, A: FnMut(u32) -> bool>(
+    graph: &FlatGraph<'_>,
+    kernel: D,
+    query: Query<'_>,
+    ef: usize,
+    scratch: &mut Scratch,
+    accept: &mut A,
+    visit_budget: usize,
+) -> bool {
     let mut entry = Scored {
         dist: graph.distance(kernel, query, graph.entry),
         node: graph.entry,
@@ -197,10 +233,15 @@ pub(crate) fn search<A: FnMut(u32) -> bool>(
 }
 
 /// Moves to the closest neighbour on `level` until none is closer.
-fn greedy(graph: &FlatGraph<'_>, kernel: DotKernel, query: Query<'_>, mut current: Scored, level: u8) -> Scored {
+#[inline(always)]
+fn greedy<D: Dot>(graph: &FlatGraph<'_>, kernel: D, query: Query<'_>, mut current: Scored, level: u8) -> Scored {
     loop {
         let mut moved = false;
-        for &neighbor in graph.neighbors(current.node, level) {
+        let neighbors = graph.neighbors(current.node, level);
+        for &neighbor in neighbors {
+            prefetch_node(graph, neighbor);
+        }
+        for &neighbor in neighbors {
             let dist = graph.distance(kernel, query, neighbor);
             if dist < current.dist {
                 current = Scored { dist, node: neighbor };
@@ -216,9 +257,10 @@ fn greedy(graph: &FlatGraph<'_>, kernel: DotKernel, query: Query<'_>, mut curren
 /// Best-first search of one level from `entry`. Nodes `accept` refuses are
 /// expanded but never enter the results. See [`search`] for the budget.
 #[allow(clippy::too_many_arguments)]
-fn search_layer<A: FnMut(u32) -> bool>(
+#[inline(always)]
+fn search_layer<D: Dot, A: FnMut(u32) -> bool>(
     graph: &FlatGraph<'_>,
-    kernel: DotKernel,
+    kernel: D,
     query: Query<'_>,
     entry: Scored,
     ef: usize,
@@ -245,6 +287,11 @@ fn search_layer<A: FnMut(u32) -> bool>(
     while let Some(Reverse(current)) = candidates.pop() {
         if results.len() >= ef && results.peek().is_some_and(|worst| current.dist > worst.dist) {
             break;
+        }
+        if let Some(Reverse(next)) = candidates.peek()
+            && level == 0
+        {
+            prefetch_links(graph, next.node);
         }
         unvisited_neighbors(graph, current.node, level, visited, fresh);
         visits += fresh.len();
@@ -273,31 +320,78 @@ fn search_layer<A: FnMut(u32) -> bool>(
 }
 
 /// Collects `node`'s unvisited neighbours into `fresh`, marking them and
-/// prefetching their codes, so the loads of all of them are in flight before
-/// the first distance is computed.
-#[inline]
+/// prefetching the start of their codes and their scales, so the loads of
+/// all of them are in flight before the first distance is computed.
+#[inline(always)]
 fn unvisited_neighbors(graph: &FlatGraph<'_>, node: u32, level: u8, visited: &mut Visited, fresh: &mut Vec<u32>) {
     fresh.clear();
     for &neighbor in graph.neighbors(node, level) {
         if visited.insert(neighbor) {
-            prefetch(graph.code(neighbor));
+            prefetch_node(graph, neighbor);
             fresh.push(neighbor);
         }
     }
 }
 
-/// Asks the CPU to start loading `bytes` into cache (a hint: never faults).
+/// Lines of a node's codes prefetched into L1 ahead of its distance; the
+/// rest of the row is prefetched into L2 only. Measured at 100,000 × 384-d:
+/// prefetching all six lines of ~14 neighbours into L1 at once fills the
+/// core's line-fill buffers and stalls on the prefetch itself; two into L1
+/// and the rest into L2 raised queries/s by ~50 % over two lines alone.
+const PREFETCH_CODE_LINES: usize = 2;
+
+/// Starts loading `node`'s first code lines and its scale.
 #[inline(always)]
-fn prefetch(bytes: &[i8]) {
+fn prefetch_node(graph: &FlatGraph<'_>, node: u32) {
+    let codes = graph.code(node);
+    let mut lines = codes.chunks(crate::recall::ann::bytes::CACHE_LINE_BYTES);
+    for line in lines.by_ref().take(PREFETCH_CODE_LINES) {
+        prefetch(line.as_ptr().cast());
+    }
+    for line in lines {
+        prefetch_l2(line.as_ptr().cast());
+    }
+    if let Some(scale) = graph.scales.get(node as usize) {
+        prefetch((scale as *const f32).cast());
+    }
+}
+
+/// Starts loading `node`'s level-0 links (the next node to expand).
+#[inline(always)]
+fn prefetch_links(graph: &FlatGraph<'_>, node: u32) {
+    if let Some(count) = graph.l0.get(node as usize * (graph.m0 + 1)) {
+        prefetch((count as *const u32).cast());
+    }
+}
+
+/// Asks the CPU to start loading the line at `address` into L2 (a hint:
+/// never faults). L2 prefetches queue in the L2's own miss slots (~48), not
+/// the L1's ~16 fill buffers, so all the lines of ~14 neighbours can be in
+/// flight at once without stalling the core.
+#[inline(always)]
+fn prefetch_l2(address: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    for line in bytes.chunks(crate::recall::ann::bytes::CACHE_LINE_BYTES) {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        // SAFETY: prefetch is a hint that never faults or writes, and the
-        // pointer comes from a live slice; SSE is part of the x86-64 baseline.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr()) };
+    {
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        // SAFETY: as in `prefetch`.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(address.cast()) };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
+    let _ = address;
+}
+
+/// Asks the CPU to start loading the line at `address` (a hint: never faults).
+#[inline(always)]
+fn prefetch(address: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: prefetch is a hint that never faults or writes, whatever the
+        // address (ours come from live references); SSE is baseline x86-64.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(address.cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
 }
 
 /// A graph's arrays, owned: what a builder grows and a segment is made of.

@@ -133,10 +133,19 @@ impl Pool {
         }
     }
 
-    pub fn into_ids(self) -> Vec<u64> {
-        let mut ids: Vec<u64> = self.heap.into_iter().map(|c| c.id).collect();
-        ids.sort_unstable();
-        ids.dedup();
+    /// The ids of the best `count` candidates (each id once).
+    pub fn into_best_ids(self, count: usize) -> Vec<u64> {
+        let mut best = self.heap.into_vec();
+        best.sort_unstable();
+        let mut ids: Vec<u64> = Vec::with_capacity(count.min(best.len()));
+        for candidate in best {
+            if ids.len() == count {
+                break;
+            }
+            if !ids.contains(&candidate.id) {
+                ids.push(candidate.id);
+            }
+        }
         ids
     }
 }
