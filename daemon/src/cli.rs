@@ -120,14 +120,6 @@ fn disable_transparent_huge_pages() -> Result<(), nix::errno::Errno> {
     nix::sys::prctl::set_thp_disable(true)
 }
 
-/// `main` with the WAL's file system chosen by the caller (and no other hook).
-pub fn main_with_wal_fs(wal_fs: Arc<dyn WalFs>) -> ExitCode {
-    main_with_test_hooks(TestHooks {
-        wal_fs,
-        wedge: WedgeSwitch::OFF,
-    })
-}
-
 /// `main` with the hooks chosen by the caller: the daemon under test
 /// (`nexusd-it`) passes [`TestHooks::from_env`]; `nexusd` passes none.
 /// Must be called first thing in the binary's `main`, while the process has
