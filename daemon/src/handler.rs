@@ -1,21 +1,28 @@
 //! What each operation does, given a validated request: transport-agnostic,
 //! so the shared-memory and socket sessions answer identically.
 //!
-//! Memory operations go to the durable store (`store/`): a write is answered
-//! only once it is in the WAL and fsynced (per the fsync policy). Recall is
-//! still an exact scan; the indexed pipeline is its own issue.
+//! The only file that speaks both the wire (`nexus_shm_protocol::wire`) and
+//! the domain: it turns an archived request into the store's and recall's
+//! input types, borrowing the request's bytes (texts, tags, vectors and ids
+//! are read in place, not copied; a query vector is converted once), calls
+//! them, and turns their outcome into a response. Every domain error maps to
+//! a wire code here, in exhaustive matches: a new error variant does not
+//! compile until someone decides its code.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use nexus_shm_protocol::wire::{
-    ArchivedRequest, ArchivedRequestBody, ErrorCode, HealthReport, Pong, Response, ResponseBody, StatsReport,
+    ArchivedFeedbackRequest, ArchivedForgetRequest, ArchivedMemoryInput, ArchivedRecallRequest, ArchivedRequest,
+    ArchivedRequestBody, ArchivedRoute, Counter, ErrorCode, HealthReport, Pong, RecallHit, Response, ResponseBody,
+    Signal, StatsReport,
 };
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::store::Store;
-use crate::store::model::StoreError;
+use crate::recall::{EngineError, QueryInput, Recall, RecallError, Recalled, Route};
+use crate::store::wal::WalError;
+use crate::store::{CounterValue, Deadline, ForgetTarget, Judgement, NewMemory, Store, StoreError, TagRef};
 use crate::transport::admission::Admission;
 
 /// State every session shares.
@@ -28,6 +35,8 @@ pub struct Shared {
     pub shutting_down: AtomicBool,
     /// The memories.
     pub store: Store,
+    /// Recalls over them.
+    pub recall: Recall,
     /// The budgets connections are admitted against (fds, pending
     /// handshakes, per-uid shares, memory); see `admission.rs`.
     pub admission: Admission,
@@ -41,12 +50,11 @@ impl Shared {
             config: RwLock::new(Arc::new(config)),
             metrics: Metrics::default(),
             shutting_down: AtomicBool::new(false),
+            recall: Recall::new(store.clone()),
             store,
         })
     }
-}
 
-impl Shared {
     /// The configuration in force now.
     pub fn config(&self) -> Arc<Config> {
         self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -56,6 +64,12 @@ impl Shared {
     pub fn set_config(&self, config: Config) {
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
     }
+}
+
+/// An error answer: the wire code and the message.
+struct Refusal {
+    code: ErrorCode,
+    message: String,
 }
 
 /// Answers one validated request. `now_ns` is CLOCK_MONOTONIC at pick-up.
@@ -73,43 +87,252 @@ pub async fn handle(request: &ArchivedRequest, shared: &Shared, now_ns: u64) -> 
     if shared.shutting_down.load(Ordering::Relaxed) && !is_probe(&request.body) {
         return Response::error(id, ErrorCode::ShuttingDown, "nexusd is shutting down");
     }
+    match dispatch(&request.body, shared, now_ns, Deadline::at_ns(deadline_ns)).await {
+        Ok(body) => Response::ok(id, body),
+        Err(refusal) => Response::error(id, refusal.code, refusal.message),
+    }
+}
+
+/// Runs one operation.
+async fn dispatch(
+    body: &ArchivedRequestBody,
+    shared: &Shared,
+    now_ns: u64,
+    deadline: Deadline,
+) -> Result<ResponseBody, Refusal> {
     let store = &shared.store;
-    let result = match &request.body {
+    match body {
         ArchivedRequestBody::Ping(ping) => Ok(ResponseBody::Pong(Pong {
             payload_bytes: ping.payload.len() as u32,
             server_monotonic_ns: now_ns,
         })),
         ArchivedRequestBody::Stats => Ok(ResponseBody::Stats(stats(shared))),
-        ArchivedRequestBody::Health => Ok(ResponseBody::Health(HealthReport {
-            serving: !shared.shutting_down.load(Ordering::Relaxed),
-            uptime_s: shared.metrics.uptime_s(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            write_failure: store.write_failure(),
-        })),
+        ArchivedRequestBody::Health => Ok(ResponseBody::Health(health(shared))),
         ArchivedRequestBody::Remember(remember) => {
-            store.remember(remember, now_ms()).await.map(ResponseBody::Remembered)
+            let memories = remember.memories.iter().map(new_memory).collect();
+            let remembered = store.remember(memories, now_ms()).await.map_err(store_refusal)?;
+            Ok(ResponseBody::Remembered(remembered.ids))
         }
-        ArchivedRequestBody::Recall(recall) => store.recall(recall, deadline_ns).await.map(ResponseBody::Recalled),
-        ArchivedRequestBody::Forget(forget) => store.forget(forget, deadline_ns).await.map(ResponseBody::Forgotten),
-        ArchivedRequestBody::Feedback(feedback) => store.feedback(feedback).await.map(|()| ResponseBody::Empty),
-        ArchivedRequestBody::Flush => store.flush().await.map(ResponseBody::Flushed),
-        ArchivedRequestBody::Checkpoint => store.requested_checkpoint().await.map(ResponseBody::Checkpointed),
-    };
-    match result {
-        Ok(body) => Response::ok(id, body),
-        Err(error) => store_error(id, &error),
+        ArchivedRequestBody::Recall(recall) => {
+            let recalled = shared.recall.recall(&query_input(recall), deadline).await;
+            Ok(ResponseBody::Recalled(
+                recalled.map_err(recall_refusal)?.into_iter().map(hit).collect(),
+            ))
+        }
+        ArchivedRequestBody::Forget(forget) => {
+            let forgotten = store.forget(&forget_target(forget), deadline).await;
+            Ok(ResponseBody::Forgotten(forgotten.map_err(store_refusal)?.count))
+        }
+        ArchivedRequestBody::Feedback(feedback) => {
+            store.feedback(judgement(feedback)).await.map_err(store_refusal)?;
+            Ok(ResponseBody::Empty)
+        }
+        ArchivedRequestBody::Flush => Ok(ResponseBody::Flushed(store.flush().await.map_err(store_refusal)?)),
+        ArchivedRequestBody::Checkpoint => {
+            let lsn = store.requested_checkpoint().await.map_err(store_refusal)?;
+            Ok(ResponseBody::Checkpointed(lsn))
+        }
+    }
+}
+
+// Wire → domain.
+
+/// A Remember's memory, borrowing the request's bytes.
+pub fn new_memory(input: &ArchivedMemoryInput) -> NewMemory<'_> {
+    NewMemory {
+        namespace: input.namespace.as_str(),
+        text: input.text.as_str(),
+        key: input.key.as_ref().map(|k| k.as_str()),
+        vector: input.vector.as_ref().map(|v| v.as_slice()),
+        tags: (input.tags.iter())
+            .map(|t| TagRef {
+                key: t.key.as_str(),
+                value: t.value.as_str(),
+            })
+            .collect(),
+        created_at_ms: input.created_at_ms.as_ref().map(|t| t.to_native()),
+        importance: input.importance.to_native(),
+        source: input.source.as_ref().map(|s| s.as_str()),
+    }
+}
+
+fn forget_target(request: &ArchivedForgetRequest) -> ForgetTarget<'_> {
+    match request {
+        ArchivedForgetRequest::Ids(ids) => ForgetTarget::Ids(ids.as_slice()),
+        ArchivedForgetRequest::Namespace(namespace) => ForgetTarget::Namespace(namespace.as_str()),
+        ArchivedForgetRequest::Tags { namespace, tags } => ForgetTarget::Tags {
+            namespace: namespace.as_ref().map(|n| n.as_str()),
+            tags: (tags.iter())
+                .map(|t| TagRef {
+                    key: t.key.as_str(),
+                    value: t.value.as_str(),
+                })
+                .collect(),
+        },
+    }
+}
+
+fn judgement(request: &ArchivedFeedbackRequest) -> Judgement {
+    Judgement {
+        memory_id: request.memory_id.to_native(),
+        recall_request_id: request.recall_request_id.to_native(),
+        useful: request.useful,
+    }
+}
+
+/// A Recall's query. The vector is converted to native floats once (the
+/// engines compute with them); texts and tags are borrowed.
+fn query_input(request: &ArchivedRecallRequest) -> QueryInput<'_> {
+    QueryInput {
+        namespace: request.namespace.as_str(),
+        text: request.text.as_ref().map(|t| t.as_str()),
+        vector: (request.vector.as_ref()).map(|v| v.iter().map(|x| x.to_native()).collect()),
+        k: request.k.to_native(),
+        route: route(request.route.as_ref()),
+        tags: (request.filter.iter())
+            .map(|t| (t.key.as_str(), t.value.as_str()))
+            .collect(),
+        created: None,
+    }
+}
+
+/// The route a request forces. `Route::None` ("no recall route") in a
+/// request means what no route means: the daemon picks.
+fn route(forced: Option<&ArchivedRoute>) -> Route {
+    match forced {
+        None | Some(ArchivedRoute::None) => Route::Auto,
+        Some(ArchivedRoute::CacheOnly) => Route::CacheOnly,
+        Some(ArchivedRoute::SmartRouting) => Route::SmartRouting,
+        Some(ArchivedRoute::FullPipeline) => Route::FullPipeline,
+        Some(ArchivedRoute::MaximumIntelligence) => Route::MaximumIntelligence,
+    }
+}
+
+// Domain → wire.
+
+/// A recall result with its memory's text, and why it was chosen.
+fn hit(recalled: Recalled) -> RecallHit {
+    let Recalled { candidate, memory } = recalled;
+    let view = memory.view();
+    let signals = [
+        ("vector", candidate.signals.vector),
+        ("lexical", candidate.signals.lexical),
+    ];
+    let why = (signals.into_iter())
+        .filter_map(|(name, value)| {
+            Some(Signal {
+                name: name.into(),
+                value: value?,
+            })
+        })
+        .collect();
+    RecallHit {
+        id: candidate.id,
+        score: candidate.score,
+        text: view.text().to_owned(),
+        namespace: view.namespace().to_owned(),
+        why,
     }
 }
 
 fn stats(shared: &Shared) -> StatsReport {
     let mut report = shared.metrics.report();
-    report.counters.extend(shared.store.counters());
+    report.counters.extend(shared.store.counters().into_iter().map(counter));
     report.counters.extend(shared.admission.gauges());
     report
 }
 
-fn store_error(id: u64, error: &StoreError) -> Response {
-    Response::error(id, error.code(), error.to_string())
+fn counter(value: CounterValue) -> Counter {
+    Counter {
+        name: value.name.into_owned(),
+        value: value.value,
+    }
+}
+
+fn health(shared: &Shared) -> HealthReport {
+    HealthReport {
+        serving: !shared.shutting_down.load(Ordering::Relaxed),
+        uptime_s: shared.metrics.uptime_s(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        write_failure: shared.store.write_failure(),
+    }
+}
+
+fn store_refusal(error: StoreError) -> Refusal {
+    Refusal {
+        code: store_code(&error),
+        message: error.to_string(),
+    }
+}
+
+fn recall_refusal(error: RecallError) -> Refusal {
+    Refusal {
+        code: recall_code(&error),
+        message: error.to_string(),
+    }
+}
+
+/// The wire code of a store error.
+fn store_code(error: &StoreError) -> ErrorCode {
+    match error {
+        StoreError::EmptyBatch
+        | StoreError::EmptyNamespace { .. }
+        | StoreError::FieldTooLong { .. }
+        | StoreError::TooManyTags { .. }
+        | StoreError::BadDimension { .. }
+        | StoreError::NotFinite { .. }
+        | StoreError::FilterTooLong { .. }
+        | StoreError::ForgetWithoutNamespace
+        | StoreError::ForgetWithoutTags => ErrorCode::InvalidArgument,
+        StoreError::BatchTooLarge { .. } | StoreError::TooManyIds { .. } => ErrorCode::BatchTooLarge,
+        StoreError::DimensionMismatch { .. } | StoreError::MixedDimensions { .. } => ErrorCode::DimensionMismatch,
+        StoreError::DeadlineExceeded(_) => ErrorCode::DeadlineExceeded,
+        StoreError::UnknownMemory(_) => ErrorCode::NotFound,
+        StoreError::Wal(wal) => wal_code(wal),
+        StoreError::ShuttingDown => ErrorCode::ShuttingDown,
+        StoreError::Snapshot(_)
+        | StoreError::SnapshotUnreadable { .. }
+        | StoreError::DataDir(_)
+        | StoreError::ConfiguredDimension { .. }
+        | StoreError::ApplyThread(_)
+        | StoreError::TaskFailed { .. }
+        | StoreError::WalStalled { .. } => ErrorCode::StorageFailed,
+        StoreError::Checkpoint(error) => store_code(error),
+    }
+}
+
+/// The wire code of a WAL error: no space and no descriptors are retried by
+/// the client (`DiskFull`, `Busy`); everything else is a storage failure.
+fn wal_code(error: &WalError) -> ErrorCode {
+    match error {
+        WalError::DiskFull { .. } => ErrorCode::DiskFull,
+        WalError::OutOfFds { .. } => ErrorCode::Busy,
+        WalError::SyncFailed { .. }
+        | WalError::Failed { .. }
+        | WalError::Corrupt { .. }
+        | WalError::Closed
+        | WalError::Io { .. }
+        | WalError::PayloadTooLarge { .. }
+        | WalError::InvalidConfig(_)
+        | WalError::BadFsyncPolicy { .. }
+        | WalError::BadFaultSpec { .. }
+        | WalError::ApplyFailed { .. }
+        | WalError::LsnConflict { .. }
+        | WalError::ShutdownTimedOut(_) => ErrorCode::StorageFailed,
+    }
+}
+
+/// The wire code of a recall error.
+fn recall_code(error: &RecallError) -> ErrorCode {
+    match error {
+        RecallError::KTooLarge { .. }
+        | RecallError::QueryTooLong { .. }
+        | RecallError::EmptyQuery
+        | RecallError::BadTimeRange(_) => ErrorCode::InvalidArgument,
+        RecallError::RouteNotAvailable { .. } => ErrorCode::NotAvailable,
+        RecallError::Store(error) => store_code(error),
+        RecallError::Engine(EngineError::DeadlineExceeded { .. }) => ErrorCode::DeadlineExceeded,
+    }
 }
 
 fn is_probe(body: &ArchivedRequestBody) -> bool {

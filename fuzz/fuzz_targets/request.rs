@@ -1,6 +1,7 @@
 //! Fuzzes frame payload decoding: rkyv validation of a request as the daemon
-//! does it for every frame (`wire::access_request`), then the store's checks of a
-//! Remember's memories (`validate_memory`), and of a response as the client does
+//! does it for every frame (`wire::access_request`), then the handler's translation
+//! of a Remember's memories into the store's input (`handler::new_memory`) and the
+//! store's checks of them (`validate_memory`), and of a response as the client does
 //! it (`wire::access_response`).
 //!
 //! Input: one byte choosing the message (even: request, odd: response), then the
@@ -10,6 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use nexus_daemon::handler::new_memory;
 use nexus_daemon::store::model::{Limits, validate_memory};
 use nexus_fuzz::{Input, write_seeds_if_asked};
 use nexus_shm_protocol::wire::{self, *};
@@ -38,7 +40,7 @@ fn request(payload: &[u8]) -> bool {
     if let ArchivedRequestBody::Remember(remember) = &archived.body {
         let limits = Limits::default();
         for (index, memory) in remember.memories.iter().enumerate() {
-            let _ = validate_memory(index, memory, &limits, 0);
+            let _ = validate_memory(index, new_memory(memory), &limits, 0);
         }
     }
     let owned: Request = rkyv::deserialize::<_, rkyv::rancor::Error>(archived).expect("a valid archive deserializes");

@@ -32,10 +32,12 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use super::apply::Ticket;
+use super::error::StoreError;
 use super::snapshot::{self, Snapshot};
 use super::state::{Frozen, State};
-use super::wal::{Lsn, WalFs, remove_replayed_segments};
-use super::{Store, StoreConfig, StoreError, storage};
+use super::wal::{self, Lsn, Wal, WalFs, remove_replayed_segments};
+use super::{Store, StoreConfig};
 
 /// How long after a failed automatic checkpoint the next may start: a full
 /// disk would otherwise start one (and rotate the WAL) after every write.
@@ -86,8 +88,9 @@ pub(super) struct Checkpoints {
 struct Finished {
     generation: u64,
     at: Instant,
-    /// The LSN covered, or why it failed.
-    result: Result<Lsn, String>,
+    /// The LSN covered, or why it failed (shared with every request that
+    /// takes this outcome as its own).
+    result: Result<Lsn, Arc<StoreError>>,
 }
 
 impl Checkpoints {
@@ -188,18 +191,18 @@ impl Store {
         if let Some(done) = last.as_ref()
             && done.answers(trigger, running_at_arrival, checkpoints.min_interval)
         {
-            return done.result.clone().map_err(StoreError::Storage);
+            return done.result.clone().map_err(StoreError::Checkpoint);
         }
         let generation = checkpoints.started.fetch_add(1, Ordering::AcqRel) + 1;
         checkpoints.running.store(generation, Ordering::Release);
-        let result = self.write_checkpoint().await;
+        let result = self.write_checkpoint().await.map_err(Arc::new);
         checkpoints.running.store(0, Ordering::Release);
         *last = Some(Finished {
             generation,
             at: Instant::now(),
-            result: result.as_ref().copied().map_err(ToString::to_string),
+            result: result.clone(),
         });
-        result
+        result.map_err(StoreError::Checkpoint)
     }
 
     /// Starts a checkpoint in the background when the WAL holds enough that
@@ -247,9 +250,12 @@ impl Store {
         let (state, dir) = (inner.state.clone(), inner.dir.clone());
         let written = tokio::task::spawn_blocking(move || write_and_rebase(&state, &dir, &frozen))
             .await
-            .map_err(|e| StoreError::Storage(format!("checkpoint task failed: {e}")))?;
+            .map_err(|source| StoreError::TaskFailed {
+                task: "checkpoint",
+                source,
+            })?;
         let (path, lsn) = written?;
-        snapshot::remove_others(&inner.dir, &path).map_err(storage)?;
+        snapshot::remove_others(&inner.dir, &path)?;
         wal.remove_segments_up_to(lsn)?;
         checkpoints.last_lsn.store(lsn, Ordering::Relaxed);
         checkpoints.total.fetch_add(1, Ordering::Relaxed);
@@ -258,6 +264,18 @@ impl Store {
         });
         info!(lsn, path = %path.display(), ms = started.elapsed().as_millis() as u64, "checkpoint written");
         Ok(lsn)
+    }
+}
+
+impl Store {
+    /// Seals the active segment, waiting at most `wal_stall_timeout` for the
+    /// writer (it may be stuck in an fdatasync that never returns).
+    async fn rotate(&self, wal: &Wal<Ticket>) -> Result<wal::RotateInfo, StoreError> {
+        let waited = self.inner.wal_stall_timeout;
+        match tokio::time::timeout(waited, wal.rotate()).await {
+            Ok(rotated) => Ok(rotated?),
+            Err(_) => Err(StoreError::WalStalled { waited }),
+        }
     }
 }
 
@@ -287,10 +305,10 @@ pub(super) fn compact_before_start(
     let lsn = state.applied_lsn();
     if lsn > snapshot_lsn {
         let frozen = state.freeze();
-        let path = snapshot::write(dir, &frozen.snapshot_body()).map_err(storage)?;
-        let opened = Snapshot::open(&path).map_err(storage)?;
+        let path = snapshot::write(dir, &frozen.snapshot_body())?;
+        let opened = Snapshot::open(&path)?;
         state.rebase(&frozen, Arc::new(opened));
-        snapshot::remove_others(dir, &path).map_err(storage)?;
+        snapshot::remove_others(dir, &path)?;
     }
     remove_replayed_segments(dir, fs, lsn)?;
     Ok(lsn)
@@ -301,15 +319,13 @@ pub(super) fn compact_before_start(
 /// back is removed, so a restart never meets it.
 fn write_and_rebase(state: &RwLock<State>, dir: &Path, frozen: &Frozen) -> Result<(PathBuf, Lsn), StoreError> {
     let body = frozen.snapshot_body();
-    let path = snapshot::write(dir, &body).map_err(storage)?;
+    let path = snapshot::write(dir, &body)?;
     drop(body);
     let opened = match Snapshot::open(&path) {
         Ok(opened) => opened,
-        Err(error) => {
+        Err(source) => {
             let _ = std::fs::remove_file(&path);
-            return Err(StoreError::Storage(format!(
-                "the snapshot just written does not read back ({error}); it was removed"
-            )));
+            return Err(StoreError::SnapshotUnreadable { path, source });
         }
     };
     let moved = state

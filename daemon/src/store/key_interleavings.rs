@@ -9,7 +9,9 @@
 //! after every step the state must match a plain model (the later record in
 //! LSN order owns a key) and hold at most one live memory per key, and at the
 //! end a replay of the logged records and a snapshot of the state must give
-//! the same memories. The resolve step uses the store's own code
+//! the same memories, and an index that follows the log (the changes the
+//! apply step tells followers, `follow.rs`) must hold exactly the live
+//! memories after every step. The resolve step uses the store's own code
 //! (`Ids::assign`, `fix_dimension`); the WAL is left out (its ordering and
 //! failure handling have their own tests).
 
@@ -18,11 +20,13 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
-use super::fix_dimension;
+use super::apply::record_change;
+use super::follow::IndexEvent;
 use super::logged::LoggedRecord;
 use super::model::{MemoryRef, WalRecord, WalRecordRef};
 use super::snapshot::{self, Snapshot};
 use super::state::State;
+use super::write::fix_dimension;
 
 const NAMESPACE: &str = "ns";
 /// Few keys, so concurrent requests collide on them often.
@@ -116,6 +120,8 @@ struct World {
     in_flight: Vec<(usize, Arc<LoggedRecord>)>,
     /// Logged records, in LSN order.
     log: Vec<Arc<LoggedRecord>>,
+    /// What a follower of the log holds: every change told, applied in order.
+    follower: Live,
 }
 
 impl World {
@@ -157,7 +163,9 @@ impl World {
         }
         let lsn = self.log.len() as u64 + 1;
         model_apply(&mut self.model, &record);
-        self.state.apply(lsn, Arc::clone(&record));
+        let mut events = Vec::new();
+        self.state.apply_noting(lsn, Arc::clone(&record), &mut events);
+        follow(&mut self.follower, record_change(lsn, &record, &events).events());
         self.log.push(record);
     }
 
@@ -165,6 +173,7 @@ impl World {
     #[track_caller]
     fn check(&self) {
         assert_eq!(live_of(&self.state), self.model, "state vs model");
+        assert_eq!(self.follower, self.model, "what a follower of the log holds vs model");
         let mut indexed: Vec<(String, u64)> = (self.state.ids().keyed())
             .map(|(_, key, id)| (key.to_owned(), id))
             .collect();
@@ -188,15 +197,9 @@ impl World {
             replayed.apply(lsn, Arc::clone(record));
         }
         assert_eq!(live_of(&replayed), self.model, "after a replay");
-        let dir = std::env::temp_dir().join(format!(
-            "nexus-key-interleavings-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = snapshot::write(&dir, &self.state.freeze().snapshot_body()).expect("snapshot");
+        let dir = crate::testing::TempDir::new("key-interleavings");
+        let path = snapshot::write(dir.path(), &self.state.freeze().snapshot_body()).expect("snapshot");
         let reopened = State::from_snapshot(Some(Arc::new(Snapshot::open(&path).expect("reopen"))));
-        let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(live_of(&reopened), self.model, "after a snapshot");
         for (key, id) in (self.model.iter()).filter_map(|(id, (key, _))| Some((key.as_deref()?, *id))) {
             assert_eq!(
@@ -223,6 +226,25 @@ fn model_apply(live: &mut Live, record: &LoggedRecord) {
             live.remove(id);
         }),
         WalRecord::Feedback { .. } => {}
+    }
+}
+
+/// A follower's index: added memories in, removed ones out, in order.
+fn follow<'a>(index: &mut Live, events: impl Iterator<Item = IndexEvent<'a>>) {
+    for event in events {
+        match event {
+            IndexEvent::Added(memory) => {
+                let before = index.insert(memory.id(), (memory.key().map(str::to_owned), memory.text().to_owned()));
+                assert!(
+                    before.is_none(),
+                    "a replaced memory is removed before it is added again"
+                );
+            }
+            IndexEvent::Removed(id) => {
+                assert!(index.remove(&id).is_some(), "only a live memory is removed");
+            }
+            IndexEvent::Feedback { .. } => {}
+        }
     }
 }
 

@@ -23,6 +23,12 @@ use crate::store::wal::{KeptPayload, ReplayPayload};
 /// Alignment of archived records (matches the WAL's payload alignment).
 const ALIGN: usize = 16;
 
+/// Bytes that are not an archived [`WalRecord`] (a WAL payload that passed
+/// its checksum but not validation: a bug or a deliberately forged segment).
+#[derive(Debug, thiserror::Error)]
+#[error("the payload is not a valid WAL record: {0}")]
+pub struct DamagedRecord(#[source] rkyv::rancor::Error);
+
 /// An archived [`WalRecord`] whose bytes passed bytecheck validation.
 pub struct LoggedRecord {
     /// Never mutated after validation.
@@ -90,7 +96,7 @@ impl LoggedRecord {
     }
 
     /// Validates a payload being replayed and keeps it where it lies.
-    pub fn replayed(payload: &ReplayPayload<'_>) -> Result<Self, String> {
+    pub fn replayed(payload: &ReplayPayload<'_>) -> Result<Self, DamagedRecord> {
         if !(payload.as_ptr() as usize).is_multiple_of(ALIGN) {
             return Self::copied(payload);
         }
@@ -98,15 +104,15 @@ impl LoggedRecord {
     }
 
     /// Copies bytes (an archived `WalRecord`) and validates them.
-    pub fn copied(payload: &[u8]) -> Result<Self, String> {
+    pub fn copied(payload: &[u8]) -> Result<Self, DamagedRecord> {
         let mut bytes = AlignedVec::<ALIGN>::with_capacity(payload.len());
         bytes.extend_from_slice(payload);
         Self::validated(Bytes::Owned(bytes))
     }
 
     /// The one way in for bytes this process did not just serialize.
-    fn validated(bytes: Bytes) -> Result<Self, String> {
-        rkyv::access::<ArchivedWalRecord, rkyv::rancor::Error>(&bytes).map_err(|e| e.to_string())?;
+    fn validated(bytes: Bytes) -> Result<Self, DamagedRecord> {
+        rkyv::access::<ArchivedWalRecord, rkyv::rancor::Error>(&bytes).map_err(DamagedRecord)?;
         Ok(Self { bytes })
     }
 
@@ -254,7 +260,7 @@ mod tests {
             .expect("the text is in the record");
         bytes[at] = 0xff; // no longer UTF-8
         let error = LoggedRecord::copied(&bytes).unwrap_err();
-        assert!(!error.is_empty());
+        assert!(error.to_string().starts_with("the payload is not a valid WAL record"));
         assert!(LoggedRecord::copied(&[]).is_err());
         assert!(LoggedRecord::copied(&[0xff; 3]).is_err());
     }

@@ -1,14 +1,15 @@
-//! The memory model: what a stored memory is, the WAL record bodies, the
-//! limits every write is checked against, and the store's typed errors.
+//! The memory model: what a stored memory is, what a client asks to store
+//! ([`NewMemory`]), the WAL record bodies, and the limits every write is
+//! checked against.
 //!
-//! Validation turns an archived `RememberRequest` (already copied out of
-//! shared memory and bytecheck-validated) into `MemoryRef`s borrowing it, or
-//! a specific error naming the offending field; `MemoryRef` and
-//! `WalRecordRef` serialize in exactly the owned types' archived layout, so a
-//! WAL record is encoded straight from the request. Nothing here touches disk
-//! (the WAL is `wal/`, snapshots `snapshot.rs`) or decides ids (`mod.rs`).
+//! Validation turns the [`NewMemory`]s of a Remember (borrowing the request's
+//! bytes, which the handler already copied out of shared memory and
+//! validated) into [`MemoryRef`]s still borrowing them, or a specific error
+//! naming the offending field; `MemoryRef` and `WalRecordRef` serialize in
+//! exactly the owned types' archived layout, so a WAL record is encoded
+//! straight from the request. Nothing here touches disk (the WAL is `wal/`,
+//! snapshots `snapshot.rs`) or decides ids (`ids.rs`); errors are `error.rs`.
 
-use nexus_shm_protocol::wire::{ArchivedMemoryInput, ErrorCode};
 use rkyv::rancor::{Fallible, Source};
 use rkyv::rend::f32_le;
 use rkyv::ser::{Allocator, Writer};
@@ -17,7 +18,7 @@ use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::with::{ArchiveWith, Map, SerializeWith};
 use rkyv::{Archive, Deserialize, Place, Serialize};
 
-use crate::store::wal::WalError;
+use crate::store::error::{StoreError, Subject};
 
 /// A label on a stored memory.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -114,237 +115,98 @@ impl Default for Limits {
     }
 }
 
-/// Whose value an error is about: a memory of a Remember batch (by its
-/// position), or a recall's query. Messages name what the client sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Subject {
-    /// The memory at this position in the batch.
-    Memory(usize),
-    /// The recall's query.
-    Query,
+/// A memory a client asks to store, borrowing the request's bytes (nothing
+/// is copied until the WAL record is encoded). Built by the handler from the
+/// wire, or by a test.
+#[derive(Debug, Clone, Default)]
+pub struct NewMemory<'a> {
+    /// Scope (required).
+    pub namespace: &'a str,
+    /// The text.
+    pub text: &'a str,
+    /// Client key for an idempotent upsert.
+    pub key: Option<&'a str>,
+    /// Embedding, little-endian as archived (read in place).
+    pub vector: Option<&'a [f32_le]>,
+    /// Labels.
+    pub tags: Vec<TagRef<'a>>,
+    /// When it happened, ms since the Unix epoch (default: when it is stored).
+    pub created_at_ms: Option<i64>,
+    /// Scoring weight.
+    pub importance: f32,
+    /// Provenance.
+    pub source: Option<&'a str>,
 }
 
-impl std::fmt::Display for Subject {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Memory(index) => write!(f, "memory {index}"),
-            Self::Query => write!(f, "query"),
-        }
-    }
-}
-
-/// Why a store operation failed, as the client sees it.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// A Remember with no memories.
-    #[error("the batch is empty: send at least one memory")]
-    EmptyBatch,
-    /// Too many memories in one request.
-    #[error("the batch has {len} memories; the maximum is {max}")]
-    BatchTooLarge {
-        /// Memories sent.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// Too many ids in one Forget.
-    #[error("the Forget names {len} ids; the maximum is {max} (limits.max_forget_ids)")]
-    TooManyIds {
-        /// Ids sent.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// A field exceeds its byte limit.
-    #[error("memory {index}: {field} is {len} bytes; the maximum is {max}")]
-    FieldTooLong {
-        /// Position in the batch.
-        index: usize,
-        /// Which field.
-        field: &'static str,
-        /// Its length.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// Too many tags on one memory.
-    #[error("memory {index} has {len} tags; the maximum is {max}")]
-    TooManyTags {
-        /// Position in the batch.
-        index: usize,
-        /// Tags sent.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// A vector's dimension differs from the store's.
-    #[error("{subject}: vector dimension {got} differs from the store's dimension {expected}")]
-    DimensionMismatch {
-        /// Whose vector.
-        subject: Subject,
-        /// The store's dimension.
-        expected: u32,
-        /// What was sent.
-        got: u32,
-    },
-    /// Two vectors of one batch have different dimensions.
-    #[error("memory {index}: vector dimension {got} differs from the batch's first vector's dimension {expected}")]
-    MixedDimensions {
-        /// Position in the batch of the first vector that differs.
-        index: usize,
-        /// The batch's first vector's dimension.
-        expected: u32,
-        /// What was sent.
-        got: u32,
-    },
-    /// A vector is empty or larger than allowed.
-    #[error("{subject}: vector dimension {got} is outside 1..={max}")]
-    BadDimension {
-        /// Whose vector.
-        subject: Subject,
-        /// What was sent.
-        got: usize,
-        /// The limit.
-        max: u32,
-    },
-    /// A NaN or infinity in a vector or the importance.
-    #[error("{subject}: {field} contains a NaN or infinite value")]
-    NotFinite {
-        /// Whose value.
-        subject: Subject,
-        /// Which field.
-        field: &'static str,
-    },
-    /// A recall's query text is longer than allowed.
-    #[error("query: text is {len} bytes; the maximum is {max} (limits.max_query_bytes)")]
-    QueryTooLong {
-        /// Bytes sent.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// A recall's filter names more tags than a memory can carry.
-    #[error("query: the filter has {len} tags; the maximum is {max} (limits.max_tags)")]
-    FilterTooLong {
-        /// Tags sent.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// The request's deadline passed while it was being answered.
-    #[error("the deadline passed {late_us} µs ago, {what}")]
-    DeadlineExceeded {
-        /// How far past the deadline the check found itself.
-        late_us: u64,
-        /// Where the work stood (e.g. "after scoring 5000 memories").
-        what: String,
-    },
-    /// An argument out of range or inconsistent.
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// Feedback on a memory that does not exist.
-    #[error("memory {0} does not exist")]
-    UnknownMemory(u64),
-    /// The write-ahead log refused or failed the write (disk full, fsync error,
-    /// corruption found at start-up, ...); its message says which.
-    #[error(transparent)]
-    Wal(#[from] WalError),
-    /// The disk is full: the write was not made durable; later writes retry.
-    #[error("{0}")]
-    DiskFull(String),
-    /// The daemon had no file descriptor for a new WAL segment: the write was
-    /// not made durable; later writes retry (answered `Busy`: try again).
-    #[error("{0}")]
-    OutOfFds(String),
-    /// Shutdown began before the write was logged.
-    #[error("nexusd is shutting down")]
-    ShuttingDown,
-    /// Reading or writing a snapshot or the data directory failed.
-    #[error("{0}")]
-    Storage(String),
-}
-
-impl StoreError {
-    /// The stable wire code for this error.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            Self::BatchTooLarge { .. } | Self::TooManyIds { .. } => ErrorCode::BatchTooLarge,
-            Self::DimensionMismatch { .. } | Self::MixedDimensions { .. } => ErrorCode::DimensionMismatch,
-            Self::DeadlineExceeded { .. } => ErrorCode::DeadlineExceeded,
-            Self::Wal(WalError::DiskFull { .. }) | Self::DiskFull(_) => ErrorCode::DiskFull,
-            Self::Wal(WalError::OutOfFds { .. }) | Self::OutOfFds(_) => ErrorCode::Busy,
-            Self::Wal(_) | Self::Storage(_) => ErrorCode::StorageFailed,
-            Self::ShuttingDown => ErrorCode::ShuttingDown,
-            Self::UnknownMemory(_) => ErrorCode::NotFound,
-            _ => ErrorCode::InvalidArgument,
-        }
-    }
-}
-
-/// Checks one memory of a batch and returns it borrowing the request's
-/// archived bytes (without an id yet): nothing is copied until the WAL
-/// record is encoded.
+/// Checks one memory of a batch and returns it, still borrowing the
+/// request's bytes, without an id yet.
 pub fn validate_memory<'a>(
     index: usize,
-    input: &'a ArchivedMemoryInput,
+    input: NewMemory<'a>,
     limits: &Limits,
     now_ms: i64,
 ) -> Result<MemoryRef<'a>, StoreError> {
     let name = |field: &'static str, text: &str| check_len(index, field, text.len(), limits.max_name_bytes);
     if input.namespace.is_empty() {
-        return Err(StoreError::InvalidArgument(format!(
-            "memory {index}: namespace is empty"
-        )));
+        return Err(StoreError::EmptyNamespace { index });
     }
-    name("namespace", &input.namespace)?;
+    name("namespace", input.namespace)?;
     check_len(index, "text", input.text.len(), limits.max_text_bytes)?;
-    if let Some(key) = input.key.as_ref() {
+    if let Some(key) = input.key {
         name("key", key)?;
     }
-    if let Some(source) = input.source.as_ref() {
+    if let Some(source) = input.source {
         name("source", source)?;
     }
-    if input.tags.len() > limits.max_tags {
-        return Err(StoreError::TooManyTags {
-            index,
-            len: input.tags.len(),
-            max: limits.max_tags,
-        });
-    }
-    for tag in input.tags.iter() {
-        check_len(index, "tag", tag.key.len().max(tag.value.len()), limits.max_tag_bytes)?;
-    }
-    let importance = input.importance.to_native();
-    if !importance.is_finite() {
+    check_tags(index, &input.tags, limits)?;
+    if !input.importance.is_finite() {
         return Err(StoreError::NotFinite {
             subject: Subject::Memory(index),
             field: "importance",
         });
     }
-    let vector = input.vector.as_ref().map(|v| v.as_slice());
-    if let Some(vector) = vector {
+    if let Some(vector) = input.vector {
         let subject = Subject::Memory(index);
         check_vector_values(subject, vector.len(), vector.iter().map(|x| x.to_native()), limits)?;
     }
     Ok(MemoryRef {
         id: 0,
-        key: input.key.as_ref().map(|k| k.as_str()),
-        namespace: input.namespace.as_str(),
-        text: input.text.as_str(),
-        vector,
-        tags: input
-            .tags
-            .iter()
-            .map(|t| TagRef {
-                key: t.key.as_str(),
-                value: t.value.as_str(),
-            })
-            .collect(),
-        created_at_ms: input.created_at_ms.as_ref().map(|t| t.to_native()).unwrap_or(now_ms),
-        importance,
-        source: input.source.as_ref().map(|s| s.as_str()),
+        key: input.key,
+        namespace: input.namespace,
+        text: input.text,
+        vector: input.vector,
+        tags: input.tags,
+        created_at_ms: input.created_at_ms.unwrap_or(now_ms),
+        importance: input.importance,
+        source: input.source,
     })
+}
+
+/// A memory's tags: few enough, each short enough.
+fn check_tags(index: usize, tags: &[TagRef<'_>], limits: &Limits) -> Result<(), StoreError> {
+    if tags.len() > limits.max_tags {
+        return Err(StoreError::TooManyTags {
+            index,
+            len: tags.len(),
+            max: limits.max_tags,
+        });
+    }
+    for tag in tags {
+        check_len(index, "tag", tag.key.len().max(tag.value.len()), limits.max_tag_bytes)?;
+    }
+    Ok(())
+}
+
+/// A tag filter (of a recall or a Forget) of more tags than a memory may
+/// carry matches nothing; refusing it bounds the work per memory.
+pub fn check_filter_len(len: usize, limits: &Limits) -> Result<(), StoreError> {
+    if len > limits.max_tags {
+        return Err(StoreError::FilterTooLong {
+            len,
+            max: limits.max_tags,
+        });
+    }
+    Ok(())
 }
 
 /// Checks a vector's values and size (not yet its match with the store's dimension).

@@ -6,7 +6,7 @@
 //! the archive. Written to a temp file, fsynced, renamed, and the directory
 //! fsynced; a snapshot file is never modified afterwards (it may be mapped,
 //! and truncating a mapped file would SIGBUS the daemon). Deciding when to
-//! checkpoint and deleting covered WAL segments is `mod.rs`.
+//! checkpoint and deleting covered WAL segments is `checkpoint.rs`.
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -104,7 +104,7 @@ pub enum SnapshotError {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        reason: String,
+        reason: CorruptReason,
     },
     /// An I/O operation failed.
     #[error("{op} {path}: {source}")]
@@ -118,6 +118,39 @@ pub enum SnapshotError {
     },
 }
 
+/// What is wrong with a corrupt snapshot file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CorruptReason {
+    /// Fewer bytes than a header.
+    #[error("shorter than its header")]
+    ShorterThanHeader,
+    /// Not a snapshot at all.
+    #[error("not a Memory Nexus snapshot (bad magic)")]
+    BadMagic,
+    /// The header's checksum does not match.
+    #[error("header checksum mismatch")]
+    HeaderChecksum,
+    /// Written by another format version.
+    #[error("format version {found}, this nexusd reads version {VERSION}")]
+    Version {
+        /// The file's version.
+        found: u32,
+    },
+    /// The declared body length does not fit in memory.
+    #[error("body length does not fit in memory")]
+    BodyLength,
+    /// The file ends before the declared body does.
+    #[error("truncated body")]
+    TruncatedBody,
+    /// The body's checksum does not match.
+    #[error("body checksum mismatch")]
+    BodyChecksum,
+    /// The body passed its checksum but is not a valid archive.
+    #[error("{0}")]
+    Archive(#[source] rkyv::rancor::Error),
+}
+
 /// A mapped, validated snapshot.
 pub struct Snapshot {
     map: Mmap,
@@ -128,7 +161,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Maps `path`, checks header and checksums, validates the archive once.
     pub fn open(path: &Path) -> Result<Self, SnapshotError> {
-        let corrupt = |reason: String| SnapshotError::Corrupt {
+        let corrupt = |reason: CorruptReason| SnapshotError::Corrupt {
             path: path.to_path_buf(),
             reason,
         };
@@ -140,18 +173,19 @@ impl Snapshot {
         let map = unsafe { Mmap::map(&file) }.map_err(io("mmap", path))?;
         let header = map
             .get(..HEADER_BYTES)
-            .ok_or_else(|| corrupt("shorter than its header".into()))?;
+            .ok_or_else(|| corrupt(CorruptReason::ShorterThanHeader))?;
         let body_len = check_header(header).map_err(corrupt)?;
         // Saturating: the length is read from the file (found by fuzzing: a
         // length near 2^64 overflowed here).
         let body = map
             .get(HEADER_BYTES..HEADER_BYTES.saturating_add(body_len))
-            .ok_or_else(|| corrupt("truncated body".into()))?;
+            .ok_or_else(|| corrupt(CorruptReason::TruncatedBody))?;
         let expected_crc = u32::from_le_bytes(header[32..36].try_into().expect("4 bytes"));
         if crc32c::crc32c(body) != expected_crc {
-            return Err(corrupt("body checksum mismatch".into()));
+            return Err(corrupt(CorruptReason::BodyChecksum));
         }
-        rkyv::access::<ArchivedSnapshotBody, rkyv::rancor::Error>(body).map_err(|e| corrupt(e.to_string()))?;
+        rkyv::access::<ArchivedSnapshotBody, rkyv::rancor::Error>(body)
+            .map_err(|e| corrupt(CorruptReason::Archive(e)))?;
         Ok(Self {
             map,
             path: path.to_path_buf(),
@@ -280,19 +314,19 @@ fn encode_header(lsn: u64, body_len: u64, body_crc: u32) -> [u8; HEADER_BYTES] {
 }
 
 /// Checks the header; returns the body length.
-fn check_header(header: &[u8]) -> Result<usize, String> {
+fn check_header(header: &[u8]) -> Result<usize, CorruptReason> {
     if header[0..8] != MAGIC {
-        return Err("not a Memory Nexus snapshot (bad magic)".into());
+        return Err(CorruptReason::BadMagic);
     }
     if crc32c::crc32c(&header[..36]).to_le_bytes() != header[36..40] {
-        return Err("header checksum mismatch".into());
+        return Err(CorruptReason::HeaderChecksum);
     }
     let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
     if version != VERSION {
-        return Err(format!("format version {version}, this nexusd reads version {VERSION}"));
+        return Err(CorruptReason::Version { found: version });
     }
     let len = u64::from_le_bytes(header[24..32].try_into().expect("8 bytes"));
-    usize::try_from(len).map_err(|_| "body length does not fit in memory".to_owned())
+    usize::try_from(len).map_err(|_| CorruptReason::BodyLength)
 }
 
 /// Counts and checksums the bytes on their way to the file.

@@ -87,6 +87,7 @@ mod tests;
 use std::io;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use fs::{
@@ -96,6 +97,10 @@ pub use fs::{
 pub use record::MAX_PAYLOAD_BYTES;
 pub use replay::{KeptPayload, ReplayPayload, ReplayReport, Salvaged, TornTail, remove_replayed_segments, replay};
 pub use writer::{RotateInfo, SealedSegment, Wal, WalStats};
+
+/// Why the replay callback refused a record: whatever error the store's
+/// decoding of a payload gives (boxed: this module does not know payloads).
+pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Log sequence number: 1 for the first record ever, +1 per record, never reused once
 /// acknowledged. 0 means "nothing" (an empty store, a snapshot covering nothing).
@@ -223,7 +228,8 @@ pub trait Committer: Send + 'static {
     fn durable(&mut self, lsn: Lsn, ticket: Self::Ticket);
 
     /// The record was not acknowledged and has no LSN; tell the client it failed.
-    fn failed(&mut self, ticket: Self::Ticket, error: &WalError);
+    /// Every record of the failed group shares the one error (hence the `Arc`).
+    fn failed(&mut self, ticket: Self::Ticket, error: &Arc<WalError>);
 
     /// Every record of the group just committed went to [`Committer::durable`]; the
     /// writer moves on to the next group after this returns. A committer that hands
@@ -284,8 +290,12 @@ pub enum WalError {
     #[error("invalid fault spec {spec:?}: {reason}")]
     BadFaultSpec { spec: String, reason: String },
     /// The replay callback refused a record.
-    #[error("replay: applying record {lsn} failed: {message}")]
-    ApplyFailed { lsn: Lsn, message: String },
+    #[error("replay: applying record {lsn} failed: {source}")]
+    ApplyFailed {
+        lsn: Lsn,
+        #[source]
+        source: ApplyError,
+    },
     /// `start` was given an LSN at or before a segment already on disk.
     #[error("WAL segment {existing} holds records at or after LSN {next_lsn}; start from replay's last_lsn + 1")]
     LsnConflict { existing: PathBuf, next_lsn: Lsn },

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use super::fs::{FileBytes, WalFs};
 use super::record::{self, InvalidRecord, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES};
 use super::segment::{self, MAX_SEGMENT_FILE_BYTES, SEGMENT_HEADER_BYTES, SegmentFile, SegmentHeader};
-use super::{Lsn, WalError};
+use super::{ApplyError, Lsn, WalError};
 
 /// What replay did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -72,7 +72,7 @@ pub fn replay(
     fs: &dyn WalFs,
     after_lsn: Lsn,
     salvage: bool,
-    mut apply: impl FnMut(Lsn, ReplayPayload<'_>) -> Result<(), String>,
+    mut apply: impl FnMut(Lsn, ReplayPayload<'_>) -> Result<(), ApplyError>,
 ) -> Result<ReplayReport, WalError> {
     let started = Instant::now();
     let wal_dir = segment::wal_dir(dir);
@@ -199,7 +199,7 @@ fn replay_segment(
     after_lsn: Lsn,
     expected_lsn: &mut Option<Lsn>,
     report: &mut ReplayReport,
-    apply: &mut impl FnMut(Lsn, ReplayPayload<'_>) -> Result<(), String>,
+    apply: &mut impl FnMut(Lsn, ReplayPayload<'_>) -> Result<(), ApplyError>,
 ) -> Result<Option<Damage>, WalError> {
     if file.len_bytes > MAX_SEGMENT_FILE_BYTES {
         let reason = format!(
@@ -227,7 +227,7 @@ fn replay_segment(
             segment: &bytes,
             range: start..start + payload.len(),
         };
-        apply(lsn, payload).map_err(|message| WalError::ApplyFailed { lsn, message })
+        apply(lsn, payload).map_err(|source| WalError::ApplyFailed { lsn, source })
     };
     let scan = scan_segment(&bytes, file.first_lsn, *expected_lsn, after_lsn, &mut on_record)?;
     match scan.end {
@@ -317,9 +317,12 @@ pub(crate) fn scan_segment<E>(
             });
         }
     };
-    if let Err(reason) = check_first_lsn(&header, name_lsn, expected_lsn, after_lsn) {
+    if let Err(problem) = check_first_lsn(&header, name_lsn, expected_lsn, after_lsn) {
         return Ok(SegmentScan {
-            end: SegmentEnd::Corrupt { offset: 0, reason },
+            end: SegmentEnd::Corrupt {
+                offset: 0,
+                reason: problem.to_string(),
+            },
             next_lsn: name_lsn,
             records_end: 0,
         });
@@ -362,28 +365,50 @@ fn header_failure(bytes: &[u8], reason: &str) -> SegmentEnd {
     }
 }
 
-fn check_first_lsn(header: &SegmentHeader, name_lsn: Lsn, expected: Option<Lsn>, after_lsn: Lsn) -> Result<(), String> {
+fn check_first_lsn(
+    header: &SegmentHeader,
+    name_lsn: Lsn,
+    expected: Option<Lsn>,
+    after_lsn: Lsn,
+) -> Result<(), LsnProblem> {
     let first = header.first_lsn;
     if first != name_lsn {
-        return Err(format!("header says first LSN {first}, the file name says {name_lsn}"));
+        return Err(LsnProblem::NameMismatch { first, name_lsn });
     }
     if first == 0 {
-        return Err("segment starts at LSN 0".into());
+        return Err(LsnProblem::Zero);
     }
     if let Some(expected) = expected.filter(|&expected| first < expected) {
-        return Err(format!(
-            "segment starts at LSN {first}, overlapping the previous one (which ends before {expected})"
-        ));
+        return Err(LsnProblem::Overlap { first, expected });
     }
     // A gap is harmless only if the snapshot covers all of it: replay needs every LSN
     // from `after_lsn + 1` on (segments deleted after a checkpoint leave such gaps).
     let needed_from = expected.unwrap_or(after_lsn.saturating_add(1));
     if first > needed_from && first > after_lsn.saturating_add(1) {
-        return Err(format!(
-            "LSNs {needed_from}..{first} are missing (replay needs everything after {after_lsn})"
-        ));
+        return Err(LsnProblem::Gap {
+            needed_from,
+            first,
+            after_lsn,
+        });
     }
     Ok(())
+}
+
+/// Why a segment's first LSN does not fit the log.
+#[derive(Debug, thiserror::Error)]
+enum LsnProblem {
+    #[error("header says first LSN {first}, the file name says {name_lsn}")]
+    NameMismatch { first: Lsn, name_lsn: Lsn },
+    #[error("segment starts at LSN 0")]
+    Zero,
+    #[error("segment starts at LSN {first}, overlapping the previous one (which ends before {expected})")]
+    Overlap { first: Lsn, expected: Lsn },
+    #[error("LSNs {needed_from}..{first} are missing (replay needs everything after {after_lsn})")]
+    Gap {
+        needed_from: Lsn,
+        first: Lsn,
+        after_lsn: Lsn,
+    },
 }
 
 /// Classifies the bytes from the first invalid record at `offset` on.

@@ -592,7 +592,7 @@ impl<C: Committer> Writer<C> {
         };
         match result {
             Ok(first_lsn) => self.ack(&mut group, first_lsn),
-            Err(error) => self.fail(&mut group, &error),
+            Err(error) => self.fail(&mut group, &Arc::new(error)),
         }
         self.group = group; // keep the allocation
         // Keep room for the biggest groups seen (a 1,000-memory batch is one ~3 MB
@@ -742,7 +742,7 @@ impl<C: Committer> Writer<C> {
         }
     }
 
-    fn fail(&mut self, group: &mut Vec<Pending<C::Ticket>>, error: &WalError) {
+    fn fail(&mut self, group: &mut Vec<Pending<C::Ticket>>, error: &Arc<WalError>) {
         self.shared
             .records_failed
             .fetch_add(group.len() as u64, Ordering::Relaxed);

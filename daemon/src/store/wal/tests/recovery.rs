@@ -221,7 +221,7 @@ fn empty_or_missing_directory_replays_nothing() {
 fn apply_error_stops_replay_with_the_lsn() {
     let dir = TempDir::new("apply");
     write_raw_segment(&dir, 1..=5);
-    let refuse_third = |lsn, _: ReplayPayload<'_>| if lsn == 3 { Err("no".to_owned()) } else { Ok(()) };
+    let refuse_third = |lsn, _: ReplayPayload<'_>| if lsn == 3 { Err("no".into()) } else { Ok(()) };
     let error = replay(dir.path(), &RealFs, 0, false, refuse_third).unwrap_err();
     assert!(matches!(error, WalError::ApplyFailed { lsn: 3, .. }), "{error}");
 }

@@ -89,7 +89,7 @@ impl Committer for Recorder {
         self.outcomes.lock().unwrap().push(Outcome::Durable { lsn, ticket });
     }
 
-    fn failed(&mut self, ticket: u64, error: &WalError) {
+    fn failed(&mut self, ticket: u64, error: &Arc<WalError>) {
         self.outcomes.lock().unwrap().push(Outcome::Failed {
             ticket,
             error: error.to_string(),

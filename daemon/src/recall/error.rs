@@ -1,0 +1,49 @@
+//! Why a recall failed, named as the client sees it. The wire code of each
+//! variant is decided in `handler.rs` (one exhaustive match).
+
+use crate::recall::engine::EngineError;
+use crate::recall::query::{Route, TimeRange};
+use crate::store::StoreError;
+
+/// Why a recall failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecallError {
+    /// More results asked for than allowed.
+    #[error("query: k = {k} exceeds the maximum of {max} (limits.max_k)")]
+    KTooLarge {
+        /// Asked for.
+        k: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// The query text is longer than allowed.
+    #[error("query: text is {len} bytes; the maximum is {max} (limits.max_query_bytes)")]
+    QueryTooLong {
+        /// Bytes sent.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Neither a text with a word in it nor a vector.
+    #[error("a recall needs a text or a vector")]
+    EmptyQuery,
+    /// A time range that ends before it starts.
+    #[error("query: the time range starts at {} ms, after its end at {} ms", .0.start_ms, .0.end_ms)]
+    BadTimeRange(TimeRange),
+    /// The request forced a route this build cannot take yet.
+    #[error(
+        "route {route:?} is not available yet: recalls are answered by the exact scan until the router \
+         exists; send no route, or SmartRouting"
+    )]
+    RouteNotAvailable {
+        /// The route asked for.
+        route: Route,
+    },
+    /// A check shared with writes (the vector, the tag filter) refused the query.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The engine answering the recall failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}

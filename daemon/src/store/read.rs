@@ -1,0 +1,118 @@
+//! Reads: single memories, and scans in bounded chunks under a deadline.
+//!
+//! A read never holds the state's lock for long: a scan takes one chunk at a
+//! time (`State::take_chunk`: at most `SLICE_MEMORIES` memories or
+//! `SLICE_TEXT_BYTES` of text), works on it with no lock held (the chunk
+//! shares the memories' bytes), then checks the request's deadline and lets
+//! other tasks have the worker thread. So the apply thread, and with it every
+//! writer, waits at most one chunk for a reader (issue 7, scenario 3).
+//!
+//! Not here: what a recall does with the memories (`recall/`), writes
+//! (`write.rs`).
+
+use crate::store::memory::Memory;
+use crate::store::model::Limits;
+use crate::store::state::Cursor;
+use crate::store::{Store, wal::Lsn};
+
+/// When a request must be answered by: CLOCK_MONOTONIC nanoseconds, as the
+/// client put it in the frame (0: no deadline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Deadline {
+    at_ns: u64,
+}
+
+/// The deadline passed while the request was being answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the deadline passed {late_us} µs ago, the request stopped after scanning {scanned} memories")]
+pub struct DeadlineExceeded {
+    /// How far past the deadline the check found itself.
+    pub late_us: u64,
+    /// Memories read before it stopped.
+    pub scanned: u64,
+}
+
+impl Deadline {
+    /// No deadline.
+    pub const NONE: Deadline = Deadline { at_ns: 0 };
+
+    /// At `at_ns` on CLOCK_MONOTONIC (0: none).
+    pub fn at_ns(at_ns: u64) -> Self {
+        Self { at_ns }
+    }
+
+    /// `Err` once the deadline has passed, saying how far the work got.
+    pub fn check(&self, scanned: u64) -> Result<(), DeadlineExceeded> {
+        let now_ns = nexus_shm_protocol::monotonic_now_ns();
+        if self.at_ns == 0 || now_ns <= self.at_ns {
+            return Ok(());
+        }
+        Err(DeadlineExceeded {
+            late_us: (now_ns - self.at_ns) / 1000,
+            scanned,
+        })
+    }
+}
+
+impl Store {
+    /// One live memory.
+    pub fn get(&self, id: u64) -> Option<Memory> {
+        self.read().memory(id)
+    }
+
+    /// The live memories among `ids`, in their order (a forgotten one is
+    /// `None`), under one short read lock.
+    pub fn memories(&self, ids: impl IntoIterator<Item = u64>) -> Vec<Option<Memory>> {
+        let state = self.read();
+        ids.into_iter().map(|id| state.memory(id)).collect()
+    }
+
+    /// Live memories.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// True when no memory is live.
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// The LSN of the last record applied to the state.
+    pub fn applied_lsn(&self) -> Lsn {
+        self.read().applied_lsn()
+    }
+
+    /// The dimension writes and queries must use (0: not fixed yet).
+    pub fn dimension(&self) -> u32 {
+        self.read().ids().dimension()
+    }
+
+    /// The limits requests are checked against.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Hands `namespace`'s memories ("" = all) to `each`, a chunk at a time
+    /// (see the module docs): the read lock is held only while a chunk is
+    /// taken, `each` runs with no lock held, and between chunks the deadline
+    /// is checked and other tasks get this worker thread. Returns how many
+    /// memories it handed over.
+    pub async fn scan(
+        &self,
+        namespace: &str,
+        deadline: Deadline,
+        mut each: impl FnMut(&[Memory]),
+    ) -> Result<u64, DeadlineExceeded> {
+        let mut cursor = Cursor::default();
+        let mut scanned = 0u64;
+        while !cursor.is_done() {
+            let chunk = self.read().take_chunk(namespace, &mut cursor);
+            scanned += chunk.len() as u64;
+            each(&chunk);
+            drop(chunk);
+            deadline.check(scanned)?;
+            tokio::task::yield_now().await;
+        }
+        Ok(scanned)
+    }
+}
