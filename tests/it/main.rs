@@ -16,6 +16,7 @@ mod dying_clients;
 mod fanout;
 mod handshake;
 mod lifecycle;
+mod recall_route;
 mod signals;
 mod socket_transport;
 mod store;
