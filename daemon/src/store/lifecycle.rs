@@ -26,7 +26,7 @@ use crate::store::logged::LoggedRecord;
 use crate::store::model::Limits;
 use crate::store::snapshot::{self, Snapshot};
 use crate::store::state::State;
-use crate::store::wal::{self, Lsn, ReplayReport, Wal, WalConfig, WalFs};
+use crate::store::wal::{self, Lsn, ReplayReport, TornTail, Wal, WalConfig, WalFs};
 use crate::store::{Inner, Store, StoreConfig, data_dir};
 
 /// What start-up found (logged, and reported by Stats).
@@ -42,8 +42,8 @@ pub struct OpenReport {
     pub replay: Duration,
     /// Torn records cut from the WAL's tail (0 or 1 per start).
     pub torn_records: u64,
-    /// Human description of what was cut, if anything.
-    pub torn_detail: Option<String>,
+    /// What was cut, if anything.
+    pub torn_tail: Option<TornTail>,
 }
 
 impl Store {
@@ -160,7 +160,7 @@ impl OpenReport {
         self.replay = replayed.duration;
         if let Some(torn) = &replayed.torn_tail {
             self.torn_records = 1;
-            self.torn_detail = Some(format!("{torn:?}"));
+            self.torn_tail = Some(torn.clone());
             warn!(?torn, "torn record at the WAL's tail was truncated");
         }
     }
