@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 
 use crate::preprocess::minhash::{DEFAULT_SEED, LshParams, MinHasher, Signature};
+use crate::recall::lexical::id_map::IdMap;
 
 /// Jaccard similarity of shingle sets from which a text is a near-duplicate
 /// (DESIGN.md §5: recall's dedup also uses 0.7).
@@ -117,8 +118,8 @@ impl Bucket {
 /// One namespace's buckets and signatures.
 #[derive(Debug, Default)]
 struct Table {
-    buckets: HashMap<u64, Bucket>,
-    signatures: HashMap<u64, Box<Signature>>,
+    buckets: IdMap<u64, Bucket>,
+    signatures: IdMap<u64, Box<Signature>>,
 }
 
 /// Signatures of a namespace's memories, bucketed for LSH.
@@ -129,7 +130,7 @@ pub struct NearDupIndex {
     lsh: LshParams,
     tables: HashMap<Box<str>, Table>,
     /// Memory id → its namespace's table key.
-    home: HashMap<u64, Box<str>>,
+    home: IdMap<u64, Box<str>>,
 }
 
 impl NearDupIndex {
@@ -146,7 +147,7 @@ impl NearDupIndex {
             hasher: MinHasher::new(config.seed),
             lsh: LshParams::for_threshold(config.threshold),
             tables: HashMap::new(),
-            home: HashMap::new(),
+            home: IdMap::default(),
         })
     }
 

@@ -23,6 +23,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::recall::lexical::entities::{EntityExtractor, EntitySpan, ExtractScratch};
 use crate::recall::lexical::error::{ImageFault, LexicalError};
+use crate::recall::lexical::id_map::IdMap;
 use crate::recall::lexical::persist::{frame, map_file, open_frame, with_aligned, write_durably};
 
 /// See [`EntityConfig::max_related`].
@@ -77,7 +78,7 @@ pub struct EntityScratch {
     spans: Vec<EntitySpan>,
     key: String,
     entities: Vec<u32>,
-    scores: HashMap<u64, (f32, u32)>,
+    scores: IdMap<u64, (f32, u32)>,
 }
 
 impl EntityScratch {
@@ -91,9 +92,9 @@ impl EntityScratch {
 #[derive(Debug, Default)]
 struct EntityShard {
     /// Entity id → memory ids holding it, sorted.
-    members: HashMap<u32, Vec<u64>>,
+    members: IdMap<u32, Vec<u64>>,
     /// Memory id → its entity ids (distinct).
-    entities_of: HashMap<u64, Box<[u32]>>,
+    entities_of: IdMap<u64, Box<[u32]>>,
 }
 
 /// Entities → memories, per namespace.
@@ -105,7 +106,7 @@ pub struct EntityIndex {
     keys: Vec<Box<str>>,
     shard_of_name: HashMap<Box<str>, u32>,
     shards: Vec<(Box<str>, EntityShard)>,
-    home: HashMap<u64, u32>,
+    home: IdMap<u64, u32>,
     scratch: EntityScratch,
 }
 
@@ -119,7 +120,7 @@ impl EntityIndex {
             keys: Vec::new(),
             shard_of_name: HashMap::new(),
             shards: Vec::new(),
-            home: HashMap::new(),
+            home: IdMap::default(),
             scratch: EntityScratch::default(),
         }
     }
@@ -226,7 +227,7 @@ impl EntityIndex {
         shard: &EntityShard,
         entities: &[u32],
         exclude: Option<u64>,
-        scores: &mut HashMap<u64, (f32, u32)>,
+        scores: &mut IdMap<u64, (f32, u32)>,
         out: &mut Vec<Related>,
     ) {
         scores.clear();

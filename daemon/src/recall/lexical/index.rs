@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 
 use crate::recall::lexical::error::LexicalError;
+use crate::recall::lexical::id_map::IdMap;
 use crate::recall::lexical::search::{Bm25, Hit, LoopScratch};
 use crate::recall::lexical::shard::Shard;
 use crate::recall::lexical::tokenizer::{TermDict, TokenScratch, TokenizerConfig, intern_terms, word_spans};
@@ -110,7 +111,7 @@ pub struct LexicalIndex {
     shard_of_name: HashMap<Box<str>, u32>,
     pub(crate) shards: Vec<(Box<str>, Shard)>,
     /// Live memory id → its shard.
-    home: HashMap<u64, u32>,
+    home: IdMap<u64, u32>,
     insert_scratch: InsertScratch,
 }
 
@@ -134,7 +135,7 @@ impl LexicalIndex {
             dict,
             shard_of_name: HashMap::new(),
             shards: Vec::new(),
-            home: HashMap::new(),
+            home: IdMap::default(),
             insert_scratch: InsertScratch::default(),
         }
     }
@@ -269,11 +270,18 @@ impl LexicalIndex {
         shard
     }
 
-    /// Adds a document with known terms (loading a saved index).
-    pub(crate) fn add_counted(&mut self, id: u64, namespace: &str, terms: impl Iterator<Item = (u32, u32)>) {
-        let shard = self.shard_index(namespace);
-        self.shards[shard as usize].1.add(id, terms);
-        self.home.insert(id, shard);
+    /// Adds a loaded shard as `namespace`'s (which has none yet); the id of
+    /// a memory already in another shard if one is.
+    pub(crate) fn add_shard(&mut self, namespace: &str, shard: Shard) -> Result<(), u64> {
+        let index = self.shard_index(namespace);
+        self.home.reserve(shard.live());
+        for id in shard.live_ids() {
+            if self.home.insert(id, index).is_some() {
+                return Err(id);
+            }
+        }
+        self.shards[index as usize].1 = shard;
+        Ok(())
     }
 }
 

@@ -20,6 +20,7 @@
 pub mod entities;
 pub mod entity_index;
 pub mod error;
+pub mod id_map;
 mod index;
 pub mod persist;
 mod search;

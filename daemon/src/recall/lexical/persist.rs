@@ -1,7 +1,9 @@
 //! Saving and loading the lexical and entity indexes: an rkyv archive behind
-//! a checksummed header, validated once and read in place from a memory map
-//! while the index is rebuilt in memory from it (postings are appended in
-//! slot order, no sorting, no tokenizing: about what copying them costs).
+//! a checksummed header, validated once and read from a memory map. The
+//! BM25 image holds each shard's arrays as they are in memory (forward index,
+//! postings, tombstones), so a load is sequential copies plus one pass that
+//! checks every index and recomputes lengths and statistics: no tokenizing,
+//! no per-posting hashing.
 //!
 //! Image layout (little-endian):
 //!
@@ -34,6 +36,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::recall::lexical::error::{ImageFault, LexicalError};
 use crate::recall::lexical::index::{LexicalConfig, LexicalIndex};
+use crate::recall::lexical::shard::{Shard, ShardParts};
 use crate::recall::lexical::tokenizer::TermDict;
 
 /// Header size; a multiple of 16 so the archive stays aligned.
@@ -61,18 +64,11 @@ struct SurfaceImage {
     term: u32,
 }
 
-/// One namespace's live documents as a flat forward index.
+/// One namespace's arrays.
 #[derive(Archive, Serialize, Deserialize, Debug)]
 struct ShardImage {
     namespace: String,
-    /// Memory ids, in slot order.
-    ids: Vec<u64>,
-    /// Where each document's terms start in `terms` (one extra at the end).
-    starts: Vec<u32>,
-    /// Global term ids.
-    terms: Vec<u32>,
-    /// Frequencies aligned with `terms`.
-    tfs: Vec<u32>,
+    parts: ShardParts,
 }
 
 /// How an index came to be: read from its file or rebuilt.
@@ -165,7 +161,10 @@ impl LexicalIndex {
             shards: self
                 .shards
                 .iter()
-                .map(|(name, shard)| shard_image(name, shard))
+                .map(|(name, shard)| ShardImage {
+                    namespace: name.to_string(),
+                    parts: shard.to_parts(),
+                })
                 .collect(),
         }
     }
@@ -194,54 +193,15 @@ impl LexicalIndex {
     }
 
     fn load_shard(&mut self, shard: &ArchivedShardImage, n_terms: usize) -> Result<(), LexicalError> {
-        let invalid = |what: &str| ImageFault::Invalid(format!("namespace {:?}: {what}", shard.namespace.as_str()));
-        let (starts, terms, tfs) = (&shard.starts, &shard.terms, &shard.tfs);
-        if starts.len() != shard.ids.len() + 1 || terms.len() != tfs.len() {
-            return Err(invalid("array lengths disagree").into());
-        }
-        if starts[0].to_native() != 0 || starts[starts.len() - 1].to_native() as usize != terms.len() {
-            return Err(invalid("document offsets do not cover the terms").into());
-        }
-        if terms.iter().any(|t| t.to_native() as usize >= n_terms) {
-            return Err(invalid("a term id is out of range").into());
-        }
-        for (doc, id) in shard.ids.iter().enumerate() {
-            let (from, to) = (starts[doc].to_native() as usize, starts[doc + 1].to_native() as usize);
-            if from > to || to > terms.len() {
-                return Err(invalid("document offsets are not increasing").into());
-            }
-            if self.contains(id.to_native()) {
-                return Err(invalid("a memory id appears twice").into());
-            }
-            let pairs = terms[from..to]
-                .iter()
-                .zip(&tfs[from..to])
-                .map(|(t, f)| (t.to_native(), f.to_native()));
-            self.add_counted(id.to_native(), shard.namespace.as_str(), pairs);
-        }
+        let namespace = shard.namespace.as_str();
+        let invalid = |what: String| ImageFault::Invalid(format!("namespace {namespace:?}: {what}"));
+        let parts =
+            rkyv::deserialize::<ShardParts, rkyv::rancor::Error>(&shard.parts).map_err(|e| invalid(e.to_string()))?;
+        let shard = Shard::from_parts(parts, n_terms).map_err(invalid)?;
+        self.add_shard(namespace, shard)
+            .map_err(|id| invalid(format!("memory {id} is in two namespaces")))?;
         Ok(())
     }
-}
-
-fn shard_image(name: &str, shard: &crate::recall::lexical::shard::Shard) -> ShardImage {
-    let mut image = ShardImage {
-        namespace: name.to_owned(),
-        ids: Vec::with_capacity(shard.live()),
-        starts: vec![0],
-        terms: Vec::new(),
-        tfs: Vec::new(),
-    };
-    shard.for_each_live(|id, pairs| {
-        image.ids.push(id);
-        for (term, tf) in pairs {
-            image.terms.push(term);
-            image.tfs.push(tf);
-        }
-        image
-            .starts
-            .push(u32::try_from(image.terms.len()).expect("fewer than 2^32 postings in a namespace"));
-    });
-    image
 }
 
 /// Header + `body`.

@@ -26,7 +26,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use crate::recall::lexical::shard::Shard;
+use crate::recall::lexical::shard::{Posting, Shard};
 
 /// Relative slack added to each term's upper bound, so rounding in the sum
 /// of actual contributions can never exceed the sum of bounds.
@@ -219,7 +219,7 @@ impl Shard {
     fn next_slot(&self, cursors: &[Cursor]) -> Option<u32> {
         cursors
             .iter()
-            .filter_map(|c| self.lists[c.list as usize].slots.get(c.pos).copied())
+            .filter_map(|c| self.lists[c.list as usize].entries.get(c.pos).map(|p| p.slot))
             .min()
     }
 
@@ -228,8 +228,10 @@ impl Shard {
         let mut score = 0.0;
         for cursor in cursors {
             let postings = &self.lists[cursor.list as usize];
-            if postings.slots.get(cursor.pos) == Some(&slot) {
-                score += cursor.weight * norm.part(postings.tfs[cursor.pos], len);
+            if let Some(posting) = postings.entries.get(cursor.pos)
+                && posting.slot == slot
+            {
+                score += cursor.weight * norm.part(posting.tf, len);
                 cursor.pos += 1;
             }
         }
@@ -251,10 +253,12 @@ impl Shard {
             if score + cursor.prefix < threshold {
                 break;
             }
-            let postings = &self.lists[cursor.list as usize];
-            cursor.pos = seek(&postings.slots, cursor.pos, slot);
-            if postings.slots.get(cursor.pos) == Some(&slot) {
-                score += cursor.weight * norm.part(postings.tfs[cursor.pos], len);
+            let entries = &self.lists[cursor.list as usize].entries;
+            cursor.pos = seek(entries, cursor.pos, slot);
+            if let Some(posting) = entries.get(cursor.pos)
+                && posting.slot == slot
+            {
+                score += cursor.weight * norm.part(posting.tf, len);
             }
         }
         score
@@ -263,15 +267,15 @@ impl Shard {
 
 /// The first position at or after `from` whose slot is ≥ `target`
 /// (galloping, then a binary search in the last step).
-fn seek(slots: &[u32], from: usize, target: u32) -> usize {
-    let rest = &slots[from.min(slots.len())..];
+fn seek(entries: &[Posting], from: usize, target: u32) -> usize {
+    let rest = &entries[from.min(entries.len())..];
     let mut bound = 1;
-    while bound < rest.len() && rest[bound] < target {
+    while bound < rest.len() && rest[bound].slot < target {
         bound *= 2;
     }
     let low = bound / 2;
     let high = (bound + 1).min(rest.len());
-    from + low + rest[low.min(high)..high].partition_point(|&s| s < target)
+    from + low + rest[low.min(high)..high].partition_point(|p| p.slot < target)
 }
 
 #[cfg(test)]
@@ -280,11 +284,11 @@ mod tests {
 
     #[test]
     fn seek_finds_the_first_slot_not_below_target() {
-        let slots: Vec<u32> = (0..100).map(|i| i * 3).collect();
+        let entries: Vec<Posting> = (0..100).map(|i| Posting { slot: i * 3, tf: 1 }).collect();
         for from in [0, 1, 17, 99, 100] {
             for target in [0, 1, 3, 50, 51, 297, 298, 1000] {
-                let expected = from.max(slots.partition_point(|&s| s < target));
-                assert_eq!(seek(&slots, from, target), expected, "from {from} target {target}");
+                let expected = from.max(entries.partition_point(|p| p.slot < target));
+                assert_eq!(seek(&entries, from, target), expected, "from {from} target {target}");
             }
         }
     }

@@ -15,7 +15,9 @@
 //!
 //! Not here: tokenizing (`tokenizer.rs`), the search loop (`search.rs`).
 
-use std::collections::HashMap;
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::recall::lexical::id_map::IdMap;
 
 /// Tombstones at which a shard is rebuilt without them, as a share of its
 /// slots: dead postings cost time in every search that walks them, and a
@@ -27,13 +29,19 @@ pub const COMPACT_DEAD_FRACTION: f64 = 0.25;
 /// dead postings cost nothing worth a rebuild.
 pub const COMPACT_MIN_DEAD: usize = 64;
 
+/// One document holding a term: slot and term frequency side by side, so
+/// an insert or a search touches one cache line per posting, not two.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Posting {
+    pub(crate) slot: u32,
+    pub(crate) tf: u32,
+}
+
 /// The postings of one term in one shard.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Postings {
-    /// Document slots, increasing.
-    pub(crate) slots: Vec<u32>,
-    /// Term frequency in each document, aligned with `slots`.
-    pub(crate) tfs: Vec<u32>,
+    /// By increasing slot.
+    pub(crate) entries: Vec<Posting>,
     /// Live documents holding the term (the IDF's document frequency).
     pub(crate) live_df: u32,
     /// Largest term frequency ever added (an upper bound for pruning; a
@@ -62,9 +70,9 @@ pub(crate) struct Shard {
     /// Tombstoned slots.
     dead_count: usize,
     /// Live memory id → slot.
-    slot_of: HashMap<u64, u32>,
+    slot_of: IdMap<u64, u32>,
     /// Global term id → posting list index.
-    term_list: HashMap<u32, u32>,
+    term_list: IdMap<u32, u32>,
     /// Posting list index → global term id.
     pub(crate) list_terms: Vec<u32>,
     /// Posting lists.
@@ -87,6 +95,11 @@ impl Shard {
         self.slot_of.len()
     }
 
+    /// The live memory ids.
+    pub(crate) fn live_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.slot_of.keys().copied()
+    }
+
     /// Whether `slot` holds a deleted document.
     pub(crate) fn is_dead(&self, slot: u32) -> bool {
         self.dead[slot as usize / 64] & (1 << (slot % 64)) != 0
@@ -102,6 +115,7 @@ impl Shard {
     pub(crate) fn add(&mut self, id: u64, terms: impl Iterator<Item = (u32, u32)>) {
         debug_assert!(!self.slot_of.contains_key(&id), "id {id} added twice");
         let slot = u32::try_from(self.ids.len()).expect("fewer than 2^32 documents in a namespace");
+        let first = self.fwd_lists.len();
         let mut len = 0u32;
         for (term, tf) in terms {
             let list = self.list_for(term);
@@ -109,20 +123,16 @@ impl Shard {
             self.fwd_tfs.push(tf);
             len = len.saturating_add(tf);
         }
-        for (&list, &tf) in self.fwd_lists[self.fwd_starts[slot as usize] as usize..]
-            .iter()
-            .zip(&self.fwd_tfs[self.fwd_starts[slot as usize] as usize..])
-        {
+        for (&list, &tf) in self.fwd_lists[first..].iter().zip(&self.fwd_tfs[first..]) {
             let postings = &mut self.lists[list as usize];
-            postings.slots.push(slot);
-            postings.tfs.push(tf);
-            postings.live_df += 1;
-            postings.max_tf = postings.max_tf.max(tf);
-            postings.min_len = if postings.slots.len() == 1 {
+            postings.min_len = if postings.entries.is_empty() {
                 len
             } else {
                 postings.min_len.min(len)
             };
+            postings.entries.push(Posting { slot, tf });
+            postings.live_df += 1;
+            postings.max_tf = postings.max_tf.max(tf);
         }
         let end = u32::try_from(self.fwd_lists.len()).expect("fewer than 2^32 postings in a namespace");
         self.fwd_starts.push(end);
@@ -146,7 +156,10 @@ impl Shard {
         self.live_len -= u64::from(self.lens[slot]);
         let range = self.fwd_starts[slot] as usize..self.fwd_starts[slot + 1] as usize;
         for &list in &self.fwd_lists[range] {
-            self.lists[list as usize].live_df -= 1;
+            // Saturating: a loaded image is checked for ranges, not for
+            // agreement between its forward index and its postings.
+            let postings = &mut self.lists[list as usize];
+            postings.live_df = postings.live_df.saturating_sub(1);
         }
         true
     }
@@ -188,5 +201,210 @@ impl Shard {
             self.list_terms.push(term);
         }
         list
+    }
+}
+
+/// A shard's arrays as an index image holds them: everything but what a
+/// load recomputes in one sequential pass (lengths, statistics, maps).
+#[derive(Archive, Serialize, Deserialize, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ShardParts {
+    /// Memory id of each slot.
+    pub(crate) ids: Vec<u64>,
+    /// Tombstones, a bit per slot.
+    pub(crate) dead: Vec<u64>,
+    /// Forward index: offsets (one per slot, plus one), list indexes, frequencies.
+    pub(crate) fwd_starts: Vec<u32>,
+    pub(crate) fwd_lists: Vec<u32>,
+    pub(crate) fwd_tfs: Vec<u32>,
+    /// Global term id of each posting list.
+    pub(crate) list_terms: Vec<u32>,
+    /// Postings: offsets (one per list, plus one), slots, frequencies.
+    pub(crate) list_starts: Vec<u32>,
+    pub(crate) post_slots: Vec<u32>,
+    pub(crate) post_tfs: Vec<u32>,
+}
+
+impl Shard {
+    /// The arrays to save.
+    pub(crate) fn to_parts(&self) -> ShardParts {
+        let mut parts = ShardParts {
+            ids: self.ids.clone(),
+            dead: self.dead.clone(),
+            fwd_starts: self.fwd_starts.clone(),
+            fwd_lists: self.fwd_lists.clone(),
+            fwd_tfs: self.fwd_tfs.clone(),
+            list_terms: self.list_terms.clone(),
+            list_starts: Vec::with_capacity(self.lists.len() + 1),
+            ..ShardParts::default()
+        };
+        parts.list_starts.push(0);
+        for postings in &self.lists {
+            parts.post_slots.extend(postings.entries.iter().map(|p| p.slot));
+            parts.post_tfs.extend(postings.entries.iter().map(|p| p.tf));
+            let end = u32::try_from(parts.post_slots.len()).expect("fewer than 2^32 postings in a namespace");
+            parts.list_starts.push(end);
+        }
+        parts
+    }
+
+    /// A shard from saved arrays, every index checked against its range
+    /// (`n_terms`: the dictionary's size); the reason if one is out.
+    pub(crate) fn from_parts(parts: ShardParts, n_terms: usize) -> Result<Self, String> {
+        check_parts(&parts, n_terms)?;
+        let n = parts.ids.len();
+        let lens: Vec<u32> = parts
+            .fwd_starts
+            .windows(2)
+            .map(|w| {
+                parts.fwd_tfs[w[0] as usize..w[1] as usize]
+                    .iter()
+                    .fold(0u32, |a, &t| a.saturating_add(t))
+            })
+            .collect();
+        let mut shard = Self {
+            dead_count: (0..n)
+                .filter(|&slot| parts.dead[slot / 64] & (1 << (slot % 64)) != 0)
+                .count(),
+            ..Self::default()
+        };
+        shard.slot_of.reserve(n - shard.dead_count);
+        for (slot, &id) in parts.ids.iter().enumerate() {
+            if parts.dead[slot / 64] & (1 << (slot % 64)) == 0 {
+                shard.live_len += u64::from(lens[slot]);
+                if shard.slot_of.insert(id, slot as u32).is_some() {
+                    return Err(format!("memory {id} is live twice"));
+                }
+            }
+        }
+        shard.lists = parts
+            .list_starts
+            .windows(2)
+            .map(|w| postings_of(&parts, &lens, w[0] as usize..w[1] as usize))
+            .collect();
+        shard.term_list.reserve(parts.list_terms.len());
+        for (list, &term) in parts.list_terms.iter().enumerate() {
+            if shard.term_list.insert(term, list as u32).is_some() {
+                return Err(format!("term {term} has two posting lists"));
+            }
+        }
+        let ShardParts {
+            ids,
+            dead,
+            fwd_starts,
+            fwd_lists,
+            fwd_tfs,
+            list_terms,
+            ..
+        } = parts;
+        Ok(Self {
+            ids,
+            lens,
+            dead,
+            fwd_starts,
+            fwd_lists,
+            fwd_tfs,
+            list_terms,
+            ..shard
+        })
+    }
+}
+
+/// One posting list rebuilt from saved arrays, with its statistics.
+fn postings_of(parts: &ShardParts, lens: &[u32], range: std::ops::Range<usize>) -> Postings {
+    let mut postings = Postings {
+        entries: Vec::with_capacity(range.len()),
+        min_len: u32::MAX,
+        ..Postings::default()
+    };
+    for (&slot, &tf) in parts.post_slots[range.clone()].iter().zip(&parts.post_tfs[range]) {
+        postings.entries.push(Posting { slot, tf });
+        let slot = slot as usize;
+        postings.live_df += u32::from(parts.dead[slot / 64] & (1 << (slot % 64)) == 0);
+        postings.max_tf = postings.max_tf.max(tf);
+        postings.min_len = postings.min_len.min(lens[slot]);
+    }
+    postings
+}
+
+/// Checks every length, offset and index of saved arrays.
+fn check_parts(parts: &ShardParts, n_terms: usize) -> Result<(), String> {
+    let n = parts.ids.len();
+    let n_lists = parts.list_terms.len();
+    if parts.dead.len() != n.div_ceil(64) {
+        return Err(format!("{} tombstone words for {n} slots", parts.dead.len()));
+    }
+    check_offsets("forward", &parts.fwd_starts, n, parts.fwd_lists.len())?;
+    check_offsets("posting", &parts.list_starts, n_lists, parts.post_slots.len())?;
+    if parts.fwd_tfs.len() != parts.fwd_lists.len() || parts.post_tfs.len() != parts.post_slots.len() {
+        return Err("frequency arrays disagree with their lists".into());
+    }
+    if parts.fwd_lists.iter().any(|&l| l as usize >= n_lists) || parts.list_terms.iter().any(|&t| t as usize >= n_terms)
+    {
+        return Err("a list or term index is out of range".into());
+    }
+    for w in parts.list_starts.windows(2) {
+        let slots = &parts.post_slots[w[0] as usize..w[1] as usize];
+        if slots.windows(2).any(|p| p[0] >= p[1]) || slots.last().is_some_and(|&s| s as usize >= n) {
+            return Err("a posting list is not increasing within the slots".into());
+        }
+    }
+    Ok(())
+}
+
+/// `starts` has `count + 1` non-decreasing offsets from 0 to `total`.
+fn check_offsets(what: &str, starts: &[u32], count: usize, total: usize) -> Result<(), String> {
+    let ok = starts.len() == count + 1
+        && starts.first() == Some(&0)
+        && starts.last().is_some_and(|&l| l as usize == total)
+        && starts.windows(2).all(|w| w[0] <= w[1]);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{what} offsets do not cover their {total} entries"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Shard {
+        let mut shard = Shard::new();
+        shard.add(10, [(0, 2), (1, 1)].into_iter());
+        shard.add(11, [(1, 3), (2, 1)].into_iter());
+        shard.add(12, [(0, 1)].into_iter());
+        shard.remove(11);
+        shard
+    }
+
+    #[test]
+    fn parts_round_trip_keeps_tombstones_and_statistics() {
+        let shard = sample();
+        let back = Shard::from_parts(shard.to_parts(), 3).unwrap();
+        assert_eq!(back.to_parts(), shard.to_parts());
+        assert_eq!((back.live(), back.live_len, back.lens.clone()), (2, 4, vec![3, 4, 1]));
+        let live_df: Vec<u32> = back.lists.iter().map(|p| p.live_df).collect();
+        assert_eq!(live_df, [2, 1, 0]);
+        assert!(back.is_dead(1) && !back.is_dead(0));
+    }
+
+    #[test]
+    fn parts_with_an_index_out_of_range_are_refused() {
+        let corruptions: [fn(&mut ShardParts); 6] = [
+            |p| p.fwd_lists[0] = 99,
+            |p| p.post_slots[0] = 99,
+            |p| p.list_terms[0] = 99,
+            |p| p.fwd_starts.pop().map(drop).unwrap_or(()),
+            |p| p.list_starts[1] = 1000,
+            |p| p.post_slots.swap(0, 1),
+        ];
+        for (n, corrupt) in corruptions.iter().enumerate() {
+            let mut parts = sample().to_parts();
+            corrupt(&mut parts);
+            assert!(Shard::from_parts(parts, 3).is_err(), "corruption {n} accepted");
+        }
+        let mut twice = sample().to_parts();
+        twice.ids[2] = 10;
+        assert!(Shard::from_parts(twice, 3).is_err(), "a memory live twice");
     }
 }

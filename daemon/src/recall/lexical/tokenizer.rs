@@ -255,12 +255,11 @@ impl Default for TokenizerConfig {
 /// `'`). Returns false if nothing is left or the term is too long.
 pub fn normalize_word(word: &str, out: &mut String) -> bool {
     out.clear();
-    for c in word.chars() {
-        match c {
-            '\u{2019}' | '\u{2018}' => out.push('\''),
-            c if c.is_ascii() => out.push(c.to_ascii_lowercase()),
-            c => out.extend(c.to_lowercase()),
-        }
+    if word.is_ascii() {
+        out.push_str(word);
+        out.make_ascii_lowercase();
+    } else {
+        push_lowercase(word, out);
     }
     if out.ends_with("'s") {
         out.truncate(out.len() - 2);
@@ -269,6 +268,17 @@ pub fn normalize_word(word: &str, out: &mut String) -> bool {
         out.pop();
     }
     !out.is_empty() && out.len() <= MAX_TERM_BYTES
+}
+
+/// `word` lowercased onto `out`, typographic apostrophes folded to `'`.
+fn push_lowercase(word: &str, out: &mut String) {
+    for c in word.chars() {
+        match c {
+            '\u{2019}' | '\u{2018}' => out.push('\''),
+            c if c.is_ascii() => out.push(c.to_ascii_lowercase()),
+            c => out.extend(c.to_lowercase()),
+        }
+    }
 }
 
 /// Terms to dense u32 ids. With stemming, many surface forms share one term
