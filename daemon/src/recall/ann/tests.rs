@@ -196,6 +196,34 @@ fn filters_apply_during_the_graph_walk_and_the_exact_scan() {
 }
 
 #[test]
+fn a_walk_over_budget_falls_back_to_an_exact_scan() {
+    // A filter that admits 6 of 3,000 ids and gives no estimate: the walk
+    // cannot fill its results, passes its visit budget, and the segment is
+    // scanned instead; the answer is still the exact filtered top k.
+    let (index, vectors) = filled(3000, config());
+    index.seal().unwrap();
+    let calls = std::cell::Cell::new(0usize);
+    let rare = FnFilter::new(
+        |id: u64| {
+            calls.set(calls.get() + 1);
+            id.is_multiple_of(500)
+        },
+        None,
+    );
+    let params = SearchParams {
+        filter: Some(&rare),
+        ..SearchParams::top(5)
+    };
+    for query in mixture().sample(10, 6).chunks(DIM) {
+        calls.set(0);
+        let expected = exact_top(&vectors, query, 5, |id| id.is_multiple_of(500));
+        assert_eq!(search(&index, &vectors, query, &params), expected);
+        // The scan asked the filter about every node, after the walk.
+        assert!(calls.get() > 3000, "no fallback scan: {} filter calls", calls.get());
+    }
+}
+
+#[test]
 fn recency_lifts_a_recent_memory_among_similar_ones() {
     let (index, vectors) = filled(500, config());
     let query = vectors[&10].clone();
