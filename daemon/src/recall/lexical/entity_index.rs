@@ -18,13 +18,16 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Instant;
 
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::recall::lexical::entities::{EntityExtractor, EntitySpan, ExtractScratch};
 use crate::recall::lexical::error::{ImageFault, LexicalError};
 use crate::recall::lexical::id_map::IdMap;
-use crate::recall::lexical::persist::{frame, map_file, open_frame, with_aligned, write_durably};
+use crate::recall::lexical::persist::{
+    LoadReport, LoadSource, frame, map_file, open_frame, with_aligned, write_durably,
+};
 
 /// See [`EntityConfig::max_related`].
 pub const DEFAULT_MAX_RELATED: usize = 16;
@@ -347,6 +350,29 @@ impl EntityIndex {
     /// Maps and loads the index saved at `path`.
     pub fn load(extractor: EntityExtractor, config: EntityConfig, path: &Path) -> Result<Self, LexicalError> {
         Self::from_image(extractor, config, &map_file(path)?)
+    }
+
+    /// The index saved at `path`, or, when it is missing or corrupt, one
+    /// rebuilt from `documents` (memory id, namespace, text).
+    pub fn load_or_rebuild<'a, I>(
+        extractor: EntityExtractor,
+        config: EntityConfig,
+        path: &Path,
+        documents: impl FnOnce() -> I,
+    ) -> (Self, LoadReport)
+    where
+        I: IntoIterator<Item = (u64, &'a str, &'a str)>,
+    {
+        let started = Instant::now();
+        let (index, source) = match Self::load(extractor.clone(), config, path) {
+            Ok(index) => (index, LoadSource::Loaded),
+            Err(error) => (
+                Self::rebuild(extractor, config, documents()),
+                LoadSource::Rebuilt(error.to_string()),
+            ),
+        };
+        let elapsed = started.elapsed();
+        (index, LoadReport { source, elapsed })
     }
 
     fn load_shard(&mut self, shard: &ArchivedEntityShardImage) -> Result<(), LexicalError> {
