@@ -10,11 +10,13 @@
 mod admission;
 mod bad_frames;
 mod config_files;
+mod client_trust;
 mod crash;
 mod disk_faults;
 mod dying_clients;
 mod fanout;
 mod handshake;
+mod hostile_peers;
 mod lifecycle;
 mod recall_route;
 mod signals;
