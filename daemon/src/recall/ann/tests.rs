@@ -271,7 +271,7 @@ fn bad_queries_are_typed_errors() {
 fn a_segment_round_trips_through_a_file_and_is_searched_mapped() {
     let (index, vectors) = filled(1500, config());
     index.seal().unwrap();
-    let dir = tempdir();
+    let dir = crate::testing::TempDir::new("ann");
     let path = dir.join("seg-1.nxann");
     index.segments()[0].write_to(&path).unwrap();
     let loaded = Segment::open(&path).unwrap();
@@ -285,7 +285,6 @@ fn a_segment_round_trips_through_a_file_and_is_searched_mapped() {
             search(&index, &vectors, query, &params)
         );
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -336,12 +335,11 @@ fn corrupt_segment_files_are_rejected_with_typed_errors() {
         SegmentFault::LengthMismatch { .. }
     ));
     // On disk too (a missing file is an I/O error).
-    let dir = tempdir();
+    let dir = crate::testing::TempDir::new("ann");
     let path = dir.join("bad.nxann");
     std::fs::write(&path, [0u8; 10]).unwrap();
     assert!(matches!(Segment::open(&path), Err(AnnError::CorruptSegment { .. })));
     assert!(matches!(Segment::open(&dir.join("missing")), Err(AnnError::Io { .. })));
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 proptest::proptest! {
@@ -480,15 +478,4 @@ fn reseal_header(mut image: Vec<u8>) -> Vec<u8> {
         image[124..128].copy_from_slice(&crc.to_le_bytes());
     }
     image
-}
-
-fn tempdir() -> std::path::PathBuf {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "nexus-ann-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
