@@ -26,11 +26,11 @@ use std::time::Duration;
 pub use connection::{ConnectOptions, Connection, ResponseGuard, Transport};
 pub use error::ClientError;
 pub use nexus_shm_protocol::wire;
-pub use nexus_shm_protocol::{SOCKET_ENV, default_socket_path};
 use nexus_shm_protocol::wire::{
     ArchivedResponseBody, FeedbackRequest, ForgetRequest, HealthReport, MemoryInput, PingRequest, Pong, RecallHit,
     RecallRequest, RememberRequest, Request, RequestBody, Response, StatsReport,
 };
+pub use nexus_shm_protocol::{SOCKET_ENV, default_socket_path};
 
 /// A thread-safe client: one connection, calls serialized by a mutex.
 pub struct Client {

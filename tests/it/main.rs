@@ -9,8 +9,8 @@
 
 mod admission;
 mod bad_frames;
-mod config_files;
 mod client_trust;
+mod config_files;
 mod crash;
 mod disk_faults;
 mod dying_clients;
