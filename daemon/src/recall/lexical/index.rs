@@ -201,7 +201,7 @@ impl LexicalIndex {
         let shard = &mut self.shards[shard as usize].1;
         shard.remove(id);
         if shard.wants_compaction() {
-            *shard = shard.compacted();
+            shard.compact();
         }
         true
     }

@@ -6,7 +6,7 @@
 //! is visible to the next search. A delete sets the slot's tombstone and
 //! takes the document out of the statistics (live count, total length,
 //! each term's live document frequency) at once; its postings stay until the
-//! shard is compacted (rebuilt from its live documents), which happens when
+//! shard is compacted (its rows and lists filtered in place), which happens when
 //! tombstones reach a share of the slots ([`COMPACT_DEAD_FRACTION`]).
 //!
 //! Each shard keeps its own statistics (N, average length, document
@@ -169,27 +169,84 @@ impl Shard {
         self.dead_count >= COMPACT_MIN_DEAD && self.dead_count as f64 >= COMPACT_DEAD_FRACTION * self.ids.len() as f64
     }
 
-    /// The same live documents, without tombstones or dead postings.
-    pub(crate) fn compacted(&self) -> Self {
-        let mut fresh = Self::new();
-        self.for_each_live(|id, terms| fresh.add(id, terms));
-        fresh
+    /// Drops the tombstoned documents and their postings in place: slots
+    /// are renumbered in order (so lists stay sorted), lists left empty are
+    /// dropped. One sequential pass over the forward index and each list, no
+    /// hashing per posting.
+    pub(crate) fn compact(&mut self) {
+        let slot_remap = self.compact_documents();
+        let list_remap = self.compact_lists(&slot_remap);
+        for list in &mut self.fwd_lists {
+            *list = list_remap[*list as usize];
+            debug_assert_ne!(*list, u32::MAX, "a live document's list was dropped");
+        }
+        for slot in self.slot_of.values_mut() {
+            *slot = slot_remap[*slot as usize];
+        }
+        self.term_list.retain(|_, list| list_remap[*list as usize] != u32::MAX);
+        for list in self.term_list.values_mut() {
+            *list = list_remap[*list as usize];
+        }
     }
 
-    /// Calls `each` with every live document, in slot order, as its id and
-    /// its (global term id, frequency) pairs.
-    pub(crate) fn for_each_live(&self, mut each: impl FnMut(u64, &mut dyn Iterator<Item = (u32, u32)>)) {
-        for (slot, &id) in self.ids.iter().enumerate() {
+    /// Keeps the live documents' rows; the new slot of each old one
+    /// (`u32::MAX`: dropped).
+    fn compact_documents(&mut self) -> Vec<u32> {
+        let mut remap = vec![u32::MAX; self.ids.len()];
+        let (mut kept, mut fwd_kept) = (0usize, 0usize);
+        for slot in 0..self.ids.len() {
             if self.is_dead(slot as u32) {
                 continue;
             }
+            remap[slot] = kept as u32;
             let range = self.fwd_starts[slot] as usize..self.fwd_starts[slot + 1] as usize;
-            let mut terms = self.fwd_lists[range.clone()]
-                .iter()
-                .zip(&self.fwd_tfs[range])
-                .map(|(&list, &tf)| (self.list_terms[list as usize], tf));
-            each(id, &mut terms);
+            self.fwd_lists.copy_within(range.clone(), fwd_kept);
+            self.fwd_tfs.copy_within(range.clone(), fwd_kept);
+            fwd_kept += range.len();
+            self.ids[kept] = self.ids[slot];
+            self.lens[kept] = self.lens[slot];
+            self.fwd_starts[kept + 1] = fwd_kept as u32;
+            kept += 1;
         }
+        self.ids.truncate(kept);
+        self.lens.truncate(kept);
+        self.fwd_starts.truncate(kept + 1);
+        self.fwd_lists.truncate(fwd_kept);
+        self.fwd_tfs.truncate(fwd_kept);
+        self.dead = vec![0; kept.div_ceil(64)];
+        self.dead_count = 0;
+        remap
+    }
+
+    /// Keeps each list's live postings under their new slots, with bounds
+    /// recomputed; the new index of each old list (`u32::MAX`: dropped).
+    fn compact_lists(&mut self, slot_remap: &[u32]) -> Vec<u32> {
+        let mut remap = vec![u32::MAX; self.lists.len()];
+        let mut kept = 0;
+        for list in 0..self.lists.len() {
+            let mut postings = std::mem::take(&mut self.lists[list]);
+            postings.entries.retain_mut(|p| {
+                p.slot = slot_remap[p.slot as usize];
+                p.slot != u32::MAX
+            });
+            if postings.entries.is_empty() {
+                continue;
+            }
+            postings.max_tf = postings.entries.iter().map(|p| p.tf).max().unwrap_or(0);
+            postings.min_len = postings
+                .entries
+                .iter()
+                .map(|p| self.lens[p.slot as usize])
+                .min()
+                .unwrap_or(0);
+            remap[list] = kept as u32;
+            self.list_terms[kept] = self.list_terms[list];
+            self.lists[kept] = postings;
+            kept += 1;
+        }
+        self.lists.truncate(kept);
+        self.list_terms.truncate(kept);
+        remap
     }
 
     /// The posting list of `term`, created if new.
@@ -386,6 +443,35 @@ mod tests {
         let live_df: Vec<u32> = back.lists.iter().map(|p| p.live_df).collect();
         assert_eq!(live_df, [2, 1, 0]);
         assert!(back.is_dead(1) && !back.is_dead(0));
+    }
+
+    #[test]
+    fn compaction_drops_dead_rows_and_empty_lists_in_place() {
+        let mut shard = sample();
+        shard.compact();
+        assert_eq!(
+            (shard.ids.clone(), shard.lens.clone(), shard.live_len),
+            (vec![10, 12], vec![3, 1], 4)
+        );
+        let lists: Vec<(u32, Vec<Posting>)> = shard
+            .list_terms
+            .iter()
+            .copied()
+            .zip(shard.lists.iter().map(|p| p.entries.clone()))
+            .collect();
+        assert_eq!(
+            lists,
+            [
+                (0, vec![Posting { slot: 0, tf: 2 }, Posting { slot: 1, tf: 1 }]),
+                (1, vec![Posting { slot: 0, tf: 1 }])
+            ]
+        );
+        assert_eq!((shard.list_of(2), shard.list_of(1)), (None, Some(1)));
+        assert_eq!(shard.slot_of.get(&12), Some(&1));
+        // Still a consistent shard: its parts load, and it takes more documents.
+        Shard::from_parts(shard.to_parts(), 3).unwrap();
+        shard.add(13, [(2, 1)].into_iter());
+        assert!(shard.remove(10) && shard.remove(13) && !shard.remove(11));
     }
 
     #[test]
