@@ -194,17 +194,19 @@ impl Shard {
     fn compact_documents(&mut self) -> Vec<u32> {
         let mut remap = vec![u32::MAX; self.ids.len()];
         let (mut kept, mut fwd_kept) = (0usize, 0usize);
-        for slot in 0..self.ids.len() {
+        for (slot, new_slot) in remap.iter_mut().enumerate() {
             if self.is_dead(slot as u32) {
                 continue;
             }
-            remap[slot] = kept as u32;
+            *new_slot = kept as u32;
             let range = self.fwd_starts[slot] as usize..self.fwd_starts[slot + 1] as usize;
             self.fwd_lists.copy_within(range.clone(), fwd_kept);
             self.fwd_tfs.copy_within(range.clone(), fwd_kept);
             fwd_kept += range.len();
             self.ids[kept] = self.ids[slot];
             self.lens[kept] = self.lens[slot];
+            // Safe to overwrite: kept ≤ slot, so offsets from here on are
+            // not read again (or, with nothing dropped yet, are unchanged).
             self.fwd_starts[kept + 1] = fwd_kept as u32;
             kept += 1;
         }
@@ -223,7 +225,7 @@ impl Shard {
     fn compact_lists(&mut self, slot_remap: &[u32]) -> Vec<u32> {
         let mut remap = vec![u32::MAX; self.lists.len()];
         let mut kept = 0;
-        for list in 0..self.lists.len() {
+        for (list, new_list) in remap.iter_mut().enumerate() {
             let mut postings = std::mem::take(&mut self.lists[list]);
             postings.entries.retain_mut(|p| {
                 p.slot = slot_remap[p.slot as usize];
@@ -239,7 +241,7 @@ impl Shard {
                 .map(|p| self.lens[p.slot as usize])
                 .min()
                 .unwrap_or(0);
-            remap[list] = kept as u32;
+            *new_list = kept as u32;
             self.list_terms[kept] = self.list_terms[list];
             self.lists[kept] = postings;
             kept += 1;
