@@ -52,12 +52,13 @@ impl Default for ChunkConfig {
 
 impl ChunkConfig {
     /// Checks that every chunk makes progress past its predecessor.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), super::PreprocessConfigError> {
         if self.max_tokens == 0 || self.overlap_tokens + self.boundary_window_tokens >= self.max_tokens {
-            return Err(format!(
-                "chunking needs overlap_tokens ({}) + boundary_window_tokens ({}) < max_tokens ({})",
-                self.overlap_tokens, self.boundary_window_tokens, self.max_tokens
-            ));
+            return Err(super::PreprocessConfigError::ChunkWithoutProgress {
+                overlap_tokens: self.overlap_tokens,
+                boundary_window_tokens: self.boundary_window_tokens,
+                max_tokens: self.max_tokens,
+            });
         }
         Ok(())
     }

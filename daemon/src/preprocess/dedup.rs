@@ -135,12 +135,12 @@ pub struct NearDupIndex {
 
 impl NearDupIndex {
     /// An empty index.
-    pub fn new(config: DedupConfig) -> Result<Self, String> {
+    pub fn new(config: DedupConfig) -> Result<Self, super::PreprocessConfigError> {
         if !(config.threshold > 0.0 && config.threshold <= 1.0) || config.max_candidates == 0 {
-            return Err(format!(
-                "near-duplicate threshold {} outside (0, 1] or max_candidates 0",
-                config.threshold
-            ));
+            return Err(super::PreprocessConfigError::NearDuplicate {
+                threshold: config.threshold,
+                max_candidates: config.max_candidates,
+            });
         }
         Ok(Self {
             config,

@@ -22,3 +22,30 @@ pub mod minhash;
 pub use chunk::{Chunk, ChunkConfig, ChunkScratch, reassemble};
 pub use dedup::{DedupConfig, DuplicateDecision, DuplicatePolicy, NearDupIndex, NearDuplicate, decide};
 pub use minhash::{LshParams, MinHasher, Signature};
+
+/// A preprocessing setting that cannot work, named with its values.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PreprocessConfigError {
+    /// A chunk would not get past its predecessor.
+    #[error(
+        "chunking needs overlap_tokens ({overlap_tokens}) + boundary_window_tokens ({boundary_window_tokens}) < max_tokens ({max_tokens})"
+    )]
+    ChunkWithoutProgress {
+        /// Tokens repeated from the previous chunk.
+        overlap_tokens: usize,
+        /// Tokens searched for a sentence end before the limit.
+        boundary_window_tokens: usize,
+        /// Tokens per chunk.
+        max_tokens: usize,
+    },
+    /// The near-duplicate threshold is not a Jaccard similarity, or no
+    /// candidate may be examined.
+    #[error("near-duplicate threshold {threshold} outside (0, 1] or max_candidates {max_candidates} is 0")]
+    NearDuplicate {
+        /// The Jaccard threshold.
+        threshold: f64,
+        /// Candidates examined per lookup.
+        max_candidates: usize,
+    },
+}

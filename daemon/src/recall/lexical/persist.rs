@@ -197,7 +197,7 @@ impl LexicalIndex {
         let invalid = |what: String| ImageFault::Invalid(format!("namespace {namespace:?}: {what}"));
         let parts =
             rkyv::deserialize::<ShardParts, rkyv::rancor::Error>(&shard.parts).map_err(|e| invalid(e.to_string()))?;
-        let shard = Shard::from_parts(parts, n_terms).map_err(invalid)?;
+        let shard = Shard::from_parts(parts, n_terms).map_err(|fault| invalid(fault.to_string()))?;
         self.add_shard(namespace, shard)
             .map_err(|id| invalid(format!("memory {id} is in two namespaces")))?;
         Ok(())

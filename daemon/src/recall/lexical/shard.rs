@@ -308,7 +308,7 @@ impl Shard {
 
     /// A shard from saved arrays, every index checked against its range
     /// (`n_terms`: the dictionary's size); the reason if one is out.
-    pub(crate) fn from_parts(parts: ShardParts, n_terms: usize) -> Result<Self, String> {
+    pub(crate) fn from_parts(parts: ShardParts, n_terms: usize) -> Result<Self, PartsFault> {
         check_parts(&parts, n_terms)?;
         let n = parts.ids.len();
         let lens: Vec<u32> = parts
@@ -331,7 +331,7 @@ impl Shard {
             if parts.dead[slot / 64] & (1 << (slot % 64)) == 0 {
                 shard.live_len += u64::from(lens[slot]);
                 if shard.slot_of.insert(id, slot as u32).is_some() {
-                    return Err(format!("memory {id} is live twice"));
+                    return Err(PartsFault::LiveTwice { id });
                 }
             }
         }
@@ -343,7 +343,7 @@ impl Shard {
         shard.term_list.reserve(parts.list_terms.len());
         for (list, &term) in parts.list_terms.iter().enumerate() {
             if shard.term_list.insert(term, list as u32).is_some() {
-                return Err(format!("term {term} has two posting lists"));
+                return Err(PartsFault::TwoPostingLists { term });
             }
         }
         let ShardParts {
@@ -385,33 +385,62 @@ fn postings_of(parts: &ShardParts, lens: &[u32], range: std::ops::Range<usize>) 
     postings
 }
 
+/// Why saved shard arrays were refused (the first check that failed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PartsFault {
+    /// The tombstone bitmap does not have one bit per slot.
+    #[error("{words} tombstone words for {slots} slots")]
+    Tombstones { words: usize, slots: usize },
+    /// An offsets array does not run from 0 to its entries' count.
+    #[error("{what} offsets do not cover their {total} entries")]
+    Offsets { what: &'static str, total: usize },
+    /// Term frequencies and lists differ in length.
+    #[error("frequency arrays disagree with their lists")]
+    Frequencies,
+    /// A list or term index points past its array.
+    #[error("a list or term index is out of range")]
+    IndexOutOfRange,
+    /// A posting list is not strictly increasing, or names a missing slot.
+    #[error("a posting list is not increasing within the slots")]
+    Unordered,
+    /// One memory id holds two live slots.
+    #[error("memory {id} is live twice")]
+    LiveTwice { id: u64 },
+    /// One term has two posting lists.
+    #[error("term {term} has two posting lists")]
+    TwoPostingLists { term: u32 },
+}
+
 /// Checks every length, offset and index of saved arrays.
-fn check_parts(parts: &ShardParts, n_terms: usize) -> Result<(), String> {
+fn check_parts(parts: &ShardParts, n_terms: usize) -> Result<(), PartsFault> {
     let n = parts.ids.len();
     let n_lists = parts.list_terms.len();
     if parts.dead.len() != n.div_ceil(64) {
-        return Err(format!("{} tombstone words for {n} slots", parts.dead.len()));
+        return Err(PartsFault::Tombstones {
+            words: parts.dead.len(),
+            slots: n,
+        });
     }
     check_offsets("forward", &parts.fwd_starts, n, parts.fwd_lists.len())?;
     check_offsets("posting", &parts.list_starts, n_lists, parts.post_slots.len())?;
     if parts.fwd_tfs.len() != parts.fwd_lists.len() || parts.post_tfs.len() != parts.post_slots.len() {
-        return Err("frequency arrays disagree with their lists".into());
+        return Err(PartsFault::Frequencies);
     }
     if parts.fwd_lists.iter().any(|&l| l as usize >= n_lists) || parts.list_terms.iter().any(|&t| t as usize >= n_terms)
     {
-        return Err("a list or term index is out of range".into());
+        return Err(PartsFault::IndexOutOfRange);
     }
     for w in parts.list_starts.windows(2) {
         let slots = &parts.post_slots[w[0] as usize..w[1] as usize];
         if slots.windows(2).any(|p| p[0] >= p[1]) || slots.last().is_some_and(|&s| s as usize >= n) {
-            return Err("a posting list is not increasing within the slots".into());
+            return Err(PartsFault::Unordered);
         }
     }
     Ok(())
 }
 
 /// `starts` has `count + 1` non-decreasing offsets from 0 to `total`.
-fn check_offsets(what: &str, starts: &[u32], count: usize, total: usize) -> Result<(), String> {
+fn check_offsets(what: &'static str, starts: &[u32], count: usize, total: usize) -> Result<(), PartsFault> {
     let ok = starts.len() == count + 1
         && starts.first() == Some(&0)
         && starts.last().is_some_and(|&l| l as usize == total)
@@ -419,7 +448,7 @@ fn check_offsets(what: &str, starts: &[u32], count: usize, total: usize) -> Resu
     if ok {
         Ok(())
     } else {
-        Err(format!("{what} offsets do not cover their {total} entries"))
+        Err(PartsFault::Offsets { what, total })
     }
 }
 

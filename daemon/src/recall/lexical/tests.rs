@@ -3,7 +3,6 @@
 //! before the top k, the query-length guard, and persistence.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use crate::recall::ann::synthetic::SplitMix64;
 use crate::recall::lexical::{
@@ -301,22 +300,16 @@ fn assert_same_answers(left: &LexicalIndex, right: &LexicalIndex) {
     assert_eq!(left.stats(), right.stats());
 }
 
-fn temp_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nexus-lexical-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join("lexical.nxl")
-}
-
 #[test]
 fn image_round_trip_answers_the_same() {
     let index = sample_index();
     let loaded = LexicalIndex::from_image(LexicalConfig::default(), &index.to_image()).unwrap();
     assert_same_answers(&index, &loaded);
-    let path = temp_path("round-trip");
+    let dir = crate::testing::TempDir::new("lexical");
+    let path = dir.join("lexical.nxl");
     index.save(&path).unwrap();
     let mapped = LexicalIndex::load(LexicalConfig::default(), &path).unwrap();
     assert_same_answers(&index, &mapped);
-    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
 
 #[track_caller]
@@ -357,7 +350,8 @@ fn a_corrupt_image_is_a_typed_error() {
 #[test]
 fn a_missing_or_corrupt_file_is_rebuilt_from_the_documents() {
     let original = sample_index();
-    let path = temp_path("rebuild");
+    let dir = crate::testing::TempDir::new("lexical");
+    let path = dir.join("lexical.nxl");
     let documents: Vec<(u64, &str, String)> = {
         let mut rng = SplitMix64::new(7);
         let mut docs: Vec<_> = (1..=500u64)
@@ -385,7 +379,6 @@ fn a_missing_or_corrupt_file_is_rebuilt_from_the_documents() {
         LoadSource::Loaded => panic!("a corrupt file was loaded"),
     }
     assert_same_answers(&original, &rebuilt);
-    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
 
 /// The owner shares the indexes between recall threads behind a lock.
