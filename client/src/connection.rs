@@ -5,9 +5,10 @@
 //! the frame when dropped. Waiting follows the ring's flag protocol: announce
 //! sleep, re-check, then sleep on the flag word itself (a futex the daemon
 //! wakes), checking the socket for the daemon's EOF between slices of the wait.
-//! `submit` only publishes; the daemon's bell is rung (if it sleeps) by
-//! `flush`, or when this side is about to wait, so a pipelined burst costs one
-//! wake-up, not one per request. The socket transport (the benchmark baseline)
+//! The daemon's bell is rung by the first request published after the daemon
+//! announced sleep (its flag, swapped back, makes that one syscall per sleep,
+//! never one per request), so its wake-up overlaps our work on the answers
+//! still to read; `flush` and a wait check once more. The socket transport (the benchmark baseline)
 //! offers the same calls over the Unix stream.
 //!
 //! The daemon is not trusted blindly either: its uid is checked
@@ -413,11 +414,13 @@ impl ShmFrames {
             }
         }
         self.unsignalled = true;
-        Ok(())
+        // Eager: a daemon that sleeps is woken by the first request after it
+        // slept, so its wake-up overlaps our own work on the next answers.
+        self.wake_daemon_if_asleep()
     }
 
     /// Offers the daemon a wake-up for what was published since the last
-    /// one: a byte only if it announced sleep (one per burst, not per request).
+    /// one: only if it announced sleep (one per sleep, not per request).
     fn wake_daemon_if_asleep(&mut self) -> Result<(), ClientError> {
         if std::mem::take(&mut self.unsignalled) && self.requests.consumer_needs_wake() {
             self.bell.ring()?;

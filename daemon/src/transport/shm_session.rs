@@ -238,6 +238,14 @@ impl ShmSession {
         match written {
             Ok(Some(_)) => {
                 self.stalled_since = None;
+                // A client asleep on its answers is woken by the first one, so
+                // its wake-up overlaps the rest of the burst (on a guest whose
+                // wake-ups take tens of µs that is most of a round trip). The
+                // flag makes it one wake-up per sleep, never one per answer.
+                if self.responses.consumer_needs_wake() {
+                    bump(&self.shared.metrics.wakeups_sent);
+                    futex_wake(self.responses.consumer_sleeping_word());
+                }
                 Ok(None)
             }
             Ok(None) => {
@@ -255,8 +263,8 @@ impl ShmSession {
         }
     }
 
-    /// One futex wake per burst, only if the client announced it sleeps
-    /// (waiting for answers, or for room in its request ring).
+    /// After a burst: one futex wake, only if the client announced it sleeps
+    /// (for room in its request ring, or for an answer `send` did not wake it for).
     fn wake_client_if_asleep(&mut self) -> Result<(), SessionEnd> {
         if self.responses.consumer_needs_wake() {
             bump(&self.shared.metrics.wakeups_sent);
