@@ -4,41 +4,12 @@
 //! the intelligence route). Its own test binary, because it installs a
 //! counting global allocator.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod common;
 
 use nexus_daemon::recall::lexical::{EntityExtractor, ExtractScratch, LexicalConfig, LexicalIndex, SearchScratch};
 
-/// Counts the allocations of the current thread (tests run on several threads).
-struct CountingAllocator;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the counter is a
-// const-initialised thread-local `Cell` without a destructor, which never allocates.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        // SAFETY: forwarded with the caller's layout, under the caller's contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` above with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        // SAFETY: `ptr` came from this allocator with `layout`, as the caller guarantees.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: CountingAllocator = CountingAllocator;
+static GLOBAL: common::CountingAllocator = common::CountingAllocator;
 
 const TEXTS: [&str; 5] = [
     "Caroline: I went to a LGBTQ support group on 8 May, 2023 and it was so powerful.",
@@ -57,12 +28,6 @@ const QUERIES: [&str; 4] = [
     "東京 2023 Monday",
 ];
 
-fn allocations_while(f: impl FnOnce()) -> u64 {
-    let before = ALLOCATIONS.with(Cell::get);
-    f();
-    ALLOCATIONS.with(Cell::get) - before
-}
-
 #[test]
 fn lexical_search_allocates_nothing_after_warm_up() {
     let documents = TEXTS.iter().zip(1u64..).map(|(text, id)| (id, "ns", *text));
@@ -75,9 +40,9 @@ fn lexical_search_allocates_nothing_after_warm_up() {
                 .expect("short query");
         }
     };
-    let warm_up = allocations_while(&mut search_all);
+    let warm_up = common::allocations_while(&mut search_all);
     assert!(warm_up > 0, "the counter sees the scratch grow");
-    let n = allocations_while(|| (0..10).for_each(|_| search_all()));
+    let n = common::allocations_while(|| (0..10).for_each(|_| search_all()));
     assert_eq!(n, 0, "search allocated {n} times after warm-up");
     assert!(!hits.is_empty());
 }
@@ -91,8 +56,8 @@ fn entity_extraction_allocates_nothing_after_warm_up() {
             extractor.extract(text, &mut scratch, &mut spans);
         }
     };
-    let warm_up = allocations_while(&mut extract_all);
+    let warm_up = common::allocations_while(&mut extract_all);
     assert!(warm_up > 0, "the counter sees the scratch grow");
-    let n = allocations_while(|| (0..10).for_each(|_| extract_all()));
+    let n = common::allocations_while(|| (0..10).for_each(|_| extract_all()));
     assert_eq!(n, 0, "extraction allocated {n} times after warm-up");
 }
