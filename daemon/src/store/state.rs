@@ -159,10 +159,12 @@ impl State {
             ArchivedWalRecord::Feedback { memory_id, useful, .. } => {
                 let memory_id = memory_id.to_native();
                 let tally = self.feedback.entry(memory_id).or_default();
+                // Saturating: a tally read from a crafted (checksum-valid) snapshot
+                // may already stand at u32::MAX; a count that stops is no harm.
                 if *useful {
-                    tally.useful += 1;
+                    tally.useful = tally.useful.saturating_add(1);
                 } else {
-                    tally.not_useful += 1;
+                    tally.not_useful = tally.not_useful.saturating_add(1);
                 }
                 notes.note(Event::Feedback {
                     memory_id,
