@@ -11,7 +11,9 @@ use nexus_client::wire::{ErrorCode, MemoryInput};
 use nexus_client::{ClientError, ConnectOptions, Connection, Transport};
 use nexus_shm_protocol::handshake::{SERVER_HELLO_BYTES, ServerHello};
 use nexus_tests::store::{batch_texts, memory};
-use nexus_tests::{BOUNDED_WAIT, LARGE_RING_BYTES, check_closed_by_daemon, raise_fd_limit, test_options, wait_until};
+use nexus_tests::{
+    BOUNDED_WAIT, LARGE_RING_BYTES, check_closed_by_daemon, poll_until, raise_fd_limit, test_options, wait_until,
+};
 
 use crate::socket_transport::{check_still_serving, raw_socket_session};
 use crate::start;
@@ -49,7 +51,7 @@ fn silent_connections_are_bounded_and_do_not_block_a_client_that_says_hello() {
     let at_least_evicted = SILENT_CONNECTIONS - PENDING_BOUND;
     let mut refused: Vec<Option<ServerHello>> = vec![None; SILENT_CONNECTIONS];
     let (mut closed, mut evicted) = (0, 0);
-    let settled = poll(|| {
+    let settled = poll_until(BOUNDED_WAIT, || {
         for (stream, answer) in silent.iter_mut().zip(refused.iter_mut()) {
             if answer.is_none() {
                 *answer = read_refusal_if_closed(stream);
@@ -226,18 +228,6 @@ fn check_over_budget(refusal: Option<ClientError>) {
         }
         other => panic!("a client beyond the memory budget was not refused: {other:?}"),
     }
-}
-
-/// Polls `condition` until it holds (true) or [`BOUNDED_WAIT`] passes (false).
-fn poll(mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + BOUNDED_WAIT;
-    while std::time::Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    false
 }
 
 /// The refusal on `stream` if the daemon already wrote one and closed it;

@@ -9,11 +9,9 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::Command;
 
-use nexus_client::Transport;
-use nexus_client::wire::{ErrorCode, MemoryInput};
-use nexus_shm_protocol::layout::FrameKind;
+use nexus_client::wire::MemoryInput;
 use nexus_tests::store::memory;
-use nexus_tests::{BOUNDED_WAIT, Daemon, RawFrame, TestDir, check_raw_frame, signal, test_options, wait_until};
+use nexus_tests::{BOUNDED_WAIT, Daemon, TestDir, signal, wait_for_exit, wait_until};
 use nix::sys::signal::Signal;
 
 use crate::{BINARIES, start};
@@ -54,15 +52,7 @@ fn sighup_with_a_setting_out_of_range_keeps_the_configuration_in_force() {
     });
     assert!(!daemon.stderr_text().contains("SIGHUP: configuration reloaded"));
     // max_bad_frames = 0 came in the same refused file: one bad frame is still forgiven.
-    let mut connection = daemon.connection(test_options(Transport::SharedMemory));
-    let garbage = [0xAB_u8; 64];
-    let frame = RawFrame {
-        kind: FrameKind::Request as u16,
-        request_id: 1,
-        declared_len: garbage.len() as u32,
-        payload: &garbage,
-    };
-    check_raw_frame(&mut connection, frame, ErrorCode::MalformedFrame);
+    crate::signals::send_bad_frame(&daemon);
     daemon.client().ping().expect("still serving");
     assert_eq!(daemon.stats_counter("clients_disconnected_bad_frames"), 0);
 }
@@ -179,31 +169,7 @@ fn run_daemon(daemon: &Daemon, socket: &Path) -> (Option<i32>, String) {
         .stderr(stderr)
         .spawn()
         .expect("spawn a second nexusd");
-    let mut status = None;
-    let exited = {
-        let mut poll = || {
-            status = child.try_wait().expect("try_wait");
-            status.is_some()
-        };
-        wait_for(&mut poll)
-    };
-    if !exited {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the second nexusd did not exit within {BOUNDED_WAIT:?}");
-    }
+    let status = wait_for_exit(&mut child, "the second nexusd to exit");
     let text = std::fs::read_to_string(&output).unwrap_or_default();
-    (status.and_then(|s| s.code()), text)
-}
-
-/// Polls `condition` until it holds or [`BOUNDED_WAIT`] passes.
-fn wait_for(condition: &mut dyn FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + BOUNDED_WAIT;
-    while std::time::Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    false
+    (status.code(), text)
 }

@@ -175,7 +175,7 @@ fn sighup_applies_a_changed_config_file_and_keeps_the_current_one_when_the_file_
 }
 
 /// One malformed frame on a fresh connection, answered MalformedFrame.
-fn send_bad_frame(daemon: &Daemon) {
+pub(crate) fn send_bad_frame(daemon: &Daemon) {
     let mut connection = daemon.connection(test_options(Transport::SharedMemory));
     let garbage = [0xAB_u8; 64];
     let frame = RawFrame {

@@ -809,7 +809,7 @@ fn spawn_logged(mut command: Command, stderr_path: &Path, stdout: Stdio) -> Chil
 
 /// Waits (bounded) for `child` to exit and reaps it; kills it on timeout.
 #[track_caller]
-fn wait_for_exit(child: &mut Child, what: &str) -> ExitStatus {
+pub fn wait_for_exit(child: &mut Child, what: &str) -> ExitStatus {
     let mut status = None;
     let exited = poll_until(BOUNDED_WAIT, || {
         status = child.try_wait().expect("try_wait");
@@ -824,7 +824,7 @@ fn wait_for_exit(child: &mut Child, what: &str) -> ExitStatus {
 }
 
 /// Polls `condition` until it holds (true) or `timeout` passes (false).
-fn poll_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+pub fn poll_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if condition() {
