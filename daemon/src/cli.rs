@@ -25,6 +25,7 @@ use tracing_subscriber::{EnvFilter, Registry, reload};
 use crate::config::{Config, Settings};
 use crate::handler::Shared;
 use crate::notify::{ServiceManager, State, WedgeSwitch};
+use crate::recall::Recall;
 use crate::store::Store;
 use crate::store::wal::{RealFs, WalFs};
 use crate::transport::listener::BoundSocket;
@@ -187,11 +188,16 @@ fn serve(
         manager.notify(&[State::Status(&replaying)]);
         // Replay happens before the socket exists: a client that can connect
         // sees every acknowledged write.
-        let store = Store::open(&config.store_config(), hooks.wal_fs).context("cannot open the memory store")?;
+        let engines = crate::recall::setup::open_engines(&config.recall, Some(&config.data_dir))
+            .context("cannot set up the search engines")?;
+        let store = Store::open_with(&config.store_config(), hooks.wal_fs, engines.followers)
+            .context("cannot open the memory store")?;
+        let recall = Recall::with_engines(store.clone(), engines.engines);
+        recall.opened();
         let socket = BoundSocket::bind(&config.socket_path, config.socket_mode)?;
         info!(version = env!("CARGO_PKG_VERSION"), data_dir = %config.data_dir.display(), "nexusd ready");
         manager.notify(&[State::Ready, State::Status(&ready_status(&config, &store))]);
-        let shared = Shared::new(config, store.clone());
+        let shared = Shared::new(config, store.clone(), recall);
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(crate::transport::server::run(shared.clone(), socket, shutdown.clone()));
         let watchdog_stop = CancellationToken::new();
@@ -205,6 +211,9 @@ fn serve(
         background.close();
         background.wait().await;
         let lsn = store.close().await.context("the final checkpoint failed")?;
+        for engine in &engines.dense {
+            engine.stop();
+        }
         // The pings go on until here: a drain or checkpoint that hangs is
         // for systemd's TimeoutStopSec= to end, as it would be when serving.
         watchdog_stop.cancel();

@@ -164,6 +164,8 @@ pub struct Config {
     pub limits: Limits,
     /// Start even when the WAL is corrupt mid-log, cutting it at the first bad record.
     pub salvage_wal: bool,
+    /// Engines: the embedder, BM25 settings.
+    pub recall: crate::recall::setup::RecallSettings,
     /// The config file, re-read on SIGHUP.
     pub config_file: Option<PathBuf>,
 }
@@ -201,6 +203,14 @@ pub struct Settings {
     pub checkpoint_wal_bytes: Option<u64>,
     pub checkpoint_min_interval_ms: Option<u64>,
     pub limits: Option<Limits>,
+    /// `"builtin"` (the shipped model), `"hashing"`, or a model2vec directory.
+    pub embedder: Option<String>,
+    /// BM25 term-frequency saturation (≥ 0).
+    pub bm25_k1: Option<f32>,
+    /// BM25 length normalisation (0..=1).
+    pub bm25_b: Option<f32>,
+    /// Snowball stemming of English words in the lexical index.
+    pub stemming: Option<bool>,
     /// Flag only (`--salvage-wal`); a file cannot set it.
     #[serde(skip)]
     pub salvage_wal: Option<bool>,
@@ -261,6 +271,7 @@ impl Default for Config {
             checkpoint_min_interval: store.checkpoint_min_interval,
             limits: store.limits,
             salvage_wal: false,
+            recall: Default::default(),
             config_file: None,
         }
     }
@@ -344,6 +355,8 @@ impl Config {
         differs("fsync", self.fsync != new.fsync);
         differs("wal_segment_bytes", self.wal_segment_bytes != new.wal_segment_bytes);
         differs("limits", self.limits != new.limits);
+        differs("embedder", self.recall.embedder != new.recall.embedder);
+        differs("bm25_k1/bm25_b/stemming", self.recall.lexical != new.recall.lexical);
         restart
     }
 
@@ -416,6 +429,12 @@ impl Config {
         set(&mut self.checkpoint_min_interval, s.checkpoint_min_interval_ms.map(ms));
         set(&mut self.limits, s.limits.clone());
         set(&mut self.salvage_wal, s.salvage_wal);
+        if let Some(embedder) = &s.embedder {
+            self.recall.embedder = crate::recall::setup::EmbedderChoice::parse(embedder);
+        }
+        set(&mut self.recall.lexical.k1, s.bm25_k1);
+        set(&mut self.recall.lexical.b, s.bm25_b);
+        set(&mut self.recall.lexical.tokenizer.stemming, s.stemming);
         Ok(())
     }
 
@@ -427,7 +446,28 @@ impl Config {
         self.validate_timeouts()?;
         self.validate_store()?;
         validate_limits(&self.limits, self.max_frame_bytes)?;
+        self.validate_recall()?;
         tracing_subscriber::EnvFilter::try_new(&self.log).map_err(|e| invalid("log", e.to_string()))?;
+        Ok(())
+    }
+
+    fn validate_recall(&self) -> Result<(), ConfigError> {
+        let lexical = &self.recall.lexical;
+        if !(lexical.k1.is_finite() && lexical.k1 >= 0.0) {
+            return Err(invalid("bm25_k1", format!("{} must be finite and ≥ 0", lexical.k1)));
+        }
+        if !(0.0..=1.0).contains(&lexical.b) {
+            return Err(invalid("bm25_b", format!("{} is outside 0..=1", lexical.b)));
+        }
+        if let crate::recall::setup::EmbedderChoice::Dir(dir) = &self.recall.embedder
+            && !dir.is_dir()
+        {
+            let reason = format!(
+                "{} is not a directory; use \"builtin\", \"hashing\" or a model2vec directory",
+                dir.display()
+            );
+            return Err(invalid("embedder", reason));
+        }
         Ok(())
     }
 

@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use nexus_shm_protocol::wire::{
-    ArchivedFeedbackRequest, ArchivedForgetRequest, ArchivedMemoryInput, ArchivedRecallRequest, ArchivedRequest,
-    ArchivedRequestBody, ArchivedRoute, Counter, ErrorCode, HealthReport, Pong, RecallHit, Response, ResponseBody,
-    Signal, StatsReport,
+    ArchivedEngineChoice, ArchivedFeedbackRequest, ArchivedForgetRequest, ArchivedMemoryInput, ArchivedRecallRequest,
+    ArchivedRequest, ArchivedRequestBody, ArchivedRoute, Counter, ErrorCode, HealthReport, Pong, RecallHit, Response,
+    ResponseBody, Signal, StatsReport, Status,
 };
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::recall::{EngineError, QueryInput, Recall, RecallError, Recalled, Route};
+use crate::recall::{EngineError, EngineName, QueryInput, Recall, RecallError, Recalled, Route, TimeRange};
 use crate::store::wal::WalError;
 use crate::store::{CounterValue, Deadline, ForgetTarget, Judgement, NewMemory, Store, StoreError, TagRef};
 use crate::transport::admission::Admission;
@@ -43,14 +43,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Fresh shared state for a configuration and an opened store.
-    pub fn new(config: Config, store: Store) -> Arc<Self> {
+    /// Fresh shared state for a configuration, an opened store and the
+    /// recalls over it.
+    pub fn new(config: Config, store: Store, recall: Recall) -> Arc<Self> {
         Arc::new(Self {
             admission: Admission::new(&config),
             config: RwLock::new(Arc::new(config)),
             metrics: Metrics::default(),
             shutting_down: AtomicBool::new(false),
-            recall: Recall::new(store.clone()),
+            recall,
             store,
         })
     }
@@ -88,8 +89,27 @@ pub async fn handle(request: &ArchivedRequest, shared: &Shared, now_ns: u64) -> 
         return Response::error(id, ErrorCode::ShuttingDown, "nexusd is shutting down");
     }
     match dispatch(&request.body, shared, now_ns, Deadline::at_ns(deadline_ns)).await {
-        Ok(body) => Response::ok(id, body),
+        Ok(Answered { body, degraded: None }) => Response::ok(id, body),
+        Ok(Answered {
+            body,
+            degraded: Some(reason),
+        }) => Response {
+            status: Status::Degraded { reason },
+            ..Response::ok(id, body)
+        },
         Err(refusal) => Response::error(id, refusal.code, refusal.message),
+    }
+}
+
+/// An operation's result, and what it lacked if it was not whole.
+struct Answered {
+    body: ResponseBody,
+    degraded: Option<String>,
+}
+
+impl From<ResponseBody> for Answered {
+    fn from(body: ResponseBody) -> Self {
+        Self { body, degraded: None }
     }
 }
 
@@ -99,40 +119,42 @@ async fn dispatch(
     shared: &Shared,
     now_ns: u64,
     deadline: Deadline,
-) -> Result<ResponseBody, Refusal> {
+) -> Result<Answered, Refusal> {
     let store = &shared.store;
-    match body {
-        ArchivedRequestBody::Ping(ping) => Ok(ResponseBody::Pong(Pong {
+    let body = match body {
+        ArchivedRequestBody::Ping(ping) => ResponseBody::Pong(Pong {
             payload_bytes: ping.payload.len() as u32,
             server_monotonic_ns: now_ns,
-        })),
-        ArchivedRequestBody::Stats => Ok(ResponseBody::Stats(stats(shared))),
-        ArchivedRequestBody::Health => Ok(ResponseBody::Health(health(shared))),
+        }),
+        ArchivedRequestBody::Stats => ResponseBody::Stats(stats(shared)),
+        ArchivedRequestBody::Health => ResponseBody::Health(health(shared)),
         ArchivedRequestBody::Remember(remember) => {
             let memories = remember.memories.iter().map(new_memory).collect();
             let remembered = store.remember(memories, now_ms()).await.map_err(store_refusal)?;
-            Ok(ResponseBody::Remembered(remembered.ids))
+            ResponseBody::Remembered(remembered.ids)
         }
         ArchivedRequestBody::Recall(recall) => {
-            let recalled = shared.recall.recall(&query_input(recall), deadline).await;
-            Ok(ResponseBody::Recalled(
-                recalled.map_err(recall_refusal)?.into_iter().map(hit).collect(),
-            ))
+            let answer = (shared.recall.recall(&query_input(recall), deadline).await).map_err(recall_refusal)?;
+            return Ok(Answered {
+                body: ResponseBody::Recalled(answer.hits.into_iter().map(hit).collect()),
+                degraded: answer.degraded,
+            });
         }
         ArchivedRequestBody::Forget(forget) => {
             let forgotten = store.forget(&forget_target(forget), deadline).await;
-            Ok(ResponseBody::Forgotten(forgotten.map_err(store_refusal)?.count))
+            ResponseBody::Forgotten(forgotten.map_err(store_refusal)?.count)
         }
         ArchivedRequestBody::Feedback(feedback) => {
             store.feedback(judgement(feedback)).await.map_err(store_refusal)?;
-            Ok(ResponseBody::Empty)
+            ResponseBody::Empty
         }
-        ArchivedRequestBody::Flush => Ok(ResponseBody::Flushed(store.flush().await.map_err(store_refusal)?)),
+        ArchivedRequestBody::Flush => ResponseBody::Flushed(store.flush().await.map_err(store_refusal)?),
         ArchivedRequestBody::Checkpoint => {
             let lsn = store.requested_checkpoint().await.map_err(store_refusal)?;
-            Ok(ResponseBody::Checkpointed(lsn))
+            ResponseBody::Checkpointed(lsn)
         }
-    }
+    };
+    Ok(body.into())
 }
 
 // Wire → domain.
@@ -192,7 +214,16 @@ fn query_input(request: &ArchivedRecallRequest) -> QueryInput<'_> {
         tags: (request.filter.iter())
             .map(|t| (t.key.as_str(), t.value.as_str()))
             .collect(),
-        created: None,
+        created: (request.created.as_ref()).map(|range| TimeRange {
+            start_ms: range.start_ms.to_native(),
+            end_ms: range.end_ms.to_native(),
+        }),
+        engine: request.engine.as_ref().map(|engine| match engine {
+            ArchivedEngineChoice::Scan => EngineName::Scan,
+            ArchivedEngineChoice::Lexical => EngineName::Lexical,
+            ArchivedEngineChoice::Dense => EngineName::Dense,
+            ArchivedEngineChoice::Vector => EngineName::Vector,
+        }),
     }
 }
 
@@ -329,9 +360,11 @@ fn recall_code(error: &RecallError) -> ErrorCode {
         | RecallError::QueryTooLong { .. }
         | RecallError::EmptyQuery
         | RecallError::BadTimeRange(_) => ErrorCode::InvalidArgument,
-        RecallError::RouteNotAvailable { .. } => ErrorCode::NotAvailable,
+        RecallError::RouteNotAvailable { .. } | RecallError::EngineNotRunning { .. } => ErrorCode::NotAvailable,
+        RecallError::EngineNeeds { .. } => ErrorCode::InvalidArgument,
         RecallError::Store(error) => store_code(error),
         RecallError::Engine(EngineError::DeadlineExceeded { .. }) => ErrorCode::DeadlineExceeded,
+        RecallError::Engine(EngineError::Failed { .. } | EngineError::Panicked { .. }) => ErrorCode::Internal,
     }
 }
 

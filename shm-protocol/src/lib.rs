@@ -28,8 +28,9 @@ use std::path::PathBuf;
 /// whole. Bumped on any incompatible change; checked at the handshake.
 /// Version 2: the daemon wakes the client with a futex on the ring's flag word
 /// instead of writing a client-held eventfd; the handshake passes the segment
-/// and the daemon's bell.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// and the daemon's bell. Version 3: a recall carries a creation-time range
+/// and may name the engine to answer it.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Environment variable naming the daemon's socket, for clients and tools.
 pub const SOCKET_ENV: &str = "NEXUS_SOCKET";

@@ -121,6 +121,36 @@ pub struct RecallRequest {
     pub route: Option<Route>,
     /// Only memories carrying all these tags.
     pub filter: Vec<MemoryTag>,
+    /// Only memories created in this range (applied inside every engine's
+    /// search, before its top k).
+    pub created: Option<TimeRange>,
+    /// Answer with this engine alone (evaluation, diagnosis); None: every
+    /// engine that can search the query, fused.
+    pub engine: Option<EngineChoice>,
+}
+
+/// Creation times `[start_ms, end_ms)`, in ms since the Unix epoch.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct TimeRange {
+    /// First millisecond in the range.
+    pub start_ms: i64,
+    /// First millisecond after it (must not be before `start_ms`).
+    pub end_ms: i64,
+}
+
+/// The search engines a recall may name.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+pub enum EngineChoice {
+    /// The exact scan (reference; linear in the namespace).
+    Scan,
+    /// BM25 over the memories' texts.
+    Lexical,
+    /// ANN over the built-in embeddings of the texts.
+    Dense,
+    /// ANN over the vectors clients sent.
+    Vector,
 }
 
 /// Forget: what to delete.

@@ -9,7 +9,8 @@
 use std::time::{Duration, Instant};
 
 use nexus_client::wire::{
-    ErrorCode, ForgetRequest, MemoryInput, RecallRequest, RememberRequest, Request, RequestBody, ResponseBody, Status,
+    EngineChoice, ErrorCode, ForgetRequest, MemoryInput, RecallRequest, RememberRequest, Request, RequestBody,
+    ResponseBody, Status,
 };
 use nexus_client::{Client, ClientError, ConnectOptions, Transport};
 use nexus_daemon::store::wal::FAULT_INJECT_ENV;
@@ -211,10 +212,13 @@ fn a_worst_case_recall_runs_while_other_clients_keep_writing_and_pinging() {
     std::thread::scope(|scope| {
         let recall = scope.spawn(|| {
             let started = Instant::now();
+            // The exact scan, by name: the one engine whose cost grows
+            // with the store, so the worst case a client can ask for.
             let body = RequestBody::Recall(RecallRequest {
                 namespace: "big".into(),
                 text: Some(query),
                 k: 10,
+                engine: Some(EngineChoice::Scan),
                 ..RecallRequest::default()
             });
             let answer = hostile.call(body, Some(RECALL_TIMEOUT));
@@ -278,6 +282,7 @@ fn an_over_long_query_is_refused_and_a_scan_past_its_deadline_stops() {
             namespace: "big".into(),
             text: Some(worst_case_query(MAX_QUERY_BYTES)),
             k: 10,
+            engine: Some(EngineChoice::Scan),
             ..RecallRequest::default()
         }),
     };

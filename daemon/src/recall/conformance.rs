@@ -7,15 +7,22 @@
 //! - tag and time filters are applied before the top k;
 //! - at most k results, best first, ties by lower id.
 //!
-//! Engines: the exact scan, and [`MirrorEngine`], a minimal indexed engine
+//! Engines: the exact scan; [`MirrorEngine`], a minimal indexed engine
 //! that only knows the memories it was told about through the hook (so it
-//! fails the suite if the hook ever runs after the acknowledgement). The
-//! engines of the next issues join the list in [`engines`].
+//! fails the suite if the hook ever runs after the acknowledgement); the
+//! BM25 engine; the vector engine over the built-in embeddings. (The
+//! client-vector engine is the same code as the built-in one over another
+//! source of vectors; `dense/tests.rs` runs it with vector queries.)
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
+use crate::embed::StaticModel;
+use crate::recall::dense::{DenseEngine, Space};
 use crate::recall::engine::{Candidate, Candidates, Engine, EngineSearch, SearchContext, Signals};
+use crate::recall::lexical::LexicalConfig;
+use crate::recall::lexical_engine::LexicalEngine;
+use crate::recall::meta::MemoryMeta;
 use crate::recall::query::{Query, QueryInput, TimeRange};
 use crate::recall::scan::ScanEngine;
 use crate::recall::{Recall, Recalled, Route};
@@ -79,7 +86,17 @@ type UnderTest = (Arc<dyn Engine>, Vec<Arc<dyn Follower>>);
 /// Every engine under test.
 fn engines() -> Vec<UnderTest> {
     let mirror = Arc::new(MirrorEngine::default());
-    vec![(Arc::new(ScanEngine), vec![]), (mirror.clone(), vec![mirror])]
+    let meta = Arc::new(MemoryMeta::default());
+    let lexical = Arc::new(LexicalEngine::open(LexicalConfig::default(), None, meta.clone()).expect("lexical"));
+    let meta_dense = Arc::new(MemoryMeta::default());
+    let model = Arc::new(StaticModel::builtin().expect("the shipped model"));
+    let dense = DenseEngine::open(Space::BuiltIn(model), None, meta_dense.clone());
+    vec![
+        (Arc::new(ScanEngine), vec![]),
+        (mirror.clone(), vec![mirror]),
+        (lexical.clone(), vec![meta, lexical]),
+        (dense.clone(), vec![meta_dense, dense]),
+    ]
 }
 
 /// A store followed by the engine, and the pipeline over it.
@@ -91,7 +108,11 @@ fn open(label: &str, engine: &Arc<dyn Engine>, followers: &[Arc<dyn Follower>]) 
 
 async fn recall_ids(recall: &Recall, input: &QueryInput<'_>) -> Vec<u64> {
     let answer = recall.recall(input, Deadline::NONE).await.expect("a recall");
-    answer.iter().map(|Recalled { candidate, .. }| candidate.id).collect()
+    answer
+        .hits
+        .iter()
+        .map(|Recalled { candidate, .. }| candidate.id)
+        .collect()
 }
 
 fn text_query<'a>(namespace: &'a str, text: &'a str, k: u32) -> QueryInput<'a> {
@@ -142,7 +163,8 @@ async fn no_engine_returns_a_memory_of_another_namespace() {
         let memories = (texts.iter().enumerate()).map(|(n, text)| note(namespaces[n % namespaces.len()], text));
         let ids = test.remember(memories.collect()).await;
         for (which, namespace) in namespaces.iter().enumerate() {
-            let found = recall_ids(&recall, &text_query(namespace, "shared words", 100)).await;
+            let mut found = recall_ids(&recall, &text_query(namespace, "shared words", 100)).await;
+            found.sort_unstable();
             let own: Vec<u64> = (ids.iter().enumerate())
                 .filter(|(n, _)| n % namespaces.len() == which)
                 .map(|(_, id)| *id)

@@ -28,6 +28,18 @@ pub trait Engine: Follower {
     /// `ctx.deadline()` and yields between steps (the scan does, per chunk);
     /// an index lookup of microseconds need not.
     fn search<'a>(&'a self, query: &'a Query<'a>, ctx: &'a SearchContext<'a>) -> EngineSearch<'a>;
+
+    /// Called once after the store opened (every follower has been told
+    /// the snapshot and the replayed log): an engine whose saved index
+    /// turned out unusable rebuilds it here, and each reports how it
+    /// started.
+    fn opened(&self, _store: &Store) {}
+
+    /// How the engine's index came to be at start ("loaded at LSN n in m
+    /// ms", "rebuilt from the store: <reason>"), for the log and `nexus-bench startup`.
+    fn origin(&self) -> String {
+        "reads the store".to_owned()
+    }
 }
 
 /// A search in progress. Boxed so engines can be held as `dyn Engine`; one
@@ -98,5 +110,19 @@ pub enum EngineError {
         /// How late, and how far it got.
         #[source]
         source: DeadlineExceeded,
+    },
+    /// The engine could not search (its message says why).
+    #[error("{engine}: {reason}")]
+    Failed {
+        /// The engine.
+        engine: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The engine panicked during the search (isolated from the others).
+    #[error("{engine}: panicked during the search")]
+    Panicked {
+        /// The engine.
+        engine: &'static str,
     },
 }

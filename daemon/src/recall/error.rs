@@ -33,12 +33,28 @@ pub enum RecallError {
     BadTimeRange(TimeRange),
     /// The request forced a route this build cannot take yet.
     #[error(
-        "route {route:?} is not available yet: recalls are answered by the exact scan until the router \
-         exists; send no route, or SmartRouting"
+        "route {route:?} is not available yet: recalls are answered by the engines fused by rank until \
+         the router exists; send no route, or SmartRouting"
     )]
     RouteNotAvailable {
         /// The route asked for.
         route: Route,
+    },
+    /// The request asked for an engine this daemon does not run.
+    #[error("engine {engine:?} is not running in this daemon (running: {running})")]
+    EngineNotRunning {
+        /// The engine asked for.
+        engine: &'static str,
+        /// The engines that run.
+        running: String,
+    },
+    /// The engine asked for cannot search this query (it needs a text, or a vector).
+    #[error("engine {engine:?} searches by {needs}; this query has none")]
+    EngineNeeds {
+        /// The engine asked for.
+        engine: &'static str,
+        /// "text" or "vector".
+        needs: &'static str,
     },
     /// A check shared with writes (the vector, the tag filter) refused the query.
     #[error(transparent)]

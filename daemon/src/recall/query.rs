@@ -37,6 +37,33 @@ pub enum Route {
     MaximumIntelligence,
 }
 
+/// An engine a recall may ask for by name, to be answered by it alone
+/// (evaluation, diagnosis). Without one, every engine that can search the
+/// query runs and their answers are fused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineName {
+    /// The exact scan (reference; linear in the namespace).
+    Scan,
+    /// BM25 over the texts.
+    Lexical,
+    /// ANN over the built-in embeddings of the texts.
+    Dense,
+    /// ANN over the clients' vectors.
+    Vector,
+}
+
+impl EngineName {
+    /// The engine's name, as in answers and Stats.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineName::Scan => "scan",
+            EngineName::Lexical => "lexical",
+            EngineName::Dense => "dense",
+            EngineName::Vector => "vector",
+        }
+    }
+}
+
 /// Memories created in `[start_ms, end_ms)` (ms since the Unix epoch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeRange {
@@ -70,6 +97,8 @@ pub struct QueryInput<'a> {
     pub tags: Vec<(&'a str, &'a str)>,
     /// Only memories created in this range.
     pub created: Option<TimeRange>,
+    /// Answer with this engine alone.
+    pub engine: Option<EngineName>,
 }
 
 /// Which memories a search may return: every engine applies it inside its
@@ -100,6 +129,7 @@ pub struct Query<'a> {
     vector: Option<&'a [f32]>,
     k: usize,
     route: Route,
+    engine: Option<EngineName>,
     filter: Filter<'a>,
 }
 
@@ -131,6 +161,7 @@ impl<'a> Query<'a> {
             vector: input.vector.as_deref(),
             k,
             route: input.route,
+            engine: input.engine,
             filter: Filter {
                 namespace: input.namespace,
                 tags: &input.tags,
@@ -154,9 +185,20 @@ impl<'a> Query<'a> {
         self.k
     }
 
+    /// The same query asking for `k` results (fusion asks each engine for
+    /// more than the client wants).
+    pub fn with_k(&self, k: usize) -> Self {
+        Self { k: k.max(1), ..*self }
+    }
+
     /// The route the request forced.
     pub fn route(&self) -> Route {
         self.route
+    }
+
+    /// The engine asked for, if any.
+    pub fn engine(&self) -> Option<EngineName> {
+        self.engine
     }
 
     /// Which memories may be returned.

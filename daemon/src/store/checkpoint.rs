@@ -65,6 +65,8 @@ pub(super) enum Trigger {
 pub(super) struct Checkpoints {
     /// Held while a checkpoint runs; holds the last one's outcome.
     gate: tokio::sync::Mutex<Option<Finished>>,
+    /// Held while the indexes are saved after a checkpoint.
+    index_save: tokio::sync::Mutex<()>,
     /// Generation of the checkpoint running now (0: none).
     running: AtomicU64,
     /// Generations started so far.
@@ -100,6 +102,7 @@ impl Checkpoints {
     pub(super) fn new(config: &StoreConfig, snapshot_lsn: Lsn, wal_bytes: u64) -> Self {
         Self {
             gate: tokio::sync::Mutex::new(None),
+            index_save: tokio::sync::Mutex::new(()),
             running: AtomicU64::new(0),
             started: AtomicU64::new(0),
             min_interval: config.checkpoint_min_interval,
@@ -202,7 +205,28 @@ impl Store {
             at: Instant::now(),
             result: result.clone(),
         });
+        drop(last);
+        if result.is_ok() {
+            self.save_indexes().await;
+        }
         result.map_err(StoreError::Checkpoint)
+    }
+
+    /// Saves the followers' indexes after a checkpoint, one save at a time,
+    /// outside the checkpoint's gate (a signal that arrives meanwhile starts
+    /// the next checkpoint instead of joining one whose snapshot is already
+    /// written). Each index is saved at the LSN it has followed to (≥ the
+    /// snapshot's): a crash before or during the save leaves older index
+    /// files, which the next start rebuilds from the snapshot.
+    async fn save_indexes(&self) {
+        let followers = Arc::clone(&self.inner.followers);
+        if followers.is_empty() {
+            return;
+        }
+        let _one_save = self.inner.checkpoints.index_save.lock().await;
+        if let Err(error) = tokio::task::spawn_blocking(move || followers.save_all()).await {
+            warn!(%error, "saving the indexes failed");
+        }
     }
 
     /// Starts a checkpoint in the background when the WAL holds enough that

@@ -44,6 +44,14 @@ pub trait Follower: Send + Sync {
     /// LSN order; a follower whose own image already covers `change.lsn()`
     /// ignores it.
     fn follow(&self, change: &IndexChange<'_>);
+
+    /// Saves the index (called after each checkpoint wrote its snapshot,
+    /// off the write path). The saved image must cover every change this
+    /// follower returned from before the call; a failure is logged and the
+    /// next start rebuilds what it cannot load.
+    fn save(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// What one record (or the loaded snapshot) changed, in order.
@@ -113,6 +121,17 @@ impl<'a> IndexChange<'a> {
         }
     }
 
+    /// True for the loaded snapshot's change (every memory added): an index
+    /// whose own image does not cover its LSN starts over from it.
+    pub fn is_snapshot(&self) -> bool {
+        matches!(self.events, Events::AllAdded)
+    }
+
+    /// How many memories the change adds at most (for reserving).
+    pub fn added_len(&self) -> usize {
+        self.memories.len()
+    }
+
     /// The LSN of the record (or of the snapshot) this change is.
     pub fn lsn(&self) -> Lsn {
         self.lsn
@@ -167,6 +186,27 @@ impl Followers {
                     lsn = change.lsn(),
                     "an index panicked following the log; it missed this change and must be rebuilt"
                 );
+            }
+        }
+    }
+
+    /// Saves every follower's index, each isolated from the others'
+    /// failures and panics.
+    pub(super) fn save_all(&self) {
+        for follower in &self.list {
+            let started = std::time::Instant::now();
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| follower.save())) {
+                Ok(Ok(())) => tracing::debug!(
+                    follower = follower.name(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "index saved"
+                ),
+                Ok(Err(error)) => tracing::warn!(
+                    follower = follower.name(),
+                    %error,
+                    "index not saved; the next start rebuilds what it cannot load"
+                ),
+                Err(_) => tracing::error!(follower = follower.name(), "an index panicked while saving"),
             }
         }
     }

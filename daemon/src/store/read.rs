@@ -92,6 +92,17 @@ impl Store {
         &self.inner.limits
     }
 
+    /// Hands every live memory to `each`, a chunk at a time, with no
+    /// deadline: for start-up work (an index rebuilt from the store), never
+    /// for a request.
+    pub fn for_each_memory(&self, mut each: impl FnMut(&Memory)) {
+        let mut cursor = Cursor::default();
+        while !cursor.is_done() {
+            let chunk = self.read().take_chunk("", &mut cursor);
+            chunk.iter().for_each(&mut each);
+        }
+    }
+
     /// Hands `namespace`'s memories ("" = all) to `each`, a chunk at a time
     /// (see the module docs): the read lock is held only while a chunk is
     /// taken, `each` runs with no lock held, and between chunks the deadline

@@ -230,6 +230,12 @@ pub struct AnnIndex {
     build_lock: Mutex<()>,
 }
 
+/// The int8 stage's outcome.
+struct Shortlist {
+    ids: Vec<u64>,
+    unit: Vec<f32>,
+}
+
 /// What the state lock guards.
 #[derive(Debug)]
 struct State {
@@ -345,9 +351,46 @@ impl AnnIndex {
         params: &SearchParams<'_>,
         vectors: &V,
     ) -> Result<Vec<Hit>, AnnError> {
+        let Some(shortlist) = self.shortlist(query, params)? else {
+            return Ok(Vec::new());
+        };
+        Ok(rerank(
+            &shortlist.ids,
+            &shortlist.unit,
+            vectors,
+            params.recency.as_ref(),
+            params.k,
+        ))
+    }
+
+    /// Like [`Self::search`], with the f32 vectors of the shortlisted ids
+    /// asked for once, as a batch: for an owner whose vectors are not kept
+    /// in memory (they are read from the store, or embedded again).
+    pub fn search_fetching(
+        &self,
+        query: &[f32],
+        params: &SearchParams<'_>,
+        fetch: impl FnOnce(&[u64]) -> std::collections::HashMap<u64, Vec<f32>>,
+    ) -> Result<Vec<Hit>, AnnError> {
+        let Some(shortlist) = self.shortlist(query, params)? else {
+            return Ok(Vec::new());
+        };
+        let vectors = fetch(&shortlist.ids);
+        Ok(rerank(
+            &shortlist.ids,
+            &shortlist.unit,
+            &vectors,
+            params.recency.as_ref(),
+            params.k,
+        ))
+    }
+
+    /// The int8 stage: the ids to re-rank (best first) and the unit query;
+    /// None when `k` is 0.
+    fn shortlist(&self, query: &[f32], params: &SearchParams<'_>) -> Result<Option<Shortlist>, AnnError> {
         let norm = checked_norm(query, self.config.dim)?;
         if params.k == 0 {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let mut codes = vec![0i8; self.config.dim];
         let scale = quantize_with_norm(query, norm, &mut codes);
@@ -366,13 +409,29 @@ impl AnnIndex {
         }
         let unit: Vec<f32> = query.iter().map(|x| (f64::from(*x) / norm) as f32).collect();
         let rerank_count = params.rerank.unwrap_or(self.config.rerank).max(params.k) * factor;
-        Ok(rerank(
-            &pool.into_best_ids(rerank_count),
-            &unit,
-            vectors,
-            params.recency.as_ref(),
-            params.k,
-        ))
+        Ok(Some(Shortlist {
+            ids: pool.into_best_ids(rerank_count),
+            unit,
+        }))
+    }
+
+    /// After loading saved segments (whose tombstones are not saved): marks
+    /// dead every node whose id `is_live` says is gone, so no search walks
+    /// to it as a result. Returns how many it marked.
+    pub fn reconcile(&self, is_live: impl Fn(u64) -> bool) -> usize {
+        // The write lock, as for any delete (segment tombstones are set under it).
+        let state = self.write();
+        let mut marked = 0;
+        for segment in &state.segments {
+            let ids = segment.graph().ids;
+            for (local, id) in ids.iter().enumerate() {
+                let local = local as u32;
+                if !segment.is_dead(local) && !is_live(*id) && segment.mark_dead(local) {
+                    marked += 1;
+                }
+            }
+        }
+        marked
     }
 
     /// Scans the tail (and a tail being built) under the read lock; returns

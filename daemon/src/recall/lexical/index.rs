@@ -167,6 +167,11 @@ impl LexicalIndex {
         }
     }
 
+    /// The namespaces with a shard (some may be empty now).
+    pub fn namespaces(&self) -> impl Iterator<Item = &str> {
+        self.shards.iter().map(|(name, _)| &**name)
+    }
+
     /// Whether memory `id` is indexed.
     pub fn contains(&self, id: u64) -> bool {
         self.home.contains_key(&id)

@@ -1,0 +1,117 @@
+//! The daemon's engines, built from its settings: which embedder, the BM25
+//! constants, and where indexes are saved. One place decides the followers'
+//! order (the metadata first: the engines' filters read it).
+//!
+//! Not here: what each engine does (`dense.rs`, `lexical_engine.rs`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::info;
+
+use crate::embed::{Embedder, HashingConfig, HashingEmbedder, StaticModel};
+use crate::recall::dense::{DenseEngine, Space};
+use crate::recall::engine::Engine;
+use crate::recall::lexical::LexicalConfig;
+use crate::recall::lexical_engine::LexicalEngine;
+use crate::recall::meta::MemoryMeta;
+use crate::store::Follower;
+
+/// Which embedder gives text memories and queries their built-in vectors.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum EmbedderChoice {
+    /// The model compiled into the binary (`daemon/models/`).
+    #[default]
+    Builtin,
+    /// Feature hashing: no model, lower quality (when the model is disabled).
+    Hashing,
+    /// A model2vec directory.
+    Dir(PathBuf),
+}
+
+impl EmbedderChoice {
+    /// `"builtin"`, `"hashing"`, or a directory path.
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "builtin" => Self::Builtin,
+            "hashing" => Self::Hashing,
+            path => Self::Dir(PathBuf::from(path)),
+        }
+    }
+}
+
+/// The recall settings.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RecallSettings {
+    /// The built-in space's embedder.
+    pub embedder: EmbedderChoice,
+    /// BM25 and tokenizer settings.
+    pub lexical: LexicalConfig,
+}
+
+/// Why the engines could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The embedder's model could not be loaded.
+    #[error("embedder {choice}: {reason}")]
+    Embedder {
+        /// What was configured.
+        choice: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// A lexical setting is out of range.
+    #[error(transparent)]
+    Lexical(#[from] crate::recall::lexical::LexicalError),
+}
+
+/// The engines and what the store must tell.
+pub struct EngineSet {
+    /// For `Store::open_with`, in the order they are told.
+    pub followers: Vec<Arc<dyn Follower>>,
+    /// For `Recall::with_engines`.
+    pub engines: Vec<Arc<dyn Engine>>,
+    /// The vector engines (their builders stop at shutdown).
+    pub dense: Vec<Arc<DenseEngine>>,
+}
+
+/// Loads the embedder `choice` names.
+pub fn load_embedder(choice: &EmbedderChoice) -> Result<Arc<dyn Embedder>, SetupError> {
+    let failed = |reason: String| SetupError::Embedder {
+        choice: match choice {
+            EmbedderChoice::Builtin => "builtin".into(),
+            EmbedderChoice::Hashing => "hashing".into(),
+            EmbedderChoice::Dir(path) => path.display().to_string(),
+        },
+        reason,
+    };
+    Ok(match choice {
+        EmbedderChoice::Builtin => Arc::new(StaticModel::builtin().map_err(|e| failed(e.to_string()))?),
+        EmbedderChoice::Hashing => {
+            Arc::new(HashingEmbedder::new(HashingConfig::default()).map_err(|e| failed(e.to_string()))?)
+        }
+        EmbedderChoice::Dir(path) => Arc::new(StaticModel::from_dir(path).map_err(|e| failed(e.to_string()))?),
+    })
+}
+
+/// Builds the engines, loading their saved indexes from `data_dir` (None:
+/// nothing saved or loaded).
+pub fn open_engines(settings: &RecallSettings, data_dir: Option<&Path>) -> Result<EngineSet, SetupError> {
+    let started = Instant::now();
+    let embedder = load_embedder(&settings.embedder)?;
+    info!(
+        model = %embedder.identity(),
+        ms = started.elapsed().as_millis() as u64,
+        "embedder loaded"
+    );
+    let meta = Arc::new(MemoryMeta::default());
+    let lexical = Arc::new(LexicalEngine::open(settings.lexical, data_dir, Arc::clone(&meta))?);
+    let dense = DenseEngine::open(Space::BuiltIn(embedder), data_dir, Arc::clone(&meta));
+    let vector = DenseEngine::open(Space::Client, data_dir, Arc::clone(&meta));
+    Ok(EngineSet {
+        followers: vec![meta, lexical.clone(), dense.clone(), vector.clone()],
+        engines: vec![lexical, dense.clone(), vector.clone()],
+        dense: vec![dense, vector],
+    })
+}
