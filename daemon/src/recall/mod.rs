@@ -33,6 +33,8 @@ pub mod setup;
 
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+mod engines_tests;
 
 pub use engine::{Candidate, Candidates, Engine, EngineError, EngineSearch, SearchContext, Signals};
 pub use error::RecallError;
