@@ -270,6 +270,12 @@ fn stats(shared: &Shared) -> StatsReport {
     let mut report = shared.metrics.report();
     report.counters.extend(shared.store.counters().into_iter().map(counter));
     report.counters.extend(shared.admission.gauges());
+    for engine in shared.recall.engines() {
+        let gauges = engine.gauges().into_iter();
+        report
+            .counters
+            .extend(gauges.map(|(name, value)| Counter { name, value }));
+    }
     report
 }
 

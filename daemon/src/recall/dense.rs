@@ -498,4 +498,22 @@ impl Engine for DenseEngine {
     fn origin(&self) -> String {
         self.origin.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    fn gauges(&self) -> Vec<(String, u64)> {
+        let stats = self
+            .index()
+            .map(|index| (index.len(), index.stats()))
+            .unwrap_or_default();
+        let (live, parts) = stats;
+        let name = self.name;
+        vec![
+            (format!("{name}_vectors"), live as u64),
+            // Inserted but not in graph yet: scanned exactly by every search.
+            (format!("{name}_tail"), (parts.tail + parts.building) as u64),
+            (format!("{name}_segments"), parts.segments as u64),
+            (format!("{name}_dead_nodes"), parts.dead_nodes as u64),
+            (format!("{name}_segment_bytes"), parts.segment_bytes as u64),
+            (format!("{name}_saved_lsn"), self.saved.load(Ordering::Relaxed)),
+        ]
+    }
 }

@@ -40,6 +40,12 @@ pub trait Engine: Follower {
     fn origin(&self) -> String {
         "reads the store".to_owned()
     }
+
+    /// Gauges for Stats, each named `<engine>_<what>` (sizes of the index's
+    /// parts: how far the background build is behind, for instance).
+    fn gauges(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
 }
 
 /// A search in progress. Boxed so engines can be held as `dyn Engine`; one

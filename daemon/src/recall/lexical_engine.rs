@@ -250,6 +250,16 @@ impl Engine for LexicalEngine {
     fn origin(&self) -> String {
         self.origin.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    fn gauges(&self) -> Vec<(String, u64)> {
+        let state = self.read();
+        let stats = state.index.stats();
+        vec![
+            ("lexical_documents".to_owned(), stats.documents as u64),
+            ("lexical_terms".to_owned(), stats.terms as u64),
+            ("lexical_saved_lsn".to_owned(), state.saved),
+        ]
+    }
 }
 
 impl LexicalEngine {
