@@ -24,6 +24,7 @@
 pub mod ann;
 pub mod daemon;
 pub mod error;
+pub mod eval;
 pub mod fanout;
 pub mod floor;
 pub mod idle;

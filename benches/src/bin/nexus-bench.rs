@@ -12,13 +12,14 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use nexus_benches::ann::{AnnBenchConfig, run_ann};
 use nexus_benches::daemon::SpawnedDaemon;
+use nexus_benches::eval::{EvalConfig, run_locomo};
 use nexus_benches::fanout::{FanoutConfig, run_fanout};
 use nexus_benches::floor::{DEFAULT_ROUND_TRIPS, run_floor};
 use nexus_benches::idle::{IdleConfig, run_idle};
 use nexus_benches::ping::{PingConfig, run_ping};
 use nexus_benches::remember::{RememberConfig, run_remember};
 use nexus_benches::startup::{StartupConfig, run_startup};
-use nexus_benches::{ann, fanout, floor, idle, ping, remember, startup};
+use nexus_benches::{ann, eval, fanout, floor, idle, ping, remember, startup};
 use nexus_client::Transport;
 
 #[global_allocator]
@@ -38,6 +39,7 @@ USAGE:
                      [--dim D] [--text-bytes T] [--json]
   nexus-bench ann [--vectors N] [--dim D] [--data FILE.f32] [--queries FILE.f32] [--query-count Q]
                   [--clusters C] [--efs EF,EF,...] [--m M] [--ef-construction EF] [--rerank R] [--json]
+  nexus-bench eval locomo [COMMON] --data FILE [--k-max K]
 
 COMMON:
   --socket PATH             the daemon's socket (default: $NEXUS_SOCKET, else the daemon's default)
@@ -67,6 +69,13 @@ ann: no daemon; the ANN index (recall::ann) built from N vectors (default 100000
   search effort (default 16,24,32,48,64,96,128 and the shipped one), beside an
   exact int8 scan of the same vectors; Q queries (default 1000: the set's own,
   or --queries rows).
+eval locomo: retrieval quality on a LoCoMo-format JSON file: every dialog turn
+  written as a memory (namespace = sample_id, key = dia_id, created at its
+  session's date, text only), every question of categories 1-4 asked in its
+  conversation with the lexical engine, the dense engine and the smart route,
+  k = K (default 20); recall@5/10/20 (fraction of evidence turns in the top k)
+  and hit@5/10/20 (at least one), overall and per category. Memories of other
+  namespaces are left alone; a re-run replaces the same keys.
 ";
 
 /// The parsed command line.
@@ -86,6 +95,7 @@ enum Command {
     Startup(StartupConfig),
     Floor { round_trips: u64 },
     Ann(AnnBenchConfig),
+    Eval(EvalConfig),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -173,6 +183,10 @@ fn run(command: Command, socket: PathBuf, data_dir: PathBuf, json: bool) -> anyh
             .context("remember benchmark")?;
             render(json, &result, || remember::remember_table(&result))?
         }
+        Command::Eval(config) => {
+            let result = run_locomo(&EvalConfig { socket, ..config }).context("eval locomo")?;
+            render(json, &result, || eval::eval_table(&result))?
+        }
         Command::Startup(_) | Command::Floor { .. } | Command::Ann(_) => {
             unreachable!("startup, floor and ann are run by main before any daemon is spawned")
         }
@@ -201,6 +215,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<Args
         Some(Value(name)) if name == "remember" => Command::Remember(RememberConfig::new(placeholder, PathBuf::new())),
         Some(Value(name)) if name == "startup" => Command::Startup(StartupConfig::new(placeholder)),
         Some(Value(name)) if name == "ann" => Command::Ann(AnnBenchConfig::default()),
+        Some(Value(name)) if name == "eval" => eval_command(&mut parser)?,
         Some(Value(name)) if name == "floor" => Command::Floor {
             round_trips: DEFAULT_ROUND_TRIPS,
         },
@@ -233,6 +248,11 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<Args
             other => bail!("{}\n\n{USAGE}", other.unexpected()),
         }
     }
+    if let Command::Eval(config) = &command
+        && config.data.as_os_str().is_empty()
+    {
+        bail!("eval locomo needs --data FILE (a LoCoMo-format JSON file)\n\n{USAGE}");
+    }
     Ok(Some(Args {
         command,
         socket,
@@ -240,6 +260,16 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<Args
         daemon_args,
         json,
     }))
+}
+
+/// `eval` is followed by what to evaluate; `locomo` is the one eval there is.
+fn eval_command(parser: &mut lexopt::Parser) -> anyhow::Result<Command> {
+    match parser.next()? {
+        Some(lexopt::Arg::Value(name)) if name == "locomo" => {
+            Ok(Command::Eval(EvalConfig::new(PathBuf::new(), PathBuf::new())))
+        }
+        _ => bail!("eval needs what to evaluate: `eval locomo`\n\n{USAGE}"),
+    }
 }
 
 /// Applies a subcommand-specific `--flag value`.
@@ -281,6 +311,8 @@ fn set_option(command: &mut Command, flag: &str, value: &str) -> anyhow::Result<
         (Command::Ann(c), "m") => c.m = Some(value.parse()?),
         (Command::Ann(c), "ef-construction") => c.ef_construction = Some(value.parse()?),
         (Command::Ann(c), "rerank") => c.rerank = Some(value.parse()?),
+        (Command::Eval(c), "data") => c.data = value.into(),
+        (Command::Eval(c), "k-max") => c.k_max = value.parse()?,
         _ => bail!("unknown option for this benchmark\n\n{USAGE}"),
     }
     Ok(())
