@@ -33,5 +33,6 @@ pub mod remember;
 pub mod report;
 pub mod startup;
 pub mod stats;
+pub mod sustained;
 
 pub use error::BenchError;

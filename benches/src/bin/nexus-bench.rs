@@ -19,7 +19,8 @@ use nexus_benches::idle::{IdleConfig, run_idle};
 use nexus_benches::ping::{PingConfig, run_ping};
 use nexus_benches::remember::{RememberConfig, run_remember};
 use nexus_benches::startup::{StartupConfig, run_startup};
-use nexus_benches::{ann, eval, fanout, floor, idle, ping, remember, startup};
+use nexus_benches::sustained::{SustainedConfig, run_sustained};
+use nexus_benches::{ann, eval, fanout, floor, idle, ping, remember, startup, sustained};
 use nexus_client::Transport;
 
 #[global_allocator]
@@ -40,6 +41,8 @@ USAGE:
   nexus-bench ann [--vectors N] [--dim D] [--data FILE.f32] [--queries FILE.f32] [--query-count Q]
                   [--clusters C] [--efs EF,EF,...] [--m M] [--ef-construction EF] [--rerank R] [--json]
   nexus-bench eval locomo [COMMON] --data FILE [--k-max K]
+  nexus-bench sustained [COMMON] [--memories N] [--writers W] [--batch B] [--dim D] [--text-bytes T]
+                     [--seed-memories S] [--idle-s SECONDS] [--catch-up-timeout-s SECONDS]
 
 COMMON:
   --socket PATH             the daemon's socket (default: $NEXUS_SOCKET, else the daemon's default)
@@ -76,6 +79,14 @@ eval locomo: retrieval quality on a LoCoMo-format JSON file: every dialog turn
   k = K (default 20); recall@5/10/20 (fraction of evidence turns in the top k)
   and hit@5/10/20 (at least one), overall and per category. Memories of other
   namespaces are left alone; a re-run replaces the same keys.
+sustained: recall while W writers (default 2) write N memories (default 100000)
+  in batches of B (default 100; D-d vectors, default 384; T-byte texts, default
+  200) as fast as they are acknowledged, on S seeded ones (default 10000): recall
+  p50/p99 idle (--idle-s, default 5), under the load and after it; after every
+  batch one of its memories recalled through lexical, dense and vector (a miss
+  is a violation); the largest tails; the time until both tails are below the
+  build threshold (fails past --catch-up-timeout-s, default 120). Use a fresh
+  daemon: it writes namespaces sustained-0.. and checkpoints.
 ";
 
 /// The parsed command line.
@@ -96,6 +107,7 @@ enum Command {
     Floor { round_trips: u64 },
     Ann(AnnBenchConfig),
     Eval(EvalConfig),
+    Sustained(SustainedConfig),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -187,6 +199,19 @@ fn run(command: Command, socket: PathBuf, data_dir: PathBuf, json: bool) -> anyh
             let result = run_locomo(&EvalConfig { socket, ..config }).context("eval locomo")?;
             render(json, &result, || eval::eval_table(&result))?
         }
+        Command::Sustained(config) => {
+            let result = run_sustained(&SustainedConfig { socket, ..config }).context("sustained benchmark")?;
+            let rendered = render(json, &result, || sustained::sustained_table(&result))?;
+            if !result.passed() {
+                print!("{rendered}");
+                bail!(
+                    "sustained: {} visibility misses; caught up: {}",
+                    result.visibility_misses,
+                    result.caught_up
+                );
+            }
+            rendered
+        }
         Command::Startup(_) | Command::Floor { .. } | Command::Ann(_) => {
             unreachable!("startup, floor and ann are run by main before any daemon is spawned")
         }
@@ -216,6 +241,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<Args
         Some(Value(name)) if name == "startup" => Command::Startup(StartupConfig::new(placeholder)),
         Some(Value(name)) if name == "ann" => Command::Ann(AnnBenchConfig::default()),
         Some(Value(name)) if name == "eval" => eval_command(&mut parser)?,
+        Some(Value(name)) if name == "sustained" => Command::Sustained(SustainedConfig::new(placeholder)),
         Some(Value(name)) if name == "floor" => Command::Floor {
             round_trips: DEFAULT_ROUND_TRIPS,
         },
@@ -313,6 +339,16 @@ fn set_option(command: &mut Command, flag: &str, value: &str) -> anyhow::Result<
         (Command::Ann(c), "rerank") => c.rerank = Some(value.parse()?),
         (Command::Eval(c), "data") => c.data = value.into(),
         (Command::Eval(c), "k-max") => c.k_max = value.parse()?,
+        (Command::Sustained(c), "memories") => c.memories = value.parse()?,
+        (Command::Sustained(c), "writers") => c.writers = value.parse()?,
+        (Command::Sustained(c), "batch") => c.batch = value.parse()?,
+        (Command::Sustained(c), "dim") => c.dim = value.parse()?,
+        (Command::Sustained(c), "text-bytes") => c.text_bytes = value.parse()?,
+        (Command::Sustained(c), "seed-memories") => c.seed_memories = value.parse()?,
+        (Command::Sustained(c), "idle-s") => c.idle = Duration::try_from_secs_f64(value.parse()?)?,
+        (Command::Sustained(c), "catch-up-timeout-s") => {
+            c.catch_up_timeout = Duration::try_from_secs_f64(value.parse()?)?
+        }
         _ => bail!("unknown option for this benchmark\n\n{USAGE}"),
     }
     Ok(())

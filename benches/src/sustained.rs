@@ -1,0 +1,916 @@
+//! Recall under sustained writes: does every recall still see every
+//! acknowledged memory, how much slower do recalls get while the WAL takes
+//! writes as fast as it can, and how long does the graph take to catch up
+//! once the writes stop (issue 9's "sustained writes" target).
+//!
+//! 1. **Seed**: S memories (default 10,000) go into the writers' namespaces;
+//!    a Checkpoint seals the ANN tails into graph and the run waits until
+//!    Stats says `dense_tail` and `vector_tail` are 0.
+//! 2. **Idle**: one reader issues a paced mix of recalls for a few seconds:
+//!    text only (lexical and dense, fused) and vector only (the vector
+//!    engine), default route, no engine named; each latency is recorded.
+//! 3. **Load**: W writer threads, each on its own connection and namespace,
+//!    write N memories in batches of B as fast as the daemon acknowledges
+//!    them (every text has a word no other memory has; every memory has a
+//!    D-dimensional vector). The reader keeps issuing the same mix. After
+//!    each acknowledged batch its writer recalls one memory of it (a
+//!    different position each batch) three ways, each engine named alone:
+//!    its unique word (`lexical`), its whole text (`dense`) and its exact
+//!    vector (`vector`); a memory missing from the top k is a violation.
+//!    Stats are sampled every [`SAMPLE_PERIOD`] for the largest tails.
+//! 4. **Catch-up**: from the last acknowledgement, Stats are polled until
+//!    both tails are below the daemon's build threshold
+//!    ([`DEFAULT_TAIL_THRESHOLD`]); past `--catch-up-timeout-s` the run
+//!    counts as not caught up. Not "until 0": the builder turns a tail into
+//!    graph only once it holds that many vectors, so a smaller remainder
+//!    stays in the exactly scanned tail (by design, until the next
+//!    checkpoint seals it) and 0 is never reached without a checkpoint.
+//! 5. **Idle after**: the same mix again on the grown, caught-up store, so
+//!    the load's slowdown can be told apart from the store's growth (the
+//!    reader searches the namespaces being written).
+//!
+//! Caveats, as for `nexus-bench floor` and `ping`: latency figures move with
+//! the machine (core count, frequency scaling, other tenants, the disk's
+//! fdatasync time); quote them beside the same run's `nexus-bench floor`,
+//! and compare ratios from one run rather than absolute figures across
+//! machines. On a 2-core host the writers, the reader, the daemon's request
+//! threads and its two graph builders share two cores, so the load's p99 is
+//! mostly CPU contention. Write throughput includes the writers' own
+//! visibility checks (3 recalls per batch).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nexus_client::wire::{EngineChoice, MemoryInput, RecallRequest, RequestBody, ResponseBody, Status};
+use nexus_client::{Client, ConnectOptions, counter};
+use nexus_daemon::recall::ann::DEFAULT_TAIL_THRESHOLD;
+use nexus_shm_protocol::layout::MAX_RING_BYTES;
+use serde::Serialize;
+
+use crate::error::{BenchError, client_step};
+use crate::report::{grouped, micros, percentile, ratio};
+use crate::stats::connect_observer;
+
+/// Most writer threads: each holds a connection and a namespace.
+pub const MAX_WRITERS: usize = 64;
+
+/// Largest batch: the daemon's default `limits.max_batch`.
+pub const MAX_BATCH: usize = 10_000;
+
+/// Most memories in one run: the unique words ([`unique_word`]) have
+/// 48^5 spellings; a billion is far beyond what a run can write anyway.
+pub const MAX_MEMORIES: u64 = 1_000_000_000;
+
+/// Results per recall, in the mix and in the visibility checks ("top k").
+pub const RECALL_K: u32 = 10;
+
+/// How often Stats are read for the tails, during the load and the catch-up.
+pub const SAMPLE_PERIOD: Duration = Duration::from_millis(100);
+
+/// Pause between two recalls of the reader: a steady reader (about 1,000
+/// recalls/s at most) rather than a closed loop that would take a core of
+/// its own away from the daemon on a small host.
+const READER_PAUSE: Duration = Duration::from_millis(1);
+
+/// Call timeout of every client: far above any answer's time, so a slow
+/// answer is measured, not turned into an error.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the seeded store gets to be checkpointed and sealed.
+const SEED_SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Archive overhead per memory beyond its text and vector bytes, rounded up
+/// generously (as `remember` does).
+const PER_MEMORY_OVERHEAD_BYTES: usize = 256;
+
+/// Smallest ring a writer asks for: the daemon's default.
+const MIN_RING_BYTES: u64 = 1 << 20;
+
+/// Visibility misses described in the report (the count has them all).
+const MAX_MISS_EXAMPLES: usize = 10;
+
+/// Words of the texts besides the unique one: 48 syllables squared.
+const VOCABULARY_WORDS: u64 = SYLLABLES.len() as u64 * SYLLABLES.len() as u64;
+
+/// Seed of the reader's queries: every phase asks the same sequence.
+const READER_SEED: u64 = 0x5EED_5EED;
+
+/// Words in a text query of the mix.
+const QUERY_WORDS: usize = 3;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct SustainedConfig {
+    /// The daemon's socket.
+    pub socket: PathBuf,
+    /// Memories written during the load.
+    pub memories: u64,
+    /// Writer threads (one connection and one namespace each).
+    pub writers: usize,
+    /// Memories per Remember.
+    pub batch: usize,
+    /// Vector dimension.
+    pub dim: u32,
+    /// Text bytes per memory.
+    pub text_bytes: usize,
+    /// Memories written (and built into graph) before the idle phase.
+    pub seed_memories: u64,
+    /// Length of each idle phase (before the load, and after the catch-up).
+    pub idle: Duration,
+    /// How long the graph may take to catch up after the last write.
+    pub catch_up_timeout: Duration,
+}
+
+impl SustainedConfig {
+    /// Defaults: 100,000 memories from 2 writers in batches of 100, 384-d
+    /// vectors, 200-byte texts, 10,000 seeded, 5 s idle, 120 s to catch up.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+            memories: 100_000,
+            writers: 2,
+            batch: 100,
+            dim: 384,
+            text_bytes: 200,
+            seed_memories: 10_000,
+            idle: Duration::from_secs(5),
+            catch_up_timeout: Duration::from_secs(120),
+        }
+    }
+
+    fn validate(&self) -> Result<(), BenchError> {
+        let fail = |message: String| Err(BenchError::InvalidArgument(message));
+        if !(1..=MAX_WRITERS).contains(&self.writers) {
+            return fail(format!("--writers must be 1..={MAX_WRITERS}"));
+        }
+        if !(1..=MAX_BATCH).contains(&self.batch) {
+            return fail(format!("--batch must be 1..={MAX_BATCH}"));
+        }
+        if self.memories == 0 || self.memories.saturating_add(self.seed_memories) > MAX_MEMORIES {
+            return fail(format!("--memories plus --seed-memories must be 1..={MAX_MEMORIES}"));
+        }
+        if self.dim == 0 {
+            return fail("--dim must be at least 1 (the vector engine is measured)".into());
+        }
+        if self.text_bytes < UNIQUE_WORD_BYTES + 1 {
+            return fail(format!("--text-bytes must be at least {}", UNIQUE_WORD_BYTES + 1));
+        }
+        if self.frame_bytes() * 2 > u64::from(MAX_RING_BYTES) {
+            return fail(format!(
+                "a batch of {} memories ({} B) does not fit the largest ring; use smaller batches",
+                self.batch,
+                self.frame_bytes()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Upper bound of one Remember's archived size.
+    fn frame_bytes(&self) -> u64 {
+        let per_memory = self.text_bytes + self.dim as usize * 4 + PER_MEMORY_OVERHEAD_BYTES;
+        (self.batch * per_memory + PER_MEMORY_OVERHEAD_BYTES) as u64
+    }
+
+    /// A request ring holding two Remembers (a frame is at most half a ring).
+    fn ring_bytes(&self) -> u32 {
+        let wanted = (self.frame_bytes() * 2).next_power_of_two().max(MIN_RING_BYTES);
+        u32::try_from(wanted.min(u64::from(MAX_RING_BYTES))).expect("MAX_RING_BYTES fits u32")
+    }
+
+    /// The load's memories of writer `writer`: a contiguous range of ordinals
+    /// after the seed's.
+    fn load_share(&self, writer: usize) -> std::ops::Range<u64> {
+        let (writers, writer) = (self.writers as u64, writer as u64);
+        let start = self.memories * writer / writers;
+        let end = self.memories * (writer + 1) / writers;
+        self.seed_memories + start..self.seed_memories + end
+    }
+}
+
+/// The measurement (also the `--json` object).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SustainedReport {
+    /// Memories written during the load.
+    pub memories: u64,
+    /// Writer threads.
+    pub writers: usize,
+    /// Memories per Remember.
+    pub batch: usize,
+    /// Vector dimension.
+    pub dim: u32,
+    /// Text bytes per memory.
+    pub text_bytes: usize,
+    /// Memories in the store before the idle phase.
+    pub seed_memories: u64,
+    /// Recalls before the load, on the seeded store.
+    pub idle: Latencies,
+    /// Recalls during the load.
+    pub load: Latencies,
+    /// Recalls after the catch-up, on the grown store.
+    pub idle_after: Latencies,
+    /// `load.p50_ns / idle.p50_ns`.
+    pub p50_ratio: f64,
+    /// `load.p99_ns / idle.p99_ns` (the target: at most 3).
+    pub p99_ratio: f64,
+    /// `load.p99_ns / idle_after.p99_ns`: the load against the grown store.
+    pub p99_ratio_to_after: f64,
+    /// From the writers' start to the last acknowledgement, seconds.
+    pub write_seconds: f64,
+    /// Memories acknowledged per second of `write_seconds`.
+    pub writes_per_s: f64,
+    /// Median Remember latency (a batch), nanoseconds.
+    pub remember_p50_ns: u64,
+    /// 99th percentile Remember latency.
+    pub remember_p99_ns: u64,
+    /// Visibility recalls made (three per batch).
+    pub visibility_checks: u64,
+    /// Checks whose memory was not in the top k: each is a violation.
+    pub visibility_misses: u64,
+    /// The first few misses, described.
+    pub miss_examples: Vec<String>,
+    /// Largest `dense_tail` sampled during the load.
+    pub max_dense_tail: u64,
+    /// Largest `vector_tail` sampled during the load.
+    pub max_vector_tail: u64,
+    /// Stats samples taken during the load.
+    pub tail_samples: u64,
+    /// The build threshold the catch-up is measured against.
+    pub tail_threshold: u64,
+    /// Whether both tails fell below the threshold within the timeout.
+    pub caught_up: bool,
+    /// From the last acknowledgement to both tails below the threshold (or
+    /// to the timeout), seconds.
+    pub catch_up_s: f64,
+    /// `dense_tail` when the catch-up ended.
+    pub residual_dense_tail: u64,
+    /// `vector_tail` when the catch-up ended.
+    pub residual_vector_tail: u64,
+}
+
+/// Recall latencies of one phase, nanoseconds, nearest rank.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Latencies {
+    /// Recalls answered.
+    pub recalls: u64,
+    /// Median, every recall.
+    pub p50_ns: u64,
+    /// 99th percentile, every recall.
+    pub p99_ns: u64,
+    /// 99.9th percentile, every recall.
+    pub p999_ns: u64,
+    /// 99th percentile of the text-only recalls (lexical and dense).
+    pub text_p99_ns: u64,
+    /// 99th percentile of the vector-only recalls.
+    pub vector_p99_ns: u64,
+    /// Answers marked degraded (an engine left out).
+    pub degraded: u64,
+}
+
+impl SustainedReport {
+    /// Whether the run met what it checks: no visibility miss, caught up in time.
+    pub fn passed(&self) -> bool {
+        self.visibility_misses == 0 && self.caught_up
+    }
+}
+
+/// Runs the whole sequence against the daemon at `config.socket`.
+pub fn run_sustained(config: &SustainedConfig) -> Result<SustainedReport, BenchError> {
+    config.validate()?;
+    let observer = connect_observer(&config.socket)?;
+    seed(config, &observer)?;
+    let idle = read_for(config, config.idle)?;
+    let load = load(config, &observer)?;
+    let catch_up = catch_up(config, &observer)?;
+    let idle_after = read_for(config, config.idle)?;
+    Ok(report(config, idle, load, catch_up, idle_after))
+}
+
+/// What the load phase measured.
+struct LoadOutcome {
+    reads: Latencies,
+    write_seconds: f64,
+    remember_ns: Vec<u64>,
+    checks: u64,
+    misses: Vec<String>,
+    max_tails: Tails,
+    tail_samples: u64,
+}
+
+/// What the catch-up measured.
+struct CatchUp {
+    caught_up: bool,
+    seconds: f64,
+    residual: Tails,
+}
+
+/// The two ANN engines' tails (vectors not yet in graph).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Tails {
+    dense: u64,
+    vector: u64,
+}
+
+fn report(
+    config: &SustainedConfig,
+    idle: Latencies,
+    load: LoadOutcome,
+    catch_up: CatchUp,
+    idle_after: Latencies,
+) -> SustainedReport {
+    let mut remember_ns = load.remember_ns;
+    remember_ns.sort_unstable();
+    SustainedReport {
+        memories: config.memories,
+        writers: config.writers,
+        batch: config.batch,
+        dim: config.dim,
+        text_bytes: config.text_bytes,
+        seed_memories: config.seed_memories,
+        p50_ratio: ratio(load.reads.p50_ns as f64, idle.p50_ns as f64),
+        p99_ratio: ratio(load.reads.p99_ns as f64, idle.p99_ns as f64),
+        p99_ratio_to_after: ratio(load.reads.p99_ns as f64, idle_after.p99_ns as f64),
+        idle,
+        load: load.reads,
+        idle_after,
+        write_seconds: load.write_seconds,
+        writes_per_s: ratio(config.memories as f64, load.write_seconds),
+        remember_p50_ns: percentile(&remember_ns, 0.50),
+        remember_p99_ns: percentile(&remember_ns, 0.99),
+        visibility_checks: load.checks,
+        visibility_misses: load.misses.len() as u64,
+        miss_examples: load.misses.into_iter().take(MAX_MISS_EXAMPLES).collect(),
+        max_dense_tail: load.max_tails.dense,
+        max_vector_tail: load.max_tails.vector,
+        tail_samples: load.tail_samples,
+        tail_threshold: DEFAULT_TAIL_THRESHOLD as u64,
+        caught_up: catch_up.caught_up,
+        catch_up_s: catch_up.seconds,
+        residual_dense_tail: catch_up.residual.dense,
+        residual_vector_tail: catch_up.residual.vector,
+    }
+}
+
+// ---- phases -------------------------------------------------------------
+
+/// Writes the seed (round robin over the writers' namespaces), checkpoints
+/// and waits until both tails are 0: the idle phase starts on a built graph.
+fn seed(config: &SustainedConfig, observer: &Client) -> Result<(), BenchError> {
+    let client = connect(config, "nexus-bench sustained seed")?;
+    let ordinals: Vec<u64> = (0..config.seed_memories).collect();
+    for chunk in ordinals.chunks(config.batch) {
+        let memories = chunk
+            .iter()
+            .map(|&ordinal| memory(config, namespace(ordinal as usize % config.writers), ordinal))
+            .collect();
+        client.remember(memories).map_err(client_step("Remember the seed"))?;
+    }
+    let answer = client
+        .call(RequestBody::Checkpoint, Some(SEED_SETTLE_TIMEOUT))
+        .map_err(client_step("Checkpoint after the seed"))?;
+    if answer.status != Status::Ok {
+        return Err(BenchError::BadAnswer {
+            request_id: answer.request_id,
+            detail: format!("Checkpoint after the seed answered {:?}", answer.status),
+        });
+    }
+    let (settled, tails) = poll_tails(observer, SEED_SETTLE_TIMEOUT, |t| t.dense + t.vector == 0)?;
+    match settled {
+        Some(_) => Ok(()),
+        None => Err(BenchError::BadAnswer {
+            request_id: answer.request_id,
+            detail: format!("after the seed's checkpoint the tails are still {tails:?} ({SEED_SETTLE_TIMEOUT:?})"),
+        }),
+    }
+}
+
+/// The reader alone for `window`.
+fn read_for(config: &SustainedConfig, window: Duration) -> Result<Latencies, BenchError> {
+    let until = Instant::now() + window;
+    Reader::connect(config)?.run(|| Instant::now() < until)
+}
+
+/// The writers, the reader and the Stats sampler together, until the
+/// writers are done.
+fn load(config: &SustainedConfig, observer: &Client) -> Result<LoadOutcome, BenchError> {
+    let writers_done = AtomicBool::new(false);
+    let start = Barrier::new(config.writers + 1);
+    let mut reader = Reader::connect(config)?;
+    let writers: Vec<Writer> = (0..config.writers)
+        .map(|w| Writer::connect(config, w))
+        .collect::<Result<_, _>>()?;
+    std::thread::scope(|scope| {
+        let reads = scope.spawn(|| reader.run(|| !writers_done.load(Ordering::Relaxed)));
+        let sampler = scope.spawn(|| sample_tails(observer, &writers_done));
+        let handles: Vec<_> = (writers.into_iter())
+            .map(|writer| scope.spawn(|| writer.run(config, &start)))
+            .collect();
+        start.wait();
+        let started = Instant::now();
+        let written: Vec<_> = handles.into_iter().map(join).collect();
+        let write_seconds = started.elapsed().as_secs_f64();
+        writers_done.store(true, Ordering::Relaxed);
+        let (reads, sampled) = (join(reads), join(sampler));
+        merge(written, reads?, sampled?, write_seconds)
+    })
+}
+
+fn merge(
+    written: Vec<Result<WriterOutcome, BenchError>>,
+    reads: Latencies,
+    (max_tails, tail_samples): (Tails, u64),
+    write_seconds: f64,
+) -> Result<LoadOutcome, BenchError> {
+    let mut outcome = LoadOutcome {
+        reads,
+        write_seconds,
+        remember_ns: Vec::new(),
+        checks: 0,
+        misses: Vec::new(),
+        max_tails,
+        tail_samples,
+    };
+    for writer in written {
+        let writer = writer?;
+        outcome.remember_ns.extend(writer.remember_ns);
+        outcome.checks += writer.checks;
+        outcome.misses.extend(writer.misses);
+    }
+    Ok(outcome)
+}
+
+/// Polls the tails from the end of the writes until both are below the
+/// build threshold, or the timeout.
+fn catch_up(config: &SustainedConfig, observer: &Client) -> Result<CatchUp, BenchError> {
+    let threshold = DEFAULT_TAIL_THRESHOLD as u64;
+    let started = Instant::now();
+    let (done, residual) = poll_tails(observer, config.catch_up_timeout, |t| {
+        t.dense < threshold && t.vector < threshold
+    })?;
+    Ok(CatchUp {
+        caught_up: done.is_some(),
+        seconds: done.unwrap_or_else(|| started.elapsed()).as_secs_f64(),
+        residual,
+    })
+}
+
+/// Reads the tails every [`SAMPLE_PERIOD`] until `done` holds (returns the
+/// time it took) or `timeout` passed (None); also returns the last tails.
+fn poll_tails(
+    observer: &Client,
+    timeout: Duration,
+    done: impl Fn(Tails) -> bool,
+) -> Result<(Option<Duration>, Tails), BenchError> {
+    let started = Instant::now();
+    loop {
+        let tails = read_tails(observer)?;
+        if done(tails) {
+            return Ok((Some(started.elapsed()), tails));
+        }
+        if started.elapsed() > timeout {
+            return Ok((None, tails));
+        }
+        std::thread::sleep(SAMPLE_PERIOD);
+    }
+}
+
+/// Samples the tails until `stop`; returns the largest of each and the count.
+fn sample_tails(observer: &Client, stop: &AtomicBool) -> Result<(Tails, u64), BenchError> {
+    let (mut max, mut samples) = (Tails::default(), 0);
+    while !stop.load(Ordering::Relaxed) {
+        let tails = read_tails(observer)?;
+        max.dense = max.dense.max(tails.dense);
+        max.vector = max.vector.max(tails.vector);
+        samples += 1;
+        std::thread::sleep(SAMPLE_PERIOD);
+    }
+    Ok((max, samples))
+}
+
+fn read_tails(observer: &Client) -> Result<Tails, BenchError> {
+    let stats = observer.stats().map_err(client_step("Stats"))?;
+    let get = |name: &'static str| counter(&stats, name).ok_or(BenchError::MissingCounter(name));
+    Ok(Tails {
+        dense: get("dense_tail")?,
+        vector: get("vector_tail")?,
+    })
+}
+
+fn join<T>(handle: std::thread::ScopedJoinHandle<'_, Result<T, BenchError>>) -> Result<T, BenchError> {
+    handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+// ---- the reader ---------------------------------------------------------
+
+/// Issues the recall mix, alternating text and vector queries and the
+/// writers' namespaces, pausing [`READER_PAUSE`] between recalls.
+struct Reader {
+    client: Client,
+    rng: XorShift,
+    writers: usize,
+    dim: u32,
+}
+
+impl Reader {
+    fn connect(config: &SustainedConfig) -> Result<Self, BenchError> {
+        Ok(Self {
+            client: connect(config, "nexus-bench sustained reader")?,
+            rng: XorShift::seeded(READER_SEED),
+            writers: config.writers,
+            dim: config.dim,
+        })
+    }
+
+    fn run(&mut self, keep_going: impl Fn() -> bool) -> Result<Latencies, BenchError> {
+        let (mut all, mut text, mut vector, mut degraded) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        let mut turn = 0usize;
+        while keep_going() {
+            let by_text = turn.is_multiple_of(2);
+            let query = self.query(namespace((turn / 2) % self.writers), by_text);
+            let started = Instant::now();
+            let answer = (self.client.call(RequestBody::Recall(query), None)).map_err(client_step("Recall (mix)"))?;
+            let elapsed_ns = started.elapsed().as_nanos() as u64;
+            degraded += u64::from(check_answer(&answer)?);
+            all.push(elapsed_ns);
+            let kind = if by_text { &mut text } else { &mut vector };
+            kind.push(elapsed_ns);
+            turn += 1;
+            std::thread::sleep(READER_PAUSE);
+        }
+        Ok(latencies(all, text, vector, degraded))
+    }
+
+    fn query(&mut self, namespace: String, by_text: bool) -> RecallRequest {
+        let (text, vector) = if by_text {
+            let words: Vec<String> = (0..QUERY_WORDS)
+                .map(|_| vocabulary_word(self.rng.next() % VOCABULARY_WORDS))
+                .collect();
+            (Some(words.join(" ")), None)
+        } else {
+            (None, Some(unit_vector(&mut self.rng, self.dim)))
+        };
+        RecallRequest {
+            namespace,
+            text,
+            vector,
+            k: RECALL_K,
+            ..RecallRequest::default()
+        }
+    }
+}
+
+/// Whether an Ok-or-degraded answer is degraded; an error status is an error.
+fn check_answer(answer: &nexus_client::wire::Response) -> Result<bool, BenchError> {
+    match &answer.status {
+        Status::Ok => Ok(false),
+        Status::Degraded { .. } => Ok(true),
+        other => Err(BenchError::BadAnswer {
+            request_id: answer.request_id,
+            detail: format!("Recall answered {other:?}"),
+        }),
+    }
+}
+
+fn latencies(mut all: Vec<u64>, mut text: Vec<u64>, mut vector: Vec<u64>, degraded: u64) -> Latencies {
+    for samples in [&mut all, &mut text, &mut vector] {
+        samples.sort_unstable();
+    }
+    Latencies {
+        recalls: all.len() as u64,
+        p50_ns: percentile(&all, 0.50),
+        p99_ns: percentile(&all, 0.99),
+        p999_ns: percentile(&all, 0.999),
+        text_p99_ns: percentile(&text, 0.99),
+        vector_p99_ns: percentile(&vector, 0.99),
+        degraded,
+    }
+}
+
+// ---- the writers --------------------------------------------------------
+
+/// One writer: its connection, its namespace and its share of the load.
+struct Writer {
+    client: Client,
+    index: usize,
+}
+
+/// What one writer measured.
+struct WriterOutcome {
+    remember_ns: Vec<u64>,
+    checks: u64,
+    misses: Vec<String>,
+}
+
+impl Writer {
+    fn connect(config: &SustainedConfig, index: usize) -> Result<Self, BenchError> {
+        Ok(Self {
+            client: connect(config, &format!("nexus-bench sustained writer {index}"))?,
+            index,
+        })
+    }
+
+    /// Writes the share in batches; after each, checks one of its memories.
+    fn run(self, config: &SustainedConfig, start: &Barrier) -> Result<WriterOutcome, BenchError> {
+        let mut outcome = WriterOutcome {
+            remember_ns: Vec::new(),
+            checks: 0,
+            misses: Vec::new(),
+        };
+        let ordinals: Vec<u64> = config.load_share(self.index).collect();
+        start.wait();
+        for (batch_idx, chunk) in ordinals.chunks(config.batch).enumerate() {
+            let memories: Vec<MemoryInput> = chunk
+                .iter()
+                .map(|&ordinal| memory(config, namespace(self.index), ordinal))
+                .collect();
+            let checked = memories[batch_idx % memories.len()].clone();
+            let started = Instant::now();
+            let ids = self.client.remember(memories).map_err(client_step("Remember"))?;
+            outcome.remember_ns.push(started.elapsed().as_nanos() as u64);
+            let id = ids[batch_idx % ids.len()];
+            self.check_visible(&checked, id, &mut outcome)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Recalls `memory` (acknowledged as `id`) through each engine alone.
+    fn check_visible(&self, memory: &MemoryInput, id: u64, outcome: &mut WriterOutcome) -> Result<(), BenchError> {
+        let word = memory
+            .text
+            .split(' ')
+            .next()
+            .expect("texts start with their unique word");
+        let probes = [
+            (EngineChoice::Lexical, Some(word.to_owned()), None),
+            (EngineChoice::Dense, Some(memory.text.clone()), None),
+            (EngineChoice::Vector, None, memory.vector.clone()),
+        ];
+        for (engine, text, vector) in probes {
+            let query = RecallRequest {
+                namespace: memory.namespace.clone(),
+                text,
+                vector,
+                k: RECALL_K,
+                engine: Some(engine),
+                ..RecallRequest::default()
+            };
+            let ids = recalled_ids(&self.client, query)?;
+            outcome.checks += 1;
+            if !ids.contains(&id) {
+                outcome.misses.push(format!(
+                    "writer {} memory {id} ({word}) not in the top {RECALL_K} of {engine:?}: {ids:?}",
+                    self.index
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn recalled_ids(client: &Client, query: RecallRequest) -> Result<Vec<u64>, BenchError> {
+    let answer = (client.call(RequestBody::Recall(query), None)).map_err(client_step("Recall (visibility)"))?;
+    check_answer(&answer)?;
+    match answer.body {
+        ResponseBody::Recalled(hits) => Ok(hits.iter().map(|hit| hit.id).collect()),
+        other => Err(BenchError::BadAnswer {
+            request_id: answer.request_id,
+            detail: format!("Recall answered with {other:?}"),
+        }),
+    }
+}
+
+/// A connection whose rings hold the writers' batches.
+fn connect(config: &SustainedConfig, name: &str) -> Result<Client, BenchError> {
+    let options = ConnectOptions {
+        name: name.into(),
+        request_ring_bytes: config.ring_bytes(),
+        response_ring_bytes: MIN_RING_BYTES as u32,
+        timeout: CALL_TIMEOUT,
+        ..ConnectOptions::default()
+    };
+    Client::connect_with(&config.socket, options).map_err(client_step(format!("connect {name}")))
+}
+
+// ---- the data -----------------------------------------------------------
+
+/// Syllables of the words: consonant + vowel, avoiding `e`, `s` and `y` so
+/// that stemming never folds two unique words into one term.
+const SYLLABLES: [&str; 48] = [
+    "ba", "bi", "bo", "bu", "da", "di", "do", "du", "fa", "fi", "fo", "fu", "ga", "gi", "go", "gu", "ka", "ki", "ko",
+    "ku", "la", "li", "lo", "lu", "ma", "mi", "mo", "mu", "na", "ni", "no", "nu", "pa", "pi", "po", "pu", "ra", "ri",
+    "ro", "ru", "ta", "ti", "to", "tu", "va", "vi", "vo", "vu",
+];
+
+/// Syllables in a unique word after its prefix.
+const UNIQUE_SYLLABLES: usize = 5;
+
+/// Bytes of a unique word: "xq" + the syllables.
+const UNIQUE_WORD_BYTES: usize = 2 + 2 * UNIQUE_SYLLABLES;
+
+/// The namespace of writer `writer` (the seed uses the same ones).
+pub fn namespace(writer: usize) -> String {
+    format!("sustained-{writer}")
+}
+
+/// Memory `ordinal`: its unique word, then vocabulary words up to
+/// `text_bytes`, and a unit vector; all from the ordinal alone, so a run is
+/// the same every time and a check can rebuild what it wrote.
+fn memory(config: &SustainedConfig, namespace: String, ordinal: u64) -> MemoryInput {
+    let mut rng = XorShift::seeded(ordinal);
+    let mut text = unique_word(ordinal);
+    while text.len() < config.text_bytes {
+        text.push(' ');
+        text.push_str(&vocabulary_word(rng.next() % VOCABULARY_WORDS));
+    }
+    text.truncate(config.text_bytes);
+    MemoryInput {
+        namespace,
+        text: text.trim_end().to_owned(),
+        vector: Some(unit_vector(&mut rng, config.dim)),
+        importance: 1.0,
+        ..MemoryInput::default()
+    }
+}
+
+/// "xq" and the ordinal in base 48, one syllable per digit: no other
+/// memory's text contains it (vocabulary words never contain "x" or "q").
+fn unique_word(ordinal: u64) -> String {
+    let mut word = String::with_capacity(UNIQUE_WORD_BYTES);
+    word.push_str("xq");
+    let mut rest = ordinal;
+    for _ in 0..UNIQUE_SYLLABLES {
+        word.push_str(SYLLABLES[(rest % SYLLABLES.len() as u64) as usize]);
+        rest /= SYLLABLES.len() as u64;
+    }
+    word
+}
+
+/// Word `n` (below [`VOCABULARY_WORDS`]) of the shared vocabulary.
+fn vocabulary_word(n: u64) -> String {
+    let base = SYLLABLES.len() as u64;
+    [SYLLABLES[(n / base) as usize], SYLLABLES[(n % base) as usize]].concat()
+}
+
+fn unit_vector(rng: &mut XorShift, dim: u32) -> Vec<f32> {
+    let mut vector: Vec<f32> = (0..dim).map(|_| rng.unit_f32() * 2.0 - 1.0).collect();
+    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+    vector.iter_mut().for_each(|x| *x /= norm);
+    vector
+}
+
+/// A tiny deterministic generator (xorshift64 after a splitmix64 seed).
+struct XorShift(u64);
+
+impl XorShift {
+    fn seeded(seed: u64) -> Self {
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Self((z ^ (z >> 31)) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn unit_f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+// ---- the table ----------------------------------------------------------
+
+/// The sustained-writes result as a table.
+pub fn sustained_table(r: &SustainedReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "sustained writes: {} memories from {} writers, batch {}, {}-d vectors, {} B texts, on {} seeded",
+        grouped(r.memories as f64),
+        r.writers,
+        r.batch,
+        r.dim,
+        r.text_bytes,
+        grouped(r.seed_memories as f64)
+    );
+    for (phase, l) in [("idle", &r.idle), ("load", &r.load), ("idle after", &r.idle_after)] {
+        let _ = writeln!(
+            out,
+            "recall {phase:<10} p50 {}  p99 {}  p99.9 {}  (text p99 {}, vector p99 {}; {} recalls, {} degraded)",
+            micros(l.p50_ns),
+            micros(l.p99_ns),
+            micros(l.p999_ns),
+            micros(l.text_p99_ns),
+            micros(l.vector_p99_ns),
+            l.recalls,
+            l.degraded
+        );
+    }
+    let _ = writeln!(
+        out,
+        "load / idle: p50 {:.2}x  p99 {:.2}x (target <= 3)  [p99 against idle after: {:.2}x]",
+        r.p50_ratio, r.p99_ratio, r.p99_ratio_to_after
+    );
+    let _ = writeln!(
+        out,
+        "writes: {}/s memories over {:.1} s; Remember p50 {}  p99 {}",
+        grouped(r.writes_per_s),
+        r.write_seconds,
+        micros(r.remember_p50_ns),
+        micros(r.remember_p99_ns)
+    );
+    let _ = writeln!(
+        out,
+        "visibility: {} checks, {} misses{}",
+        r.visibility_checks,
+        r.visibility_misses,
+        if r.visibility_misses == 0 {
+            ""
+        } else {
+            "  <- VIOLATIONS"
+        }
+    );
+    for example in &r.miss_examples {
+        let _ = writeln!(out, "  {example}");
+    }
+    let _ = writeln!(
+        out,
+        "tails during the load (max of {} samples): dense {}  vector {}",
+        r.tail_samples,
+        grouped(r.max_dense_tail as f64),
+        grouped(r.max_vector_tail as f64)
+    );
+    let verdict = if r.caught_up { "caught up" } else { "NOT caught up" };
+    let _ = writeln!(
+        out,
+        "catch-up (both tails < {}): {verdict} in {:.1} s; tails then dense {}  vector {}",
+        r.tail_threshold, r.catch_up_s, r.residual_dense_tail, r.residual_vector_tail
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_words_are_unique_and_start_every_text() {
+        let config = SustainedConfig::new("/nonexistent");
+        let words: std::collections::HashSet<String> = (0..100_000).map(unique_word).collect();
+        assert_eq!(words.len(), 100_000);
+        let m = memory(&config, namespace(0), 12_345);
+        assert!(m.text.starts_with(&unique_word(12_345)));
+        assert!(m.text.len() <= config.text_bytes && m.text.len() > config.text_bytes - 6);
+        assert_eq!(m.vector.as_ref().map(Vec::len), Some(384));
+    }
+
+    #[test]
+    fn vocabulary_words_never_contain_a_unique_prefix() {
+        assert!((0..VOCABULARY_WORDS).all(|n| !vocabulary_word(n).contains(['x', 'q'])));
+    }
+
+    #[test]
+    fn load_shares_cover_the_load_once() {
+        let mut config = SustainedConfig::new("/nonexistent");
+        config.memories = 1001;
+        config.writers = 3;
+        let shares: Vec<_> = (0..3).map(|w| config.load_share(w)).collect();
+        assert_eq!(shares[0].start, config.seed_memories);
+        assert_eq!(shares[2].end, config.seed_memories + 1001);
+        assert!(shares.windows(2).all(|pair| pair[0].end == pair[1].start));
+    }
+
+    #[test]
+    fn bad_parameters_are_refused() {
+        let base = SustainedConfig::new("/nonexistent");
+        for broken in [
+            SustainedConfig {
+                writers: 0,
+                ..base.clone()
+            },
+            SustainedConfig {
+                batch: 0,
+                ..base.clone()
+            },
+            SustainedConfig {
+                memories: 0,
+                ..base.clone()
+            },
+            SustainedConfig {
+                text_bytes: 4,
+                ..base.clone()
+            },
+            SustainedConfig { dim: 0, ..base.clone() },
+        ] {
+            assert!(
+                matches!(broken.validate(), Err(BenchError::InvalidArgument(_))),
+                "{broken:?}"
+            );
+        }
+    }
+}
