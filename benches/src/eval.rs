@@ -513,21 +513,26 @@ pub fn evaluate(target: &mut impl EvalTarget, dataset: &Dataset, k_max: u32) -> 
     Ok(scores.report(dataset, write_seconds))
 }
 
+/// Memory id → the dialog ids of the turns it holds: one, unless the daemon
+/// answered several turns of a batch with one memory (a repeated key, or a
+/// near-duplicate policy that merges), and then finding it finds each of them.
+type DiaIds = HashMap<u64, Vec<String>>;
+
 /// Sends one recall and hands `count` the dialog ids of its hits, best first
-/// (`None`: a memory this eval did not write), whether it was degraded, and its round trip.
+/// (none for a memory this eval did not write), whether it was degraded, and its round trip.
 fn ask(
     target: &mut impl EvalTarget,
     request: RecallRequest,
-    dia_ids: &HashMap<u64, String>,
-    count: impl FnOnce(&[Option<&str>], bool, u64),
+    dia_ids: &DiaIds,
+    count: impl FnOnce(&[&[String]], bool, u64),
 ) -> Result<(), EvalError> {
     let asked = Instant::now();
     let answer = target.recall(request)?;
     let latency_ns = u64::try_from(asked.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    let ranked: Vec<Option<&str>> = answer
+    let ranked: Vec<&[String]> = answer
         .ids
         .iter()
-        .map(|id| dia_ids.get(id).map(String::as_str))
+        .map(|id| dia_ids.get(id).map_or(&[][..], Vec::as_slice))
         .collect();
     count(&ranked, answer.degraded, latency_ns);
     Ok(())
@@ -545,12 +550,9 @@ fn cutoffs(k_max: u32) -> Result<Vec<u32>, EvalError> {
     Ok(cutoffs)
 }
 
-/// Writes one conversation's turns in batches; returns memory id → dialog id.
-fn write_conversation(
-    target: &mut impl EvalTarget,
-    conversation: &Conversation,
-) -> Result<HashMap<u64, String>, EvalError> {
-    let mut dia_ids = HashMap::with_capacity(conversation.turns.len());
+/// Writes one conversation's turns in batches; returns memory id → dialog ids.
+fn write_conversation(target: &mut impl EvalTarget, conversation: &Conversation) -> Result<DiaIds, EvalError> {
+    let mut dia_ids = DiaIds::with_capacity(conversation.turns.len());
     for batch in batches(&conversation.turns, &conversation.sample_id) {
         let memories: Vec<MemoryInput> = batch.iter().map(|turn| memory(&conversation.sample_id, turn)).collect();
         let ids = target.remember(memories)?;
@@ -560,7 +562,9 @@ fn write_conversation(
                 detail: format!("{} ids for {} memories", ids.len(), batch.len()),
             });
         }
-        dia_ids.extend(ids.into_iter().zip(batch.iter().map(|turn| turn.dia_id.clone())));
+        for (id, turn) in ids.into_iter().zip(batch) {
+            dia_ids.entry(id).or_default().push(turn.dia_id.clone());
+        }
     }
     Ok(dia_ids)
 }
@@ -626,9 +630,8 @@ impl Scores {
         }
     }
 
-    /// Counts one answer; `ranked` holds the dialog ids of the hits, best first
-    /// (`None`: a memory this eval did not write).
-    fn add(&mut self, mode: Mode, question: &Question, ranked: &[Option<&str>], degraded: bool, latency_ns: u64) {
+    /// Counts one answer; `ranked` holds the dialog ids of each hit, best first.
+    fn add(&mut self, mode: Mode, question: &Question, ranked: &[&[String]], degraded: bool, latency_ns: u64) {
         let empty = Tally::new(self.cutoffs.len());
         let tallies = self
             .by_category
@@ -739,13 +742,12 @@ impl Tally {
 }
 
 /// Distinct evidence turns among the first `cutoff` hits.
-fn evidence_found(ranked: &[Option<&str>], evidence: &[String], cutoff: usize) -> usize {
-    let found: HashSet<&str> = ranked
+fn evidence_found(ranked: &[&[String]], evidence: &[String], cutoff: usize) -> usize {
+    let found: HashSet<&String> = ranked
         .iter()
         .take(cutoff)
-        .flatten()
-        .copied()
-        .filter(|dia_id| evidence.iter().any(|e| e == dia_id))
+        .flat_map(|dia_ids| dia_ids.iter())
+        .filter(|dia_id| evidence.contains(dia_id))
         .collect();
     found.len()
 }
@@ -1403,6 +1405,20 @@ mod tests {
         assert_eq!(value["hit_at"]["dense"]["20"], 1.0);
         assert_eq!(value["per_category"]["2"]["recall_at"]["lexical"]["10"], 1.0);
         assert_eq!(value["questions"], 3);
+    }
+
+    #[test]
+    fn a_memory_holding_several_turns_finds_each_once() {
+        let merged = ["D1:1".to_owned(), "D1:2".to_owned()];
+        let ranked: [&[String]; 3] = [&merged, &[], &merged];
+        let evidence = ["D1:2".to_owned(), "D2:1".to_owned()];
+        assert_eq!(evidence_found(&ranked, &evidence, 1), 1);
+        assert_eq!(
+            evidence_found(&ranked, &evidence, 3),
+            1,
+            "a turn found twice counts once"
+        );
+        assert_eq!(evidence_found(&ranked, &evidence[1..], 3), 0);
     }
 
     #[test]

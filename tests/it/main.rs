@@ -14,6 +14,7 @@ mod config_files;
 mod crash;
 mod disk_faults;
 mod dying_clients;
+mod eval_locomo;
 mod fanout;
 mod handshake;
 mod hostile_peers;
