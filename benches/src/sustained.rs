@@ -12,12 +12,18 @@
 //! 3. **Load**: W writer threads, each on its own connection and namespace,
 //!    write N memories in batches of B as fast as the daemon acknowledges
 //!    them (every text has a word no other memory has; every memory has a
-//!    D-dimensional vector). The reader keeps issuing the same mix. After
-//!    each acknowledged batch its writer recalls one memory of it (a
-//!    different position each batch) three ways, each engine named alone:
-//!    its unique word (`lexical`), its whole text (`dense`) and its exact
-//!    vector (`vector`); a memory missing from the top k is a violation.
-//!    Stats are sampled every [`SAMPLE_PERIOD`] for the largest tails.
+//!    D-dimensional vector). The reader keeps issuing the same mix. A
+//!    checker thread takes each writer's latest acknowledged batch and
+//!    recalls one memory of it (a different position each batch) three
+//!    ways, each engine named alone: its unique word (`lexical`), its whole
+//!    text (`dense`) and its exact vector (`vector`); a memory missing from
+//!    the top k is a violation. The checker keeps the writers at full speed
+//!    and checks as many batches as it can (under load, most of a tail's
+//!    memories are checked while still in the tail); with
+//!    `check_every_batch` each writer checks its own batch right after the
+//!    acknowledgement instead (every batch, the very next recall, at the
+//!    cost of write speed: the integration test's mode). Stats are sampled
+//!    every [`SAMPLE_PERIOD`] for the largest tails.
 //! 4. **Catch-up**: from the last acknowledgement, Stats are polled until
 //!    both tails are below the daemon's build threshold
 //!    ([`DEFAULT_TAIL_THRESHOLD`]); past `--catch-up-timeout-s` the run
@@ -35,16 +41,17 @@
 //! and compare ratios from one run rather than absolute figures across
 //! machines. On a 2-core host the writers, the reader, the daemon's request
 //! threads and its two graph builders share two cores, so the load's p99 is
-//! mostly CPU contention. Write throughput includes the writers' own
-//! visibility checks (3 recalls per batch).
+//! mostly CPU contention. Each latency is the client's (submit to answer
+//! read, wake-ups included); the daemon's own handling time is reported
+//! beside it (`handled_*`).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Barrier, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use nexus_client::wire::{EngineChoice, MemoryInput, RecallRequest, RequestBody, ResponseBody, Status};
+use nexus_client::wire::{EngineChoice, MemoryInput, RecallRequest, RequestBody, Response, ResponseBody, Status};
 use nexus_client::{Client, ConnectOptions, counter};
 use nexus_daemon::recall::ann::DEFAULT_TAIL_THRESHOLD;
 use nexus_shm_protocol::layout::MAX_RING_BYTES;
@@ -122,6 +129,10 @@ pub struct SustainedConfig {
     pub idle: Duration,
     /// How long the graph may take to catch up after the last write.
     pub catch_up_timeout: Duration,
+    /// Each writer checks its own batch right after each acknowledgement
+    /// (every batch checked, writes slowed by the checks) instead of a
+    /// checker thread following the writers' latest batches.
+    pub check_every_batch: bool,
 }
 
 impl SustainedConfig {
@@ -138,6 +149,7 @@ impl SustainedConfig {
             seed_memories: 10_000,
             idle: Duration::from_secs(5),
             catch_up_timeout: Duration::from_secs(120),
+            check_every_batch: false,
         }
     }
 
@@ -225,7 +237,11 @@ pub struct SustainedReport {
     pub remember_p50_ns: u64,
     /// 99th percentile Remember latency.
     pub remember_p99_ns: u64,
-    /// Visibility recalls made (three per batch).
+    /// Whether every batch was checked by its writer (else: the latest ones, by a checker thread).
+    pub check_every_batch: bool,
+    /// Batches one memory of which was checked.
+    pub batches_checked: u64,
+    /// Visibility recalls made (three per checked batch).
     pub visibility_checks: u64,
     /// Checks whose memory was not in the top k: each is a violation.
     pub visibility_misses: u64,
@@ -261,10 +277,18 @@ pub struct Latencies {
     pub p99_ns: u64,
     /// 99.9th percentile, every recall.
     pub p999_ns: u64,
-    /// 99th percentile of the text-only recalls (lexical and dense).
+    /// Median of the text-only recalls (lexical and dense).
+    pub text_p50_ns: u64,
+    /// 99th percentile of the text-only recalls.
     pub text_p99_ns: u64,
+    /// Median of the vector-only recalls (the vector engine).
+    pub vector_p50_ns: u64,
     /// 99th percentile of the vector-only recalls.
     pub vector_p99_ns: u64,
+    /// Median of the daemon's own handling time (`ServerTimings::handled_ns`).
+    pub handled_p50_ns: u64,
+    /// 99th percentile of the same.
+    pub handled_p99_ns: u64,
     /// Answers marked degraded (an engine left out).
     pub degraded: u64,
 }
@@ -293,8 +317,7 @@ struct LoadOutcome {
     reads: Latencies,
     write_seconds: f64,
     remember_ns: Vec<u64>,
-    checks: u64,
-    misses: Vec<String>,
+    checks: Checks,
     max_tails: Tails,
     tail_samples: u64,
 }
@@ -339,9 +362,11 @@ fn report(
         writes_per_s: ratio(config.memories as f64, load.write_seconds),
         remember_p50_ns: percentile(&remember_ns, 0.50),
         remember_p99_ns: percentile(&remember_ns, 0.99),
-        visibility_checks: load.checks,
-        visibility_misses: load.misses.len() as u64,
-        miss_examples: load.misses.into_iter().take(MAX_MISS_EXAMPLES).collect(),
+        check_every_batch: config.check_every_batch,
+        batches_checked: load.checks.batches,
+        visibility_checks: load.checks.recalls,
+        visibility_misses: load.checks.misses.len() as u64,
+        miss_examples: load.checks.misses.into_iter().take(MAX_MISS_EXAMPLES).collect(),
         max_dense_tail: load.max_tails.dense,
         max_vector_tail: load.max_tails.vector,
         tail_samples: load.tail_samples,
@@ -392,28 +417,38 @@ fn read_for(config: &SustainedConfig, window: Duration) -> Result<Latencies, Ben
     Reader::connect(config)?.run(|| Instant::now() < until)
 }
 
-/// The writers, the reader and the Stats sampler together, until the
-/// writers are done.
+/// The writers, the reader, the checker and the Stats sampler together,
+/// until the writers are done.
 fn load(config: &SustainedConfig, observer: &Client) -> Result<LoadOutcome, BenchError> {
     let writers_done = AtomicBool::new(false);
+    let latest: Vec<Mutex<Option<Probe>>> = (0..config.writers).map(|_| Mutex::new(None)).collect();
     let start = Barrier::new(config.writers + 1);
     let mut reader = Reader::connect(config)?;
+    let checker = match config.check_every_batch {
+        true => None,
+        false => Some(Checker::connect(config, "checker")?),
+    };
     let writers: Vec<Writer> = (0..config.writers)
         .map(|w| Writer::connect(config, w))
         .collect::<Result<_, _>>()?;
     std::thread::scope(|scope| {
-        let reads = scope.spawn(|| reader.run(|| !writers_done.load(Ordering::Relaxed)));
+        let reads = scope.spawn(|| reader.run(|| !writers_done.load(Ordering::Acquire)));
         let sampler = scope.spawn(|| sample_tails(observer, &writers_done));
+        let followed = scope.spawn(|| match &checker {
+            Some(checker) => checker.follow(config, &latest, &writers_done),
+            None => Ok(Checks::default()),
+        });
         let handles: Vec<_> = (writers.into_iter())
-            .map(|writer| scope.spawn(|| writer.run(config, &start)))
+            .map(|writer| scope.spawn(|| writer.run(config, &start, &latest)))
             .collect();
         start.wait();
         let started = Instant::now();
         let written: Vec<_> = handles.into_iter().map(join).collect();
         let write_seconds = started.elapsed().as_secs_f64();
-        writers_done.store(true, Ordering::Relaxed);
-        let (reads, sampled) = (join(reads), join(sampler));
-        merge(written, reads?, sampled?, write_seconds)
+        // Release: the checker's last pass sees every writer's last probe.
+        writers_done.store(true, Ordering::Release);
+        let (reads, sampled, followed) = (join(reads), join(sampler), join(followed));
+        merge(written, reads?, sampled?, followed?, write_seconds)
     })
 }
 
@@ -421,22 +456,21 @@ fn merge(
     written: Vec<Result<WriterOutcome, BenchError>>,
     reads: Latencies,
     (max_tails, tail_samples): (Tails, u64),
+    followed: Checks,
     write_seconds: f64,
 ) -> Result<LoadOutcome, BenchError> {
     let mut outcome = LoadOutcome {
         reads,
         write_seconds,
         remember_ns: Vec::new(),
-        checks: 0,
-        misses: Vec::new(),
+        checks: followed,
         max_tails,
         tail_samples,
     };
     for writer in written {
         let writer = writer?;
         outcome.remember_ns.extend(writer.remember_ns);
-        outcome.checks += writer.checks;
-        outcome.misses.extend(writer.misses);
+        outcome.checks.add(writer.checks);
     }
     Ok(outcome)
 }
@@ -479,7 +513,7 @@ fn poll_tails(
 /// Samples the tails until `stop`; returns the largest of each and the count.
 fn sample_tails(observer: &Client, stop: &AtomicBool) -> Result<(Tails, u64), BenchError> {
     let (mut max, mut samples) = (Tails::default(), 0);
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Acquire) {
         let tails = read_tails(observer)?;
         max.dense = max.dense.max(tails.dense);
         max.vector = max.vector.max(tails.vector);
@@ -513,6 +547,16 @@ struct Reader {
     dim: u32,
 }
 
+/// One phase's raw samples, nanoseconds.
+#[derive(Default)]
+struct Samples {
+    all: Vec<u64>,
+    text: Vec<u64>,
+    vector: Vec<u64>,
+    handled: Vec<u64>,
+    degraded: u64,
+}
+
 impl Reader {
     fn connect(config: &SustainedConfig) -> Result<Self, BenchError> {
         Ok(Self {
@@ -524,7 +568,7 @@ impl Reader {
     }
 
     fn run(&mut self, keep_going: impl Fn() -> bool) -> Result<Latencies, BenchError> {
-        let (mut all, mut text, mut vector, mut degraded) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        let mut samples = Samples::default();
         let mut turn = 0usize;
         while keep_going() {
             let by_text = turn.is_multiple_of(2);
@@ -532,14 +576,19 @@ impl Reader {
             let started = Instant::now();
             let answer = (self.client.call(RequestBody::Recall(query), None)).map_err(client_step("Recall (mix)"))?;
             let elapsed_ns = started.elapsed().as_nanos() as u64;
-            degraded += u64::from(check_answer(&answer)?);
-            all.push(elapsed_ns);
-            let kind = if by_text { &mut text } else { &mut vector };
+            samples.degraded += u64::from(check_answer(&answer)?);
+            samples.all.push(elapsed_ns);
+            samples.handled.push(answer.timings.handled_ns);
+            let kind = if by_text {
+                &mut samples.text
+            } else {
+                &mut samples.vector
+            };
             kind.push(elapsed_ns);
             turn += 1;
             std::thread::sleep(READER_PAUSE);
         }
-        Ok(latencies(all, text, vector, degraded))
+        Ok(latencies(samples))
     }
 
     fn query(&mut self, namespace: String, by_text: bool) -> RecallRequest {
@@ -562,7 +611,7 @@ impl Reader {
 }
 
 /// Whether an Ok-or-degraded answer is degraded; an error status is an error.
-fn check_answer(answer: &nexus_client::wire::Response) -> Result<bool, BenchError> {
+fn check_answer(answer: &Response) -> Result<bool, BenchError> {
     match &answer.status {
         Status::Ok => Ok(false),
         Status::Degraded { .. } => Ok(true),
@@ -573,80 +622,162 @@ fn check_answer(answer: &nexus_client::wire::Response) -> Result<bool, BenchErro
     }
 }
 
-fn latencies(mut all: Vec<u64>, mut text: Vec<u64>, mut vector: Vec<u64>, degraded: u64) -> Latencies {
-    for samples in [&mut all, &mut text, &mut vector] {
+fn latencies(mut s: Samples) -> Latencies {
+    for samples in [&mut s.all, &mut s.text, &mut s.vector, &mut s.handled] {
         samples.sort_unstable();
     }
     Latencies {
-        recalls: all.len() as u64,
-        p50_ns: percentile(&all, 0.50),
-        p99_ns: percentile(&all, 0.99),
-        p999_ns: percentile(&all, 0.999),
-        text_p99_ns: percentile(&text, 0.99),
-        vector_p99_ns: percentile(&vector, 0.99),
-        degraded,
+        recalls: s.all.len() as u64,
+        p50_ns: percentile(&s.all, 0.50),
+        p99_ns: percentile(&s.all, 0.99),
+        p999_ns: percentile(&s.all, 0.999),
+        text_p50_ns: percentile(&s.text, 0.50),
+        text_p99_ns: percentile(&s.text, 0.99),
+        vector_p50_ns: percentile(&s.vector, 0.50),
+        vector_p99_ns: percentile(&s.vector, 0.99),
+        handled_p50_ns: percentile(&s.handled, 0.50),
+        handled_p99_ns: percentile(&s.handled, 0.99),
+        degraded: s.degraded,
     }
 }
 
-// ---- the writers --------------------------------------------------------
+// ---- the writers and the visibility checks -------------------------------
 
 /// One writer: its connection, its namespace and its share of the load.
 struct Writer {
     client: Client,
     index: usize,
+    /// Its own checker when every batch is checked.
+    checker: Option<Checker>,
 }
 
 /// What one writer measured.
 struct WriterOutcome {
     remember_ns: Vec<u64>,
-    checks: u64,
+    checks: Checks,
+}
+
+/// One acknowledged memory to look for.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    writer: usize,
+    ordinal: u64,
+    id: u64,
+}
+
+/// Visibility checks made and missed.
+#[derive(Debug, Default)]
+struct Checks {
+    batches: u64,
+    recalls: u64,
     misses: Vec<String>,
+}
+
+impl Checks {
+    fn add(&mut self, other: Checks) {
+        self.batches += other.batches;
+        self.recalls += other.recalls;
+        self.misses.extend(other.misses);
+    }
 }
 
 impl Writer {
     fn connect(config: &SustainedConfig, index: usize) -> Result<Self, BenchError> {
+        let checker = match config.check_every_batch {
+            true => Some(Checker::connect(config, &format!("checker {index}"))?),
+            false => None,
+        };
         Ok(Self {
             client: connect(config, &format!("nexus-bench sustained writer {index}"))?,
             index,
+            checker,
         })
     }
 
-    /// Writes the share in batches; after each, checks one of its memories.
-    fn run(self, config: &SustainedConfig, start: &Barrier) -> Result<WriterOutcome, BenchError> {
+    /// Writes the share in batches; after each, checks one of its memories
+    /// or hands it to the checker thread through `latest`.
+    fn run(
+        self,
+        config: &SustainedConfig,
+        start: &Barrier,
+        latest: &[Mutex<Option<Probe>>],
+    ) -> Result<WriterOutcome, BenchError> {
         let mut outcome = WriterOutcome {
             remember_ns: Vec::new(),
-            checks: 0,
-            misses: Vec::new(),
+            checks: Checks::default(),
         };
         let ordinals: Vec<u64> = config.load_share(self.index).collect();
         start.wait();
         for (batch_idx, chunk) in ordinals.chunks(config.batch).enumerate() {
-            let memories: Vec<MemoryInput> = chunk
+            let memories = chunk
                 .iter()
                 .map(|&ordinal| memory(config, namespace(self.index), ordinal))
                 .collect();
-            let checked = memories[batch_idx % memories.len()].clone();
             let started = Instant::now();
             let ids = self.client.remember(memories).map_err(client_step("Remember"))?;
             outcome.remember_ns.push(started.elapsed().as_nanos() as u64);
-            let id = ids[batch_idx % ids.len()];
-            self.check_visible(&checked, id, &mut outcome)?;
+            let position = batch_idx % chunk.len();
+            let probe = Probe {
+                writer: self.index,
+                ordinal: chunk[position],
+                id: ids[position],
+            };
+            match &self.checker {
+                Some(checker) => checker.check(config, probe, &mut outcome.checks)?,
+                None => *latest[self.index].lock().unwrap_or_else(PoisonError::into_inner) = Some(probe),
+            }
         }
         Ok(outcome)
     }
+}
 
-    /// Recalls `memory` (acknowledged as `id`) through each engine alone.
-    fn check_visible(&self, memory: &MemoryInput, id: u64, outcome: &mut WriterOutcome) -> Result<(), BenchError> {
-        let word = memory
-            .text
-            .split(' ')
-            .next()
-            .expect("texts start with their unique word");
+/// Recalls acknowledged memories through each engine named alone.
+struct Checker {
+    client: Client,
+}
+
+impl Checker {
+    fn connect(config: &SustainedConfig, name: &str) -> Result<Self, BenchError> {
+        Ok(Self {
+            client: connect(config, &format!("nexus-bench sustained {name}"))?,
+        })
+    }
+
+    /// Checks each writer's latest acknowledged batch until the writers are
+    /// done, then once more (their last batches).
+    fn follow(
+        &self,
+        config: &SustainedConfig,
+        latest: &[Mutex<Option<Probe>>],
+        writers_done: &AtomicBool,
+    ) -> Result<Checks, BenchError> {
+        let mut checks = Checks::default();
+        loop {
+            let last_pass = writers_done.load(Ordering::Acquire);
+            for slot in latest {
+                let probe = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+                if let Some(probe) = probe {
+                    self.check(config, probe, &mut checks)?;
+                }
+            }
+            if last_pass {
+                return Ok(checks);
+            }
+            std::thread::sleep(READER_PAUSE);
+        }
+    }
+
+    /// Recalls `probe`'s memory by its unique word (lexical), its text
+    /// (dense) and its vector (vector); a memory not in a top k is a miss.
+    fn check(&self, config: &SustainedConfig, probe: Probe, checks: &mut Checks) -> Result<(), BenchError> {
+        let memory = memory(config, namespace(probe.writer), probe.ordinal);
+        let word = unique_word(probe.ordinal);
         let probes = [
-            (EngineChoice::Lexical, Some(word.to_owned()), None),
-            (EngineChoice::Dense, Some(memory.text.clone()), None),
-            (EngineChoice::Vector, None, memory.vector.clone()),
+            (EngineChoice::Lexical, Some(word.clone()), None),
+            (EngineChoice::Dense, Some(memory.text), None),
+            (EngineChoice::Vector, None, memory.vector),
         ];
+        checks.batches += 1;
         for (engine, text, vector) in probes {
             let query = RecallRequest {
                 namespace: memory.namespace.clone(),
@@ -657,11 +788,11 @@ impl Writer {
                 ..RecallRequest::default()
             };
             let ids = recalled_ids(&self.client, query)?;
-            outcome.checks += 1;
-            if !ids.contains(&id) {
-                outcome.misses.push(format!(
-                    "writer {} memory {id} ({word}) not in the top {RECALL_K} of {engine:?}: {ids:?}",
-                    self.index
+            checks.recalls += 1;
+            if !ids.contains(&probe.id) {
+                checks.misses.push(format!(
+                    "writer {} memory {} ({word}) not in the top {RECALL_K} of {engine:?}: {ids:?}",
+                    probe.writer, probe.id
                 ));
             }
         }
@@ -801,14 +932,23 @@ pub fn sustained_table(r: &SustainedReport) -> String {
     for (phase, l) in [("idle", &r.idle), ("load", &r.load), ("idle after", &r.idle_after)] {
         let _ = writeln!(
             out,
-            "recall {phase:<10} p50 {}  p99 {}  p99.9 {}  (text p99 {}, vector p99 {}; {} recalls, {} degraded)",
+            "recall {phase:<10} p50 {}  p99 {}  p99.9 {}  ({} recalls, {} degraded)",
             micros(l.p50_ns),
             micros(l.p99_ns),
             micros(l.p999_ns),
-            micros(l.text_p99_ns),
-            micros(l.vector_p99_ns),
             l.recalls,
             l.degraded
+        );
+        let _ = writeln!(
+            out,
+            "       {:<10} text p50 {} p99 {}; vector p50 {} p99 {}; daemon's handling p50 {} p99 {}",
+            "",
+            micros(l.text_p50_ns),
+            micros(l.text_p99_ns),
+            micros(l.vector_p50_ns),
+            micros(l.vector_p99_ns),
+            micros(l.handled_p50_ns),
+            micros(l.handled_p99_ns)
         );
     }
     let _ = writeln!(
@@ -826,7 +966,14 @@ pub fn sustained_table(r: &SustainedReport) -> String {
     );
     let _ = writeln!(
         out,
-        "visibility: {} checks, {} misses{}",
+        "visibility: {} of {} batches checked ({}), {} recalls, {} misses{}",
+        r.batches_checked,
+        r.memories.div_ceil(r.batch as u64),
+        if r.check_every_batch {
+            "each by its writer"
+        } else {
+            "the latest, by a checker"
+        },
         r.visibility_checks,
         r.visibility_misses,
         if r.visibility_misses == 0 {
