@@ -24,6 +24,7 @@ mod signals;
 mod socket_transport;
 mod store;
 mod store_boundary;
+mod sustained_writes;
 mod systemd_notify;
 mod transport;
 mod wal_damage;
