@@ -348,7 +348,7 @@ fn remember(connection: &mut Connection, request: &mut Request, config: &Remembe
     let latency = sent.elapsed().as_nanos() as u64;
     let request_id = answer.request_id.to_native();
     let detail = match (&answer.status, &answer.body) {
-        (ArchivedStatus::Ok, ArchivedResponseBody::Remembered(ids)) if ids.len() == config.batch => {
+        (ArchivedStatus::Ok, ArchivedResponseBody::Remembered(report)) if report.ids.len() == config.batch => {
             return Ok(latency);
         }
         (ArchivedStatus::Error { code, message }, _) => format!("error {}: {}", code.to_native(), message.as_str()),

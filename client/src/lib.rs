@@ -28,7 +28,7 @@ pub use error::ClientError;
 pub use nexus_shm_protocol::wire;
 use nexus_shm_protocol::wire::{
     ArchivedResponseBody, FeedbackRequest, ForgetRequest, HealthReport, MemoryInput, PingRequest, Pong, RecallHit,
-    RecallRequest, RememberRequest, Request, RequestBody, Response, StatsReport,
+    RecallRequest, RememberReport, RememberRequest, Request, RequestBody, Response, StatsReport,
 };
 pub use nexus_shm_protocol::{SOCKET_ENV, default_socket_path};
 
@@ -135,11 +135,22 @@ impl Client {
         })
     }
 
-    /// Stores memories durably (one atomic batch); returns their ids in order.
+    /// Stores memories durably (one atomic batch); returns their ids in order
+    /// (see [`Client::remember_report`] for chunks and near-duplicates).
     pub fn remember(&self, memories: Vec<MemoryInput>) -> Result<Vec<u64>, ClientError> {
         let mut request = request(RequestBody::Remember(RememberRequest { memories }));
         self.ok_body(&mut request, |body| match body {
-            ArchivedResponseBody::Remembered(ids) => Some(ids.iter().map(|id| id.to_native()).collect()),
+            ArchivedResponseBody::Remembered(report) => Some(report.ids.iter().map(|id| id.to_native()).collect()),
+            _ => None,
+        })
+    }
+
+    /// Stores memories durably; returns what was done with each (ids, the
+    /// chunks of long texts, near-duplicates found and the policy's action).
+    pub fn remember_report(&self, memories: Vec<MemoryInput>) -> Result<RememberReport, ClientError> {
+        let mut request = request(RequestBody::Remember(RememberRequest { memories }));
+        self.ok_body(&mut request, |body| match body {
+            ArchivedResponseBody::Remembered(report) => rkyv::deserialize::<_, rkyv::rancor::Error>(report).ok(),
             _ => None,
         })
     }

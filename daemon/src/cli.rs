@@ -66,6 +66,12 @@ OPTIONS:
   --checkpoint-wal-bytes N       WAL volume that triggers a checkpoint (default: 268435456)
   --dimension N                  fix the vector dimension (default: set by the first vector stored)
   --salvage-wal                  start despite mid-log WAL corruption, cutting the log at the first bad record
+  --embedder MODEL               builtin (default: the shipped static model) | hashing | a model2vec directory
+  --duplicates POLICY            near-duplicates on Remember: keep (default: stored, linked) | skip | merge | off
+  --chunk-tokens N               words per chunk of a long text on Remember, 0 = off (default: 400)
+  --bm25-k1 K1                   BM25 term-frequency saturation (default: 1.2)
+  --bm25-b B                     BM25 length normalisation, 0..=1 (default: 0.75)
+  --stemming BOOL                English stemming in the lexical index (default: true)
   --log FILTER                   log filter, e.g. info or nexus_daemon=debug (default: $NEXUS_LOG, else info)
   -h, --help                     this text
   -V, --version                  the version
@@ -194,10 +200,13 @@ fn serve(
             .context("cannot open the memory store")?;
         let recall = Recall::with_engines(store.clone(), engines.engines);
         recall.opened();
+        if let Some(neardup) = &engines.neardup {
+            neardup.fill(store.clone());
+        }
         let socket = BoundSocket::bind(&config.socket_path, config.socket_mode)?;
         info!(version = env!("CARGO_PKG_VERSION"), data_dir = %config.data_dir.display(), "nexusd ready");
         manager.notify(&[State::Ready, State::Status(&ready_status(&config, &store))]);
-        let shared = Shared::new(config, store.clone(), recall);
+        let shared = Shared::new(config, store.clone(), recall, engines.preprocessor);
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(crate::transport::server::run(shared.clone(), socket, shutdown.clone()));
         let watchdog_stop = CancellationToken::new();
@@ -435,6 +444,12 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<(Opt
                 });
             }
             Long("salvage-wal") => s.salvage_wal = Some(true),
+            Long("embedder") => s.embedder = Some(parser.value()?.string()?),
+            Long("duplicates") => s.duplicates = Some(parser.value()?.string()?),
+            Long("chunk-tokens") => s.chunk_tokens = Some(parser.value()?.parse()?),
+            Long("bm25-k1") => s.bm25_k1 = Some(parser.value()?.parse()?),
+            Long("bm25-b") => s.bm25_b = Some(parser.value()?.parse()?),
+            Long("stemming") => s.stemming = Some(parser.value()?.parse()?),
             Long("log") => s.log = Some(parser.value()?.string()?),
             Short('h') | Long("help") => {
                 print!("{USAGE}");

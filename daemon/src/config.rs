@@ -211,6 +211,11 @@ pub struct Settings {
     pub bm25_b: Option<f32>,
     /// Snowball stemming of English words in the lexical index.
     pub stemming: Option<bool>,
+    /// What a Remember does with a near-duplicate of a stored memory:
+    /// `"keep"` (stored, linked), `"skip"`, `"merge"` or `"off"` (no detection).
+    pub duplicates: Option<String>,
+    /// Words per chunk of a long text on Remember (0: no chunking).
+    pub chunk_tokens: Option<usize>,
     /// Flag only (`--salvage-wal`); a file cannot set it.
     #[serde(skip)]
     pub salvage_wal: Option<bool>,
@@ -357,6 +362,8 @@ impl Config {
         differs("limits", self.limits != new.limits);
         differs("embedder", self.recall.embedder != new.recall.embedder);
         differs("bm25_k1/bm25_b/stemming", self.recall.lexical != new.recall.lexical);
+        differs("duplicates", self.recall.duplicates != new.recall.duplicates);
+        differs("chunk_tokens", self.recall.chunk_tokens != new.recall.chunk_tokens);
         restart
     }
 
@@ -435,6 +442,15 @@ impl Config {
         set(&mut self.recall.lexical.k1, s.bm25_k1);
         set(&mut self.recall.lexical.b, s.bm25_b);
         set(&mut self.recall.lexical.tokenizer.stemming, s.stemming);
+        set(&mut self.recall.chunk_tokens, s.chunk_tokens);
+        if let Some(policy) = &s.duplicates {
+            self.recall.duplicates = crate::recall::setup::parse_duplicates(policy).ok_or_else(|| {
+                invalid(
+                    "duplicates",
+                    format!("{policy:?} is not one of \"keep\", \"skip\", \"merge\", \"off\""),
+                )
+            })?;
+        }
         Ok(())
     }
 
@@ -458,6 +474,14 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&lexical.b) {
             return Err(invalid("bm25_b", format!("{} is outside 0..=1", lexical.b)));
+        }
+        let chunk = self.recall.chunk_tokens;
+        if chunk != 0 && chunk < crate::recall::setup::MIN_CHUNK_TOKENS {
+            let min = crate::recall::setup::MIN_CHUNK_TOKENS;
+            return Err(invalid(
+                "chunk_tokens",
+                format!("{chunk} is below {min}; 0 turns chunking off"),
+            ));
         }
         if let crate::recall::setup::EmbedderChoice::Dir(dir) = &self.recall.embedder
             && !dir.is_dir()

@@ -14,12 +14,14 @@ use std::sync::{Arc, RwLock};
 
 use nexus_shm_protocol::wire::{
     ArchivedEngineChoice, ArchivedFeedbackRequest, ArchivedForgetRequest, ArchivedMemoryInput, ArchivedRecallRequest,
-    ArchivedRequest, ArchivedRequestBody, ArchivedRoute, Counter, ErrorCode, HealthReport, Pong, RecallHit, Response,
-    ResponseBody, Signal, StatsReport, Status,
+    ArchivedRequest, ArchivedRequestBody, ArchivedRoute, Counter, DuplicateAction, DuplicateNote, ErrorCode,
+    HealthReport, MemoryTag, Pong, RecallHit, RememberNote, RememberReport, Response, ResponseBody, Signal,
+    StatsReport, Status,
 };
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::preprocess::remember::{Action, Outcome, PreprocessError, Preprocessor};
 use crate::recall::{EngineError, EngineName, QueryInput, Recall, RecallError, Recalled, Route, TimeRange};
 use crate::store::wal::WalError;
 use crate::store::{CounterValue, Deadline, ForgetTarget, Judgement, NewMemory, Store, StoreError, TagRef};
@@ -37,6 +39,8 @@ pub struct Shared {
     pub store: Store,
     /// Recalls over them.
     pub recall: Recall,
+    /// What a Remember goes through before the store (chunks, near-duplicates).
+    pub preprocessor: Preprocessor,
     /// The budgets connections are admitted against (fds, pending
     /// handshakes, per-uid shares, memory); see `admission.rs`.
     pub admission: Admission,
@@ -45,8 +49,9 @@ pub struct Shared {
 impl Shared {
     /// Fresh shared state for a configuration, an opened store and the
     /// recalls over it.
-    pub fn new(config: Config, store: Store, recall: Recall) -> Arc<Self> {
+    pub fn new(config: Config, store: Store, recall: Recall, preprocessor: Preprocessor) -> Arc<Self> {
         Arc::new(Self {
+            preprocessor,
             admission: Admission::new(&config),
             config: RwLock::new(Arc::new(config)),
             metrics: Metrics::default(),
@@ -129,9 +134,17 @@ async fn dispatch(
         ArchivedRequestBody::Stats => ResponseBody::Stats(stats(shared)),
         ArchivedRequestBody::Health => ResponseBody::Health(health(shared)),
         ArchivedRequestBody::Remember(remember) => {
-            let memories = remember.memories.iter().map(new_memory).collect();
-            let remembered = store.remember(memories, now_ms()).await.map_err(store_refusal)?;
-            ResponseBody::Remembered(remembered.ids)
+            let inputs: Vec<NewMemory<'_>> = remember.memories.iter().map(new_memory).collect();
+            let now = now_ms();
+            let prepared = (shared.preprocessor.prepare(&inputs, store, now)).map_err(preprocess_refusal)?;
+            let memories = prepared.memories(&inputs);
+            // Every memory may have been a skipped near-duplicate: nothing to log.
+            let stored = if memories.is_empty() {
+                Vec::new()
+            } else {
+                store.remember(memories, now).await.map_err(store_refusal)?.ids
+            };
+            ResponseBody::Remembered(remember_report(prepared.outcome(&stored)))
         }
         ArchivedRequestBody::Recall(recall) => {
             let answer = (shared.recall.recall(&query_input(recall), deadline).await).map_err(recall_refusal)?;
@@ -241,6 +254,29 @@ fn route(forced: Option<&ArchivedRoute>) -> Route {
 
 // Domain → wire.
 
+/// What a Remember did, per memory sent.
+fn remember_report(outcome: Outcome) -> RememberReport {
+    let notes = (outcome.notes.into_iter())
+        .map(|note| RememberNote {
+            input: note.input,
+            chunk_ids: note.chunk_ids,
+            duplicate: note.duplicate.map(|(found, action)| DuplicateNote {
+                original: found.id,
+                similarity: found.jaccard as f32,
+                action: match action {
+                    Action::Linked => DuplicateAction::Linked,
+                    Action::Skipped => DuplicateAction::Skipped,
+                    Action::Merged => DuplicateAction::Merged,
+                },
+            }),
+        })
+        .collect();
+    RememberReport {
+        ids: outcome.ids,
+        notes,
+    }
+}
+
 /// A recall result with its memory's text, and why it was chosen.
 fn hit(recalled: Recalled) -> RecallHit {
     let Recalled { candidate, memory } = recalled;
@@ -262,6 +298,13 @@ fn hit(recalled: Recalled) -> RecallHit {
         score: candidate.score,
         text: view.text().to_owned(),
         namespace: view.namespace().to_owned(),
+        tags: (view.tags())
+            .map(|(key, value)| MemoryTag {
+                key: key.to_owned(),
+                value: value.to_owned(),
+            })
+            .collect(),
+        created_at_ms: view.created_at_ms(),
         why,
     }
 }
@@ -299,6 +342,16 @@ fn store_refusal(error: StoreError) -> Refusal {
     Refusal {
         code: store_code(&error),
         message: error.to_string(),
+    }
+}
+
+fn preprocess_refusal(error: PreprocessError) -> Refusal {
+    match error {
+        PreprocessError::Store(error) => store_refusal(error),
+        other @ (PreprocessError::ChunksOverBatch { .. } | PreprocessError::NoRoomForTags { .. }) => Refusal {
+            code: ErrorCode::InvalidArgument,
+            message: other.to_string(),
+        },
     }
 }
 

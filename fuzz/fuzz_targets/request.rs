@@ -143,7 +143,16 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
         ("recalled", Response::ok(2, ResponseBody::Recalled(vec![hit]))),
-        ("remembered", Response::ok(3, ResponseBody::Remembered(vec![1, 2]))),
+        (
+            "remembered",
+            Response::ok(
+                3,
+                ResponseBody::Remembered(RememberReport {
+                    ids: vec![1, 2],
+                    notes: Vec::new(),
+                }),
+            ),
+        ),
         (
             "stats-report",
             Response::ok(

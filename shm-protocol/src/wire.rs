@@ -106,6 +106,56 @@ pub enum Route {
     MaximumIntelligence,
 }
 
+/// What a Remember did with the memories it was given.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[rkyv(derive(Debug))]
+pub struct RememberReport {
+    /// One id per memory sent, in request order: the memory's id (a long
+    /// text's first chunk; a skipped near-duplicate's original).
+    pub ids: Vec<u64>,
+    /// Only for the memories something happened to: chunked, or found to
+    /// nearly duplicate a memory already stored.
+    pub notes: Vec<RememberNote>,
+}
+
+/// What preprocessing did with one memory of a Remember.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct RememberNote {
+    /// Position of the memory in the request.
+    pub input: u32,
+    /// A long text was stored as these chunks, in order (tags
+    /// `nexus.chunk` = "i/n" and `nexus.group` link them); empty otherwise.
+    pub chunk_ids: Vec<u64>,
+    /// It nearly duplicates a stored memory, and what was done about it.
+    pub duplicate: Option<DuplicateNote>,
+}
+
+/// A near-duplicate found on Remember.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct DuplicateNote {
+    /// The memory already stored.
+    pub original: u64,
+    /// Estimated Jaccard similarity of their word 3-shingles.
+    pub similarity: f32,
+    /// What the configured policy did.
+    pub action: DuplicateAction,
+}
+
+/// What a Remember did with a near-duplicate.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+pub enum DuplicateAction {
+    /// Stored, tagged `nexus.duplicate_of` = the original (recall shows one of the two).
+    Linked,
+    /// Not stored (policy `skip`): the id reported is the original's.
+    Skipped,
+    /// Stored under the original's key, replacing it (policy `merge`; only
+    /// for an original with a key, else it is linked).
+    Merged,
+}
+
 /// Recall: a query with filters and k.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 pub struct RecallRequest {
@@ -230,8 +280,8 @@ pub enum ResponseBody {
     Empty,
     /// Ping's answer.
     Pong(Pong),
-    /// Ids assigned, in request order.
-    Remembered(Vec<u64>),
+    /// What a Remember stored.
+    Remembered(RememberReport),
     /// Recall results, best first.
     Recalled(Vec<RecallHit>),
     /// How many memories were deleted.
@@ -266,6 +316,10 @@ pub struct RecallHit {
     pub text: String,
     /// Its namespace.
     pub namespace: String,
+    /// Its tags (a chunk's `nexus.chunk` and `nexus.group` among them).
+    pub tags: Vec<MemoryTag>,
+    /// When it was created, ms since the Unix epoch.
+    pub created_at_ms: i64,
     /// Per-signal contributions (name, value), for explanations.
     pub why: Vec<Signal>,
 }

@@ -19,6 +19,7 @@ mod fanout;
 mod handshake;
 mod hostile_peers;
 mod lifecycle;
+mod preprocess;
 mod recall_route;
 mod signals;
 mod socket_transport;

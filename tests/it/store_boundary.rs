@@ -507,7 +507,10 @@ fn a_checkpoint_that_fails_on_a_full_disk_leaves_no_temp_file() {
             return;
         }
     };
-    let launch = Launch::args(&["--wal-segment-bytes", "1048576"]).data_dir(tmpfs.path().join("data"));
+    // Chunking off: the 400-word texts are payload that fills the disk, and
+    // the ledger checks each as one memory (chunks are preprocess.rs's business).
+    let args = ["--wal-segment-bytes", "1048576", "--chunk-tokens", "0"];
+    let launch = Launch::args(&args).data_dir(tmpfs.path().join("data"));
     let daemon = Daemon::launch(BINARIES, TestDir::new(), launch);
     let client = daemon.large_client();
     let mut ledger = NamespaceLedger::new("full");

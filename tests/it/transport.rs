@@ -6,7 +6,8 @@
 
 use nexus_client::Transport;
 use nexus_client::wire::{
-    FeedbackRequest, ForgetRequest, MemoryInput, PingRequest, RecallRequest, RememberRequest, RequestBody, ResponseBody,
+    FeedbackRequest, ForgetRequest, MemoryInput, PingRequest, RecallRequest, RememberReport, RememberRequest,
+    RequestBody, ResponseBody,
 };
 use nexus_shm_protocol::monotonic_now_ns;
 use nexus_tests::{check_call, test_options};
@@ -33,7 +34,8 @@ fn memory_operations_work_over_both_transports() {
         let mut connection = daemon.connection(test_options(transport));
         let namespace = format!("agent-{round}");
         let [remember, recall, feedback, flush, checkpoint, forget] = memory_operations(&namespace);
-        let ResponseBody::Remembered(ids) = check_call(&mut connection, remember, None).body else {
+        let ResponseBody::Remembered(RememberReport { ids, .. }) = check_call(&mut connection, remember, None).body
+        else {
             panic!("Remember did not answer with ids");
         };
         let ResponseBody::Recalled(hits) = check_call(&mut connection, recall.clone(), None).body else {

@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use nexus_client::wire::{ErrorCode, MemoryInput, MemoryTag, RecallHit, RecallRequest, RequestBody, Status};
+use nexus_client::wire::{
+    EngineChoice, ErrorCode, MemoryInput, MemoryTag, RecallHit, RecallRequest, RequestBody, Status,
+};
 use nexus_client::{Client, ClientError};
 
 /// Memories per batch the writers send (one Remember, one WAL record).
@@ -47,10 +49,15 @@ pub fn tag(key: &str, value: &str) -> MemoryTag {
 /// Recalls up to [`MAX_K`] memories of `namespace` matching `text`; panics on error.
 #[track_caller]
 pub fn recall(client: &Client, namespace: &str, text: &str) -> Vec<RecallHit> {
+    // The exact scan, named: every memory holding a word of `text`, raw
+    // (a fused answer hides near-duplicates linked on Remember, and the
+    // dense engine ranks every memory of the namespace), which is what
+    // these ledgers check against.
     let query = RecallRequest {
         namespace: namespace.to_owned(),
         text: Some(text.to_owned()),
         k: MAX_K,
+        engine: Some(EngineChoice::Scan),
         ..RecallRequest::default()
     };
     client

@@ -12,12 +12,15 @@
 //! Entity extraction, the third preprocessing step, lives with the entity
 //! index in `recall::lexical::entities`.
 //!
-//! Not here: carrying the decisions out (storing chunks as linked memories,
-//! linking or merging duplicates, reporting it): the store and the handler.
+//! - [`neardup`]: the near-duplicate index as a store follower;
+//! - [`remember`]: carrying the decisions out on a Remember (chunks as
+//!   linked memories, duplicates linked, skipped or merged, the report).
 
 pub mod chunk;
 pub mod dedup;
 pub mod minhash;
+pub mod neardup;
+pub mod remember;
 
 pub use chunk::{Chunk, ChunkConfig, ChunkScratch, reassemble};
 pub use dedup::{DedupConfig, DuplicateDecision, DuplicatePolicy, NearDupIndex, NearDuplicate, decide};

@@ -12,9 +12,11 @@
 //! degraded with the reason; only when every engine fails does the recall
 //! fail. A pipeline without indexed engines (tests) answers with the scan.
 //!
-//! The last step: the answer's memories are looked up by id in the store
+//! The last steps: the answer's memories are looked up by id in the store
 //! (one read lock), so a memory forgotten while the engines ran is not
-//! returned, and their bytes are read in place.
+//! returned, and their bytes are read in place; a fused answer then shows
+//! only one of a memory and a near-duplicate linked to it on Remember (tag
+//! `nexus.duplicate_of`); a named engine's answer is left raw.
 //!
 //! Where it grows (next issue): the router picks a route, the cache answers
 //! or misses, engines get their own deadlines and circuit breakers, and
@@ -27,6 +29,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::preprocess::remember::DUPLICATE_TAG;
 use crate::recall::engine::{Candidate, Candidates, Engine, EngineError, SearchContext, Signals};
 use crate::recall::error::RecallError;
 use crate::recall::query::{EngineName, Query, QueryInput, Route};
@@ -123,8 +126,15 @@ impl Recall {
                 memory: memory?,
             })
         });
+        // A named engine's answer is its own, raw; a fused answer shows one
+        // of a memory and its linked near-duplicate.
+        let mut hits = match query.engine() {
+            Some(_) => recalled.collect(),
+            None => hide_linked_duplicates(recalled),
+        };
+        hits.truncate(query.k());
         Ok(Answer {
-            hits: recalled.collect(),
+            hits,
             degraded,
             engines,
         })
@@ -177,8 +187,33 @@ impl Recall {
             format!("answered without {}", reasons.join("; "))
         });
         let engines = lists.iter().map(|list| list.engine).collect();
-        Ok((fuse(&lists, query.k()), degraded, engines))
+        // Fused past k: hiding linked duplicates may drop a few.
+        Ok((fuse(&lists, deep.k()), degraded, engines))
     }
+}
+
+/// Of a memory and its near-duplicate linked on Remember (tag
+/// `nexus.duplicate_of`), only the better ranked is shown.
+fn hide_linked_duplicates(ranked: impl Iterator<Item = Recalled>) -> Vec<Recalled> {
+    let mut shown: Vec<Recalled> = Vec::new();
+    let mut shown_ids = std::collections::HashSet::new();
+    // The originals of the duplicates shown.
+    let mut originals = std::collections::HashSet::new();
+    for hit in ranked {
+        let view = hit.memory.view();
+        let original = (view.tags())
+            .find(|(key, _)| *key == DUPLICATE_TAG)
+            .and_then(|(_, value)| value.parse::<u64>().ok());
+        let id = hit.candidate.id;
+        let linked = originals.contains(&id)
+            || original.is_some_and(|original| shown_ids.contains(&original) || originals.contains(&original));
+        if !linked {
+            shown_ids.insert(id);
+            originals.extend(original);
+            shown.push(hit);
+        }
+    }
+    shown
 }
 
 fn engine_name(name: &str) -> Option<EngineName> {

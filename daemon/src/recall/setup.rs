@@ -11,6 +11,10 @@ use std::time::Instant;
 use tracing::info;
 
 use crate::embed::{Embedder, HashingConfig, HashingEmbedder, StaticModel};
+use crate::preprocess::chunk::{ChunkConfig, DEFAULT_MAX_TOKENS};
+use crate::preprocess::dedup::{DedupConfig, DuplicatePolicy};
+use crate::preprocess::neardup::NearDupFollower;
+use crate::preprocess::remember::Preprocessor;
 use crate::recall::dense::{DenseEngine, Space};
 use crate::recall::engine::Engine;
 use crate::recall::lexical::LexicalConfig;
@@ -42,12 +46,53 @@ impl EmbedderChoice {
 }
 
 /// The recall settings.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RecallSettings {
     /// The built-in space's embedder.
     pub embedder: EmbedderChoice,
     /// BM25 and tokenizer settings.
     pub lexical: LexicalConfig,
+    /// What a Remember does with a near-duplicate (None: detection off).
+    pub duplicates: Option<DuplicatePolicy>,
+    /// Words per chunk of a long text on Remember (0: texts are not chunked).
+    pub chunk_tokens: usize,
+}
+
+impl Default for RecallSettings {
+    fn default() -> Self {
+        Self {
+            embedder: EmbedderChoice::default(),
+            lexical: LexicalConfig::default(),
+            duplicates: Some(DuplicatePolicy::Keep),
+            chunk_tokens: DEFAULT_MAX_TOKENS,
+        }
+    }
+}
+
+/// Chunking with `max_tokens` words per chunk (0: none), the overlap and
+/// boundary search scaled down for small chunks so each chunk still moves on.
+pub fn chunking(max_tokens: usize) -> Option<ChunkConfig> {
+    let default = ChunkConfig::default();
+    (max_tokens > 0).then(|| ChunkConfig {
+        max_tokens,
+        overlap_tokens: default.overlap_tokens.min(max_tokens / 4),
+        boundary_window_tokens: default.boundary_window_tokens.min(max_tokens / 4),
+    })
+}
+
+/// Smallest chunk a configuration may ask for (below it, overlap and
+/// boundary search leave a chunk no room).
+pub const MIN_CHUNK_TOKENS: usize = 16;
+
+/// `"keep"`, `"skip"`, `"merge"` or `"off"`.
+pub fn parse_duplicates(text: &str) -> Option<Option<DuplicatePolicy>> {
+    match text {
+        "keep" => Some(Some(DuplicatePolicy::Keep)),
+        "skip" => Some(Some(DuplicatePolicy::Skip)),
+        "merge" => Some(Some(DuplicatePolicy::Merge)),
+        "off" => Some(None),
+        _ => None,
+    }
 }
 
 /// Why the engines could not be built.
@@ -61,6 +106,9 @@ pub enum SetupError {
         /// Why it failed.
         reason: String,
     },
+    /// A preprocessing setting is out of range.
+    #[error("preprocessing: {0}")]
+    Preprocess(String),
     /// A lexical setting is out of range.
     #[error(transparent)]
     Lexical(#[from] crate::recall::lexical::LexicalError),
@@ -74,6 +122,10 @@ pub struct EngineSet {
     pub engines: Vec<Arc<dyn Engine>>,
     /// The vector engines (their builders stop at shutdown).
     pub dense: Vec<Arc<DenseEngine>>,
+    /// What a Remember goes through before the store.
+    pub preprocessor: Preprocessor,
+    /// The near-duplicate index, to fill once the store is open (None: off).
+    pub neardup: Option<Arc<NearDupFollower>>,
 }
 
 /// Loads the embedder `choice` names.
@@ -109,9 +161,22 @@ pub fn open_engines(settings: &RecallSettings, data_dir: Option<&Path>) -> Resul
     let lexical = Arc::new(LexicalEngine::open(settings.lexical, data_dir, Arc::clone(&meta))?);
     let dense = DenseEngine::open(Space::BuiltIn(embedder), data_dir, Arc::clone(&meta));
     let vector = DenseEngine::open(Space::Client, data_dir, Arc::clone(&meta));
+    let neardup = match settings.duplicates {
+        Some(_) => Some(Arc::new(
+            NearDupFollower::new(DedupConfig::default()).map_err(|e| SetupError::Preprocess(e.to_string()))?,
+        )),
+        None => None,
+    };
+    let mut followers: Vec<Arc<dyn Follower>> = vec![meta, lexical.clone(), dense.clone(), vector.clone()];
+    if let Some(neardup) = &neardup {
+        followers.push(neardup.clone());
+    }
+    let policy = settings.duplicates.unwrap_or_default();
     Ok(EngineSet {
-        followers: vec![meta, lexical.clone(), dense.clone(), vector.clone()],
+        followers,
         engines: vec![lexical, dense.clone(), vector.clone()],
         dense: vec![dense, vector],
+        preprocessor: Preprocessor::new(chunking(settings.chunk_tokens), policy, neardup.clone()),
+        neardup,
     })
 }
