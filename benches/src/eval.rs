@@ -415,6 +415,13 @@ pub trait EvalTarget {
     fn remember(&mut self, memories: Vec<MemoryInput>) -> Result<Vec<u64>, EvalError>;
     /// Answers one recall.
     fn recall(&mut self, query: RecallRequest) -> Result<Answer, EvalError>;
+
+    /// Waits until what was written is fully indexed (the daemon's ANN
+    /// graph built), so the figures are the index's, not those of the
+    /// exact scan of a tail not yet built.
+    fn settle(&mut self) -> Result<(), EvalError> {
+        Ok(())
+    }
 }
 
 /// A recall's answer as the eval counts it.
@@ -449,7 +456,34 @@ impl DaemonTarget {
     }
 }
 
+/// Longest the daemon may take to build its graph after the writes.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 impl EvalTarget for DaemonTarget {
+    fn settle(&mut self) -> Result<(), EvalError> {
+        let until = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let stats = (self.client.stats()).map_err(|source| EvalError::Client {
+                context: "Stats while waiting for the graph".into(),
+                source,
+            })?;
+            let tail = ["dense_tail", "vector_tail"]
+                .iter()
+                .map(|name| nexus_client::counter(&stats, name).unwrap_or(0))
+                .sum::<u64>();
+            if tail == 0 {
+                return Ok(());
+            }
+            if Instant::now() > until {
+                return Err(EvalError::BadAnswer {
+                    context: "waiting for the daemon's graph".into(),
+                    detail: format!("{tail} vectors still outside the graph after {SETTLE_TIMEOUT:?}"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn remember(&mut self, memories: Vec<MemoryInput>) -> Result<Vec<u64>, EvalError> {
         let context = format!("remember {} turns in {}", memories.len(), namespace_of(&memories));
         self.client
@@ -499,6 +533,7 @@ pub fn evaluate(target: &mut impl EvalTarget, dataset: &Dataset, k_max: u32) -> 
         .map(|conversation| write_conversation(target, conversation))
         .collect::<Result<Vec<_>, _>>()?;
     let write_seconds = started.elapsed().as_secs_f64();
+    target.settle()?;
     let mut scores = Scores::new(cutoffs);
     for (conversation, dia_ids) in dataset.conversations.iter().zip(&dia_ids_by_id) {
         for question in &conversation.questions {

@@ -50,6 +50,11 @@ pub const VECTOR: &str = "vector";
 /// How often the builder looks for a full tail or segments to compact.
 pub const BUILD_POLL: Duration = Duration::from_millis(100);
 
+/// How long the tail must stay the same size before the builder seals it
+/// whatever its size: writes have stopped, so the graph catches up fully
+/// and searches stop scanning a tail.
+pub const IDLE_SEAL: Duration = Duration::from_secs(1);
+
 /// Which vectors an engine indexes.
 #[derive(Clone)]
 pub enum Space {
@@ -79,6 +84,8 @@ pub struct DenseEngine {
     origin: Mutex<String>,
     stop: Arc<AtomicBool>,
     builder: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The tail's size when the builder last looked, and since when.
+    last_tail: Mutex<(usize, Instant)>,
 }
 
 thread_local! {
@@ -111,6 +118,7 @@ impl DenseEngine {
             origin: Mutex::new("built from the store".to_owned()),
             stop: Arc::new(AtomicBool::new(false)),
             builder: Mutex::new(None),
+            last_tail: Mutex::new((0, Instant::now())),
         };
         engine.load();
         let engine = Arc::new(engine);
@@ -215,13 +223,25 @@ impl DenseEngine {
         }
     }
 
-    /// One round of background work: a build or a compaction.
+    /// One round of background work: a build, a compaction, or, once the
+    /// tail has stopped growing for [`IDLE_SEAL`], sealing the rest of it
+    /// (so a quiet index ends with no tail at all).
     pub fn build_step(&self) {
         let Some(index) = self.index() else { return };
+        let tail = index.stats().tail;
+        let quiet = {
+            let mut last = self.last_tail.lock().unwrap_or_else(|p| p.into_inner());
+            if last.0 != tail {
+                *last = (tail, Instant::now());
+            }
+            tail > 0 && last.1.elapsed() >= IDLE_SEAL
+        };
         let built = if index.needs_build() {
             index.build_pending()
         } else if index.needs_compaction() {
             index.compact()
+        } else if quiet {
+            index.seal()
         } else {
             return;
         };

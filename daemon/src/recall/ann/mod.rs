@@ -230,6 +230,25 @@ pub struct AnnIndex {
     build_lock: Mutex<()>,
 }
 
+/// A filtered walk's effort: `ef` divided by the share of the index the
+/// filter admits, at most [`MAX_FILTERED_EF_FACTOR`] times `ef`. A walk
+/// keeps only passing nodes as results, so with a fifth of the index
+/// passing it meets about a fifth as many candidates per step; widening the
+/// beam by the inverse share gives it back about as many. Measured on the
+/// LoCoMo turns through the daemon (a conversation is ~20 % of the index):
+/// dense recall@10 went from 0.46 (ef 32 walk) to the exact figure.
+fn filtered_ef(ef: usize, filter: &dyn Filter, live: usize) -> usize {
+    let Some(matches) = filter.expected_matches() else {
+        return ef;
+    };
+    let share = (matches.max(1) as f64 / live.max(1) as f64).min(1.0);
+    ((ef as f64 / share).ceil() as usize).clamp(ef, ef * MAX_FILTERED_EF_FACTOR)
+}
+
+/// The most a filter widens a walk's beam (see [`filtered_ef`]); past it a
+/// filter admitting few ids is better served by the exact scan.
+pub const MAX_FILTERED_EF_FACTOR: usize = 16;
+
 /// The int8 stage's outcome.
 struct Shortlist {
     ids: Vec<u64>,
@@ -404,8 +423,9 @@ impl AnnIndex {
         let mut pool = Pool::new(ef);
         let (segments, live) = self.scan_tails(quantised, params.filter.unwrap_or(&AcceptAll), &mut pool);
         let exact = params.exact || params.filter.is_some_and(|filter| self.prefers_exact(filter, live));
+        let walk_ef = params.filter.map_or(ef, |filter| filtered_ef(ef, filter, live));
         for segment in &segments {
-            self.search_segment(segment, quantised, ef, exact, params.filter, &mut pool);
+            self.search_segment(segment, quantised, walk_ef, exact, params.filter, &mut pool);
         }
         let unit: Vec<f32> = query.iter().map(|x| (f64::from(*x) / norm) as f32).collect();
         let rerank_count = params.rerank.unwrap_or(self.config.rerank).max(params.k) * factor;
