@@ -55,6 +55,15 @@ pub const BUILD_POLL: Duration = Duration::from_millis(100);
 /// and searches stop scanning a tail.
 pub const IDLE_SEAL: Duration = Duration::from_secs(1);
 
+/// Vectors outside the graph (tail and tail being built) above which a
+/// write waits for the builder: eight builds' worth. A search scans them
+/// exactly (~10 µs per 1,000 at 384-d), so this bounds that part of its cost.
+pub const MAX_TAIL: usize = 8 * crate::recall::ann::DEFAULT_TAIL_THRESHOLD;
+
+/// Longest a write waits for the builder (then it goes on, and the wait is
+/// counted): a builder that cannot keep up must not stop writes for ever.
+pub const MAX_BACKPRESSURE_WAIT: Duration = Duration::from_secs(5);
+
 /// Which vectors an engine indexes.
 #[derive(Clone)]
 pub enum Space {
@@ -86,6 +95,11 @@ pub struct DenseEngine {
     builder: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The tail's size when the builder last looked, and since when.
     last_tail: Mutex<(usize, Instant)>,
+    /// Set once the store is open: back-pressure applies from then on.
+    serving: AtomicBool,
+    /// Writes held back for the builder, and for how long in all.
+    held_back: AtomicU64,
+    held_back_us: AtomicU64,
 }
 
 thread_local! {
@@ -119,6 +133,9 @@ impl DenseEngine {
             stop: Arc::new(AtomicBool::new(false)),
             builder: Mutex::new(None),
             last_tail: Mutex::new((0, Instant::now())),
+            serving: AtomicBool::new(false),
+            held_back: AtomicU64::new(0),
+            held_back_us: AtomicU64::new(0),
         };
         engine.load();
         let engine = Arc::new(engine);
@@ -250,6 +267,37 @@ impl DenseEngine {
         }
     }
 
+    /// Back-pressure: the tail is a buffer, and every search scans it, so
+    /// while serving, a write that leaves more than [`MAX_TAIL`] vectors
+    /// outside the graph waits (on the apply thread, so every writer waits:
+    /// writes go at the speed graphs are built) until the builder brings it
+    /// under, at most [`MAX_BACKPRESSURE_WAIT`]. Not at start: the replay
+    /// fills the tail at full speed and the builder catches up while serving.
+    fn hold_back_writes(&self, index: &AnnIndex) {
+        let outside = |index: &AnnIndex| {
+            let stats = index.stats();
+            stats.tail + stats.building
+        };
+        if outside(index) >= index.config().tail_threshold {
+            self.wake_builder();
+        }
+        if !self.serving.load(Ordering::Relaxed) || outside(index) <= MAX_TAIL {
+            return;
+        }
+        let started = Instant::now();
+        while outside(index) > MAX_TAIL && started.elapsed() < MAX_BACKPRESSURE_WAIT {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.held_back.fetch_add(1, Ordering::Relaxed);
+        (self.held_back_us).fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn wake_builder(&self) {
+        if let Some(handle) = self.builder.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            handle.thread().unpark();
+        }
+    }
+
     /// Stops the builder thread and waits for it (shutdown, tests).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -352,9 +400,12 @@ impl Follower for DenseEngine {
             self.apply(&mut slot, event);
         }
         if created && slot.is_some() {
-            *self.index_slot() = slot;
+            *self.index_slot() = slot.clone();
         }
         self.lsn.fetch_max(lsn, Ordering::Relaxed);
+        if let Some(index) = slot {
+            self.hold_back_writes(&index);
+        }
     }
 
     fn save(&self) -> Result<(), String> {
@@ -505,6 +556,7 @@ impl Engine for DenseEngine {
                 );
             }
         }
+        self.serving.store(true, Ordering::Relaxed);
         let memories = self.index().map_or(0, |index| index.len());
         info!(
             engine = self.name,
@@ -534,6 +586,14 @@ impl Engine for DenseEngine {
             (format!("{name}_dead_nodes"), parts.dead_nodes as u64),
             (format!("{name}_segment_bytes"), parts.segment_bytes as u64),
             (format!("{name}_saved_lsn"), self.saved.load(Ordering::Relaxed)),
+            (
+                format!("{name}_writes_held_back"),
+                self.held_back.load(Ordering::Relaxed),
+            ),
+            (
+                format!("{name}_writes_held_back_us"),
+                self.held_back_us.load(Ordering::Relaxed),
+            ),
         ]
     }
 }
