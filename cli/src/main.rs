@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use nexus_client::wire::{ForgetRequest, HealthReport, MemoryInput, MemoryTag, RecallRequest};
+use nexus_client::wire::{EngineChoice, ForgetRequest, HealthReport, MemoryInput, MemoryTag, RecallRequest};
 use nexus_client::{Client, ClientError};
 
 /// What the memory commands were given.
@@ -15,6 +15,7 @@ struct MemoryArgs {
     tags: Vec<MemoryTag>,
     k: u32,
     id: Option<u64>,
+    engine: Option<EngineChoice>,
 }
 
 const USAGE: &str = "\
@@ -24,7 +25,8 @@ USAGE: nexus [--socket PATH] COMMAND
 
 COMMANDS:
   remember TEXT [--namespace NS] [--key KEY] [--tag K=V]...   store a memory durably; prints its id
-  recall TEXT [--namespace NS] [--k N] [--tag K=V]...         the best memories for TEXT
+  recall TEXT [--namespace NS] [--k N] [--tag K=V]... [--engine E]
+                     the best memories for TEXT (E: lexical, dense or scan alone; default: fused)
   forget --id ID | --namespace NS                             delete memories
   flush | checkpoint                                          make writes durable now / snapshot now
   ping [--count N]   round trips through shared memory, with their latency
@@ -63,6 +65,14 @@ fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
             Long("key") => memory.key = Some(parser.value()?.string()?),
             Long("k") => memory.k = parser.value()?.parse()?,
             Long("id") => memory.id = Some(parser.value()?.parse()?),
+            Long("engine") => {
+                memory.engine = Some(match parser.value()?.string()?.as_str() {
+                    "lexical" => EngineChoice::Lexical,
+                    "dense" => EngineChoice::Dense,
+                    "scan" => EngineChoice::Scan,
+                    other => return Err(format!("--engine {other}: expected lexical, dense or scan").into()),
+                })
+            }
             Long("tag") => {
                 let tag = parser.value()?.string()?;
                 let (key, value) = tag.split_once('=').ok_or(format!("--tag {tag}: expected KEY=VALUE"))?;
@@ -125,6 +135,7 @@ fn recall(client: &Client, args: MemoryArgs) -> Result<(), Box<dyn std::error::E
         text: Some(args.text.ok_or("recall needs the query TEXT")?),
         k: args.k,
         filter: args.tags,
+        engine: args.engine,
         ..RecallRequest::default()
     };
     let hits = client.recall(query)?;
@@ -132,7 +143,8 @@ fn recall(client: &Client, args: MemoryArgs) -> Result<(), Box<dyn std::error::E
         println!("no memory matches");
     }
     for hit in hits {
-        println!("{:>8}  {:.3}  {}", hit.id, hit.score, hit.text);
+        let why: Vec<String> = hit.why.iter().map(|s| format!("{} {:.3}", s.name, s.value)).collect();
+        println!("{:>8}  {:.4}  {}  ({})", hit.id, hit.score, hit.text, why.join(", "));
     }
     Ok(())
 }
