@@ -319,3 +319,66 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+// Issue 9, item 3: entity links follow the log with BM25 and are saved and
+// loaded with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entity_links_follow_the_log_and_survive_a_restart() {
+    use crate::recall::engine::Engine;
+    use crate::recall::lexical::LexicalConfig;
+    use crate::recall::lexical_engine::LexicalEngine;
+    use crate::recall::meta::MemoryMeta;
+
+    let temp = TempDir::new("engines-entities");
+    let dir = temp.join("data");
+    let config = StoreConfig {
+        data_dir: dir.clone(),
+        fsync: FsyncPolicy::Never,
+        ..StoreConfig::default()
+    };
+    let open = || {
+        let meta = Arc::new(MemoryMeta::default());
+        let lexical = Arc::new(LexicalEngine::open(LexicalConfig::default(), Some(&dir), meta.clone()).unwrap());
+        let store = Store::open_with(&config, Arc::new(RealFs), vec![meta, lexical.clone()]).unwrap();
+        let recall = Recall::with_engines(store.clone(), vec![lexical.clone()]);
+        recall.opened();
+        (store, lexical)
+    };
+    let (store, lexical) = open();
+    let note = |text| NewMemory {
+        namespace: "a",
+        text,
+        importance: 1.0,
+        ..NewMemory::default()
+    };
+    let ids = store
+        .remember(
+            vec![
+                note("Caroline went to Paris on 8 May 2023"),
+                note("Melanie paints by the lake"),
+                note("Caroline met Melanie in Paris"),
+            ],
+            0,
+        )
+        .await
+        .unwrap()
+        .ids;
+    let linked = |lexical: &LexicalEngine| {
+        let mut ids: Vec<u64> = lexical
+            .related_to_text("a", "What did Caroline do in Paris?", 10)
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    assert_eq!(linked(&lexical), vec![ids[0], ids[2]]);
+    forget(&store, &ids[2..]).await;
+    assert_eq!(linked(&lexical), vec![ids[0]], "a forgotten memory is unlinked");
+    store.close().await.unwrap();
+    drop(store);
+    let (store, lexical) = open();
+    assert!(lexical.origin().contains("loaded at LSN"), "{}", lexical.origin());
+    assert_eq!(linked(&lexical), vec![ids[0]]);
+    store.close().await.unwrap();
+}

@@ -15,7 +15,13 @@
 //!   the log (a WAL tail cut after the save) is replaced by a rebuild from
 //!   the store, logged with its reason and time.
 //!
-//! Not here: entity links (used by the maximum route, next issue), fusion.
+//! The entity links ([`EntityIndex`]: memories of a namespace sharing a
+//! name, a date, a number, an e-mail, a URL) follow the log beside the BM25
+//! index, under the same lock, and are saved beside it
+//! (`entities-<lsn>.img`); the maximum route expands queries through them
+//! ([`LexicalEngine::related_to_text`]).
+//!
+//! Not here: fusion (the pipeline).
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -26,7 +32,10 @@ use tracing::{info, warn};
 
 use crate::recall::engine::{Candidate, Candidates, Engine, EngineError, EngineSearch, SearchContext, Signals};
 use crate::recall::index_dir::{IndexDir, Manifest};
-use crate::recall::lexical::{Hit, LexicalConfig, LexicalError, LexicalIndex, SearchScratch};
+use crate::recall::lexical::{
+    EntityConfig, EntityExtractor, EntityIndex, EntityScratch, Hit, LexicalConfig, LexicalError, LexicalIndex, Related,
+    SearchScratch,
+};
 use crate::recall::meta::MemoryMeta;
 use crate::recall::query::Query;
 use crate::store::{Follower, IndexChange, IndexEvent, Store};
@@ -50,6 +59,7 @@ pub struct LexicalEngine {
 
 struct State {
     index: LexicalIndex,
+    entities: EntityIndex,
     /// Changes up to this LSN are in `index` (followed or loaded).
     lsn: u64,
     /// The loaded image covers changes up to this LSN: they are skipped.
@@ -74,23 +84,28 @@ impl LexicalEngine {
         config.max_query_terms = config.max_query_terms.max(MAX_QUERY_TERMS);
         let dir = data_dir.map(|d| IndexDir::new(d, LEXICAL));
         let started = Instant::now();
-        let (index, lsn, origin) = match dir.as_ref().map(|dir| load(config, dir)) {
-            Some(Ok((index, lsn))) => {
+        let (index, entities, lsn, origin) = match dir.as_ref().map(|dir| load(config, dir)) {
+            Some(Ok((index, entities, lsn))) => {
                 let origin = format!("loaded at LSN {lsn} in {} ms", started.elapsed().as_millis());
-                (index, lsn, origin)
+                (index, entities, lsn, origin)
             }
-            Some(Err(reason)) => (
+            Some(Err(reason)) => {
+                let origin = format!("rebuilt from the store: {reason}");
+                (LexicalIndex::new(config)?, new_entities(), 0, origin)
+            }
+            None => (
                 LexicalIndex::new(config)?,
+                new_entities(),
                 0,
-                format!("rebuilt from the store: {reason}"),
+                "built from the store".to_owned(),
             ),
-            None => (LexicalIndex::new(config)?, 0, "built from the store".to_owned()),
         };
         Ok(Self {
             meta,
             config,
             state: RwLock::new(State {
                 index,
+                entities,
                 lsn,
                 covered: lsn,
                 saved: lsn,
@@ -121,30 +136,38 @@ impl LexicalEngine {
     /// Starts over from nothing (the image did not cover what the store holds).
     fn reset(&self, state: &mut State, reason: &str) {
         state.index = LexicalIndex::new(self.config).expect("validated at open");
+        state.entities = new_entities();
         state.covered = 0;
         state.lsn = 0;
         *self.origin.lock().unwrap_or_else(|p| p.into_inner()) = format!("rebuilt from the store: {reason}");
     }
 }
 
-/// The saved index, or why it cannot be used.
-fn load(config: LexicalConfig, dir: &IndexDir) -> Result<(LexicalIndex, u64), String> {
+/// The saved indexes, or why they cannot be used.
+fn load(config: LexicalConfig, dir: &IndexDir) -> Result<(LexicalIndex, EntityIndex, u64), String> {
     let manifest = dir.read_manifest()?.ok_or("no saved index")?;
     if manifest.identity != identity(&config) {
         return Err(format!("saved with other settings ({})", manifest.identity));
     }
-    let [file] = manifest.files.as_slice() else {
-        return Err("the manifest does not name one image".into());
+    let [bm25, entities] = manifest.files.as_slice() else {
+        return Err("the manifest does not name the BM25 and entity images".into());
     };
-    let index = LexicalIndex::load(config, &dir.file(file)).map_err(|e| e.to_string())?;
-    Ok((index, manifest.lsn))
+    let index = LexicalIndex::load(config, &dir.file(bm25)).map_err(|e| e.to_string())?;
+    let entities = EntityIndex::load(EntityExtractor::default(), EntityConfig::default(), &dir.file(entities))
+        .map_err(|e| e.to_string())?;
+    Ok((index, entities, manifest.lsn))
+}
+
+/// An empty entity index with the built-in rules.
+fn new_entities() -> EntityIndex {
+    EntityIndex::new(EntityExtractor::default(), EntityConfig::default())
 }
 
 /// What decides the saved image's contents: the tokenizer (k1 and b are
 /// applied at query time).
 fn identity(config: &LexicalConfig) -> String {
     let t = config.tokenizer;
-    format!("bm25 stemming={} stop_words={:?}", t.stemming, t.stop_words)
+    format!("bm25+entities stemming={} stop_words={:?}", t.stemming, t.stop_words)
 }
 
 impl Follower for LexicalEngine {
@@ -166,12 +189,15 @@ impl Follower for LexicalEngine {
                 IndexEvent::Added(memory) => {
                     if memory.text().is_empty() {
                         state.index.delete(memory.id());
+                        state.entities.delete(memory.id());
                     } else {
                         state.index.insert(memory.id(), memory.namespace(), memory.text());
+                        state.entities.insert(memory.id(), memory.namespace(), memory.text());
                     }
                 }
                 IndexEvent::Removed(id) => {
                     state.index.delete(id);
+                    state.entities.delete(id);
                 }
                 IndexEvent::Feedback { .. } => {}
             }
@@ -181,20 +207,22 @@ impl Follower for LexicalEngine {
 
     fn save(&self) -> Result<(), String> {
         let Some(dir) = &self.dir else { return Ok(()) };
-        let (image, lsn) = {
+        let (image, entities, lsn) = {
             let state = self.read();
             if state.lsn == state.saved {
                 return Ok(());
             }
-            (state.index.to_image(), state.lsn)
+            (state.index.to_image(), state.entities.to_image(), state.lsn)
         };
+        let failed = |e: std::io::Error| format!("{}: {e}", dir.path().display());
         let file = format!("lexical-{lsn:020}.img");
-        dir.write_file(&file, &image)
-            .map_err(|e| format!("{}: {e}", dir.path().display()))?;
+        dir.write_file(&file, &image).map_err(failed)?;
+        let entities_file = format!("entities-{lsn:020}.img");
+        dir.write_file(&entities_file, &entities).map_err(failed)?;
         let manifest = Manifest {
             lsn,
             identity: identity(&self.config),
-            files: vec![file],
+            files: vec![file, entities_file],
         };
         dir.commit(&manifest)
             .map_err(|e| format!("{}: {e}", dir.path().display()))?;
@@ -229,6 +257,7 @@ impl Engine for LexicalEngine {
                 let view = memory.view();
                 if !view.text().is_empty() {
                     state.index.insert(view.id(), view.namespace(), view.text());
+                    state.entities.insert(view.id(), view.namespace(), view.text());
                 }
             });
             state.lsn = applied;
@@ -256,6 +285,7 @@ impl Engine for LexicalEngine {
         let stats = state.index.stats();
         vec![
             ("lexical_documents".to_owned(), stats.documents as u64),
+            ("lexical_entity_links".to_owned(), state.entities.len() as u64),
             ("lexical_terms".to_owned(), stats.terms as u64),
             ("lexical_saved_lsn".to_owned(), state.saved),
         ]
@@ -263,6 +293,16 @@ impl Engine for LexicalEngine {
 }
 
 impl LexicalEngine {
+    /// Memories of `namespace` sharing an entity with `text`, strongest link
+    /// first, at most `limit` (the maximum route's query expansion).
+    pub fn related_to_text(&self, namespace: &str, text: &str, limit: usize) -> Vec<Related> {
+        let state = self.read();
+        let (mut scratch, mut out) = (EntityScratch::new(), Vec::new());
+        state.entities.related_to_text(namespace, text, &mut scratch, &mut out);
+        out.truncate(limit);
+        out
+    }
+
     fn search_text(&self, text: &str, query: &Query<'_>, store: &Store) -> Result<Vec<Candidate>, EngineError> {
         let filter = self.meta.reader(query.filter(), store);
         if filter.admits_nothing() {

@@ -159,6 +159,16 @@ impl EntityIndex {
         self.scratch = scratch;
     }
 
+    /// Memories linked (with at least one entity, or none).
+    pub fn len(&self) -> usize {
+        self.home.len()
+    }
+
+    /// Whether no memory is linked.
+    pub fn is_empty(&self) -> bool {
+        self.home.is_empty()
+    }
+
     /// Unlinks memory `id`; false if it was not indexed.
     pub fn delete(&mut self, id: u64) -> bool {
         let Some(shard) = self.home.remove(&id) else {
