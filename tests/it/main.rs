@@ -18,6 +18,7 @@ mod eval_locomo;
 mod fanout;
 mod handshake;
 mod hostile_peers;
+mod index_crash;
 mod lifecycle;
 mod preprocess;
 mod recall_route;
