@@ -80,6 +80,11 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         k: 5,
         route: Some(Route::FullPipeline),
         filter: vec![tag("who", "caroline")],
+        created: Some(TimeRange {
+            start_ms: 1_600_000_000_000,
+            end_ms: 1_700_000_000_000,
+        }),
+        engine: Some(EngineChoice::Lexical),
     };
     let requests = [
         ("ping", RequestBody::Ping(PingRequest { payload: vec![7; 24] })),
@@ -126,6 +131,8 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         score: 0.5,
         text: "ramen".into(),
         namespace: "demo".into(),
+        tags: vec![tag("nexus.chunk", "0/2")],
+        created_at_ms: 1_683_554_160_000,
         why: vec![Signal {
             name: "lexical".into(),
             value: 0.5,
@@ -149,7 +156,15 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 3,
                 ResponseBody::Remembered(RememberReport {
                     ids: vec![1, 2],
-                    notes: Vec::new(),
+                    notes: vec![RememberNote {
+                        input: 1,
+                        chunk_ids: vec![2, 3],
+                        duplicate: Some(DuplicateNote {
+                            original: 1,
+                            similarity: 0.8,
+                            action: DuplicateAction::Linked,
+                        }),
+                    }],
                 }),
             ),
         ),
