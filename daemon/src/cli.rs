@@ -194,9 +194,20 @@ fn serve(
         manager.notify(&[State::Status(&replaying)]);
         // Replay happens before the socket exists: a client that can connect
         // sees every acknowledged write.
-        let engines = crate::recall::setup::open_engines(&config.recall, Some(&config.data_dir))
-            .context("cannot set up the search engines")?;
-        let store = Store::open_with(&config.store_config(), hooks.wal_fs, engines.followers)
+        // The directory is locked (and known to be ours) before any file in
+        // it is read; then the snapshot is validated while the engines load
+        // their indexes and the model (start-up waits for the longer).
+        let store_config = config.store_config();
+        let lock = Store::lock_data_dir(&store_config).context("cannot open the memory store")?;
+        let (engines, snapshot) = std::thread::scope(|scope| {
+            let snapshot = scope.spawn(|| Store::preload_snapshot(&store_config, &lock));
+            let engines = crate::recall::setup::open_engines(&config.recall, Some(&config.data_dir));
+            let snapshot = snapshot.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (engines, snapshot)
+        });
+        let engines = engines.context("cannot set up the search engines")?;
+        let snapshot = snapshot.context("cannot open the memory store")?;
+        let store = Store::open_locked(&store_config, hooks.wal_fs, engines.followers, lock, Some(snapshot))
             .context("cannot open the memory store")?;
         let recall = Recall::with_engines(store.clone(), engines.engines);
         recall.opened();

@@ -148,7 +148,9 @@ pub fn load_embedder(choice: &EmbedderChoice) -> Result<Arc<dyn Embedder>, Setup
 }
 
 /// Builds the engines, loading their saved indexes from `data_dir` (None:
-/// nothing saved or loaded).
+/// nothing saved or loaded). The daemon calls it with the directory locked
+/// (`Store::lock_data_dir`): index files are mapped, so they must be in a
+/// directory no one else writes.
 pub fn open_engines(settings: &RecallSettings, data_dir: Option<&Path>) -> Result<EngineSet, SetupError> {
     let meta = Arc::new(MemoryMeta::default());
     // The model (~0.3 s) and the BM25 image (~1 s per million memories) load

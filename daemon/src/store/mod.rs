@@ -57,6 +57,7 @@ pub use self::counters::CounterValue;
 pub use self::error::{StoreError, Subject};
 pub use self::follow::{Follower, IndexChange, IndexEvent};
 pub use self::lifecycle::OpenReport;
+pub use self::lifecycle::{DataDirLock, PreloadedSnapshot};
 pub use self::memory::{Memory, MemoryView};
 pub use self::model::{Limits, NewMemory, TagRef};
 pub use self::read::{Deadline, DeadlineExceeded};
