@@ -1087,21 +1087,9 @@ struct DateParts {
     year: Option<i64>,
 }
 
-/// The months' English names; a prefix of three letters or more names one.
-const MONTHS: [&str; 12] = [
-    "january",
-    "february",
-    "march",
-    "april",
-    "may",
-    "june",
-    "july",
-    "august",
-    "september",
-    "october",
-    "november",
-    "december",
-];
+// The months' English names (a prefix of three letters or more names one):
+// the entity extractor's table.
+use nexus_daemon::recall::lexical::entities::MONTHS;
 
 impl DateParts {
     fn take(&mut self, token: &str) -> Result<(), DateError> {

@@ -45,7 +45,21 @@ const BATCHES_PER_CLIENT: usize = 4;
 const PER_MEMORY_OVERHEAD_BYTES: usize = 256;
 
 /// Smallest ring asked for: the daemon's default.
-const MIN_RING_BYTES: u64 = 1 << 20;
+pub(crate) const MIN_RING_BYTES: u64 = 1 << 20;
+
+/// Upper bound of the archived size of a Remember of `batch` memories of
+/// `text_bytes` texts and `dim`-dimensional vectors.
+pub(crate) fn remember_frame_bytes(batch: usize, text_bytes: usize, dim: u32) -> u64 {
+    let per_memory = text_bytes + dim as usize * 4 + PER_MEMORY_OVERHEAD_BYTES;
+    (batch * per_memory + PER_MEMORY_OVERHEAD_BYTES) as u64
+}
+
+/// A request ring holding two frames of `frame_bytes` (a frame is at most
+/// half a ring), at least the daemon's default, at most the largest ring.
+pub(crate) fn ring_bytes_for(frame_bytes: u64) -> u32 {
+    let wanted = (frame_bytes * 2).next_power_of_two().max(MIN_RING_BYTES);
+    u32::try_from(wanted.min(u64::from(MAX_RING_BYTES))).expect("MAX_RING_BYTES fits u32")
+}
 
 /// fdatasync probes, at most (the WAL module's own bound).
 const MAX_FSYNC_SAMPLES: usize = 10_000;
@@ -128,14 +142,12 @@ impl RememberConfig {
 
     /// Upper bound of one request's archived size.
     fn frame_bytes(&self) -> u64 {
-        let per_memory = self.text_bytes + self.dim as usize * 4 + PER_MEMORY_OVERHEAD_BYTES;
-        (self.batch * per_memory + PER_MEMORY_OVERHEAD_BYTES) as u64
+        remember_frame_bytes(self.batch, self.text_bytes, self.dim)
     }
 
     /// A request ring holding two requests (its maximum frame is half of it).
     fn ring_bytes(&self) -> u32 {
-        let wanted = (self.frame_bytes() * 2).next_power_of_two().max(MIN_RING_BYTES);
-        u32::try_from(wanted.min(u64::from(MAX_RING_BYTES))).expect("MAX_RING_BYTES fits u32")
+        ring_bytes_for(self.frame_bytes())
     }
 
     fn requests(&self) -> u64 {

@@ -58,6 +58,7 @@ use nexus_shm_protocol::layout::MAX_RING_BYTES;
 use serde::Serialize;
 
 use crate::error::{BenchError, client_step};
+use crate::remember::{MIN_RING_BYTES, remember_frame_bytes, ring_bytes_for};
 use crate::report::{grouped, micros, percentile, ratio};
 use crate::stats::connect_observer;
 
@@ -88,13 +89,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long the seeded store gets to be checkpointed and sealed.
 const SEED_SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Archive overhead per memory beyond its text and vector bytes, rounded up
-/// generously (as `remember` does).
-const PER_MEMORY_OVERHEAD_BYTES: usize = 256;
-
-/// Smallest ring a writer asks for: the daemon's default.
-const MIN_RING_BYTES: u64 = 1 << 20;
 
 /// Visibility misses described in the report (the count has them all).
 const MAX_MISS_EXAMPLES: usize = 10;
@@ -182,14 +176,12 @@ impl SustainedConfig {
 
     /// Upper bound of one Remember's archived size.
     fn frame_bytes(&self) -> u64 {
-        let per_memory = self.text_bytes + self.dim as usize * 4 + PER_MEMORY_OVERHEAD_BYTES;
-        (self.batch * per_memory + PER_MEMORY_OVERHEAD_BYTES) as u64
+        remember_frame_bytes(self.batch, self.text_bytes, self.dim)
     }
 
     /// A request ring holding two Remembers (a frame is at most half a ring).
     fn ring_bytes(&self) -> u32 {
-        let wanted = (self.frame_bytes() * 2).next_power_of_two().max(MIN_RING_BYTES);
-        u32::try_from(wanted.min(u64::from(MAX_RING_BYTES))).expect("MAX_RING_BYTES fits u32")
+        ring_bytes_for(self.frame_bytes())
     }
 
     /// The load's memories of writer `writer`: a contiguous range of ordinals

@@ -150,7 +150,9 @@ const NON_NAME_OPENERS: [&str; 64] = [
     "yup",
 ];
 
-const MONTHS: [&str; 12] = [
+/// The months' English names, January first (entity keys and the LoCoMo
+/// evaluation's session dates both read them).
+pub const MONTHS: [&str; 12] = [
     "january",
     "february",
     "march",
