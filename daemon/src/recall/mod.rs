@@ -22,6 +22,7 @@ pub mod ann;
 pub mod dense;
 pub mod engine;
 pub mod error;
+pub mod fusion;
 pub mod index_dir;
 pub mod lexical;
 pub mod lexical_engine;
