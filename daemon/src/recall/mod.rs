@@ -19,6 +19,7 @@
 //! Not here: the memories themselves (`store/`), the wire (`handler.rs`).
 
 pub mod ann;
+pub mod breaker;
 pub mod dense;
 pub mod engine;
 pub mod error;
@@ -29,6 +30,7 @@ pub mod lexical_engine;
 pub mod meta;
 pub mod pipeline;
 pub mod query;
+pub mod router;
 pub mod scan;
 pub mod setup;
 
