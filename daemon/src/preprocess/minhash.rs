@@ -60,6 +60,13 @@ impl Default for Signature {
 }
 
 impl Signature {
+    /// A signature with these minima (a text with tokens), for tests that
+    /// need buckets no text would give.
+    #[cfg(test)]
+    pub(crate) fn from_mins(mins: [u32; NUM_HASHES]) -> Self {
+        Self { mins, empty: false }
+    }
+
     /// The per-function minima.
     pub fn mins(&self) -> &[u32; NUM_HASHES] {
         &self.mins
