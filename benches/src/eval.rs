@@ -299,20 +299,29 @@ pub enum Mode {
     Lexical,
     /// `engine: Dense` (ANN over the built-in embeddings).
     Dense,
-    /// `route: SmartRouting`, no engine: every applicable engine, fused by rank.
+    /// No route, no engine: the router picks (the cache may answer).
+    Auto,
+    /// `route: SmartRouting`: lexical + dense, light fusion.
     Smart,
+    /// `route: FullPipeline`: every engine and factor.
+    Full,
+    /// `route: MaximumIntelligence`: full, plus query expansion and exact re-rank.
+    Max,
 }
 
 impl Mode {
     /// Every mode, in report order.
-    pub const ALL: [Mode; 3] = [Mode::Lexical, Mode::Dense, Mode::Smart];
+    pub const ALL: [Mode; 6] = [Mode::Lexical, Mode::Dense, Mode::Auto, Mode::Smart, Mode::Full, Mode::Max];
 
     /// Its name in the report.
     pub fn name(self) -> &'static str {
         match self {
             Mode::Lexical => "lexical",
             Mode::Dense => "dense",
+            Mode::Auto => "auto",
             Mode::Smart => "smart",
+            Mode::Full => "full",
+            Mode::Max => "max",
         }
     }
 
@@ -325,7 +334,10 @@ impl Mode {
         let (engine, route) = match self {
             Mode::Lexical => (Some(EngineChoice::Lexical), None),
             Mode::Dense => (Some(EngineChoice::Dense), None),
+            Mode::Auto => (None, None),
             Mode::Smart => (None, Some(Route::SmartRouting)),
+            Mode::Full => (None, Some(Route::FullPipeline)),
+            Mode::Max => (None, Some(Route::MaximumIntelligence)),
         };
         RecallRequest {
             namespace: namespace.to_owned(),
@@ -641,8 +653,8 @@ struct Scores {
     cutoffs: Vec<u32>,
     /// category → one tally per mode.
     by_category: BTreeMap<u64, Vec<Tally>>,
-    degraded: [u64; 3],
-    latencies_ns: [Vec<u64>; 3],
+    degraded: [u64; Mode::ALL.len()],
+    latencies_ns: [Vec<u64>; Mode::ALL.len()],
 }
 
 /// Sums over the questions of one mode and category.
@@ -660,7 +672,7 @@ impl Scores {
         Self {
             cutoffs,
             by_category: BTreeMap::new(),
-            degraded: [0; 3],
+            degraded: [0; Mode::ALL.len()],
             latencies_ns: Default::default(),
         }
     }
@@ -1392,9 +1404,9 @@ mod tests {
         assert_eq!((first.text.as_str(), first.vector.as_ref()), ("Ann: one", None));
         assert_eq!(first.created_at_ms, Some(1_704_099_600_000));
         assert_eq!(stub.written[11].created_at_ms, Some(1_704_234_600_000));
-        // Asked: q1, q2, q3 in each of the three modes, k = 20, in their namespace.
+        // Asked: q1, q2, q3 in each of the six modes, k = 20, in their namespace.
         assert_eq!((report.questions, report.skipped_questions), (3, 2));
-        assert_eq!(stub.asked.len(), 9);
+        assert_eq!(stub.asked.len(), 18);
         assert!(stub.asked.iter().all(|q| q.k == 20 && q.namespace == "s1"));
         // Lexical ranks D1:1..D2:6. q1 (D1:2 at 2, D2:6 at 12): recall 1/2, 1/2, 1;
         // q2 (D1:6 at 6, D2:1 at 7): 0, 1, 1; q3 (D1:1 at 1): 1, 1, 1.
@@ -1414,7 +1426,14 @@ mod tests {
         check_figures(&single_hop.hit_at, "lexical", [1.0, 1.0, 1.0]);
         assert_eq!(
             report.degraded_answers.0,
-            [("lexical".into(), 0), ("dense".into(), 0), ("smart".into(), 3)]
+            [
+                ("lexical".into(), 0),
+                ("dense".into(), 0),
+                ("auto".into(), 0),
+                ("smart".into(), 3),
+                ("full".into(), 0),
+                ("max".into(), 0)
+            ]
         );
     }
 

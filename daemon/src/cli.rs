@@ -70,6 +70,13 @@ OPTIONS:
   --duplicates POLICY            near-duplicates on Remember: keep (default: stored, linked) | skip | merge | off
   --chunk-tokens N               words per chunk of a long text on Remember, 0 = off (default: 400)
   --bm25-k1 K1                   BM25 term-frequency saturation (default: 1.2)
+  --fusion-weights LIST          fusion weights, factor=weight,... (default: vector=0.4,lexical=1,context=0.7,
+                                 recency=0.02,importance=0.02,preference=0.2,diversity=0.02,date=0.3)
+  --cache-entries N              recall cache: answers held (default: 4096)
+  --cache-bytes N                recall cache: bytes held (default: 16777216)
+  --cache-semantic-threshold C   recall cache: cosine for reusing a similar query's answer (default: 0.95)
+  --breaker-failures N           consecutive engine failures that open its breaker (default: 5)
+  --breaker-cool-down-ms N       time an open breaker keeps its engine out (default: 30000)
   --bm25-b B                     BM25 length normalisation, 0..=1 (default: 0.75)
   --stemming BOOL                English stemming in the lexical index (default: true)
   --log FILTER                   log filter, e.g. info or nexus_daemon=debug (default: $NEXUS_LOG, else info)
@@ -209,7 +216,8 @@ fn serve(
         let snapshot = snapshot.context("cannot open the memory store")?;
         let store = Store::open_locked(&store_config, hooks.wal_fs, engines.followers, lock, Some(snapshot))
             .context("cannot open the memory store")?;
-        let recall = Recall::with_engines(store.clone(), engines.engines);
+        let recall = Recall::build(store.clone(), engines.engines, engines.parts, config.pipeline.clone())
+            .context("cannot set up the recall pipeline")?;
         recall.opened();
         if let Some(neardup) = &engines.neardup {
             neardup.fill(store.clone());
@@ -362,6 +370,7 @@ fn reload(shared: &Shared, flags: &Settings, log: &LogHandle) {
         let _ = log.reload(filter);
     }
     shared.store.set_checkpoint_wal_bytes(next.checkpoint_wal_bytes);
+    (shared.recall).set_config(next.pipeline.router.clone(), next.pipeline.tuning.clone());
     shared.set_config(next);
     if needs_restart.is_empty() {
         info!(path = %path.display(), "SIGHUP: configuration reloaded");
@@ -459,6 +468,12 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<(Opt
             Long("duplicates") => s.duplicates = Some(parser.value()?.string()?),
             Long("chunk-tokens") => s.chunk_tokens = Some(parser.value()?.parse()?),
             Long("bm25-k1") => s.bm25_k1 = Some(parser.value()?.parse()?),
+            Long("fusion-weights") => s.fusion_weights = Some(parser.value()?.string()?),
+            Long("cache-entries") => s.cache_entries = Some(parser.value()?.parse()?),
+            Long("cache-bytes") => s.cache_bytes = Some(parser.value()?.parse()?),
+            Long("cache-semantic-threshold") => s.cache_semantic_threshold = Some(parser.value()?.parse()?),
+            Long("breaker-failures") => s.breaker_failures = Some(parser.value()?.parse()?),
+            Long("breaker-cool-down-ms") => s.breaker_cool_down_ms = Some(parser.value()?.parse()?),
             Long("bm25-b") => s.bm25_b = Some(parser.value()?.parse()?),
             Long("stemming") => s.stemming = Some(parser.value()?.parse()?),
             Long("log") => s.log = Some(parser.value()?.string()?),

@@ -166,6 +166,8 @@ pub struct Config {
     pub salvage_wal: bool,
     /// Engines: the embedder, BM25 settings.
     pub recall: crate::recall::setup::RecallSettings,
+    /// The pipeline: fusion weights, cache bounds, breakers, router.
+    pub pipeline: crate::recall::pipeline::PipelineConfig,
     /// The config file, re-read on SIGHUP.
     pub config_file: Option<PathBuf>,
 }
@@ -216,6 +218,20 @@ pub struct Settings {
     pub duplicates: Option<String>,
     /// Words per chunk of a long text on Remember (0: no chunking).
     pub chunk_tokens: Option<usize>,
+    /// Fusion weights, `"factor=weight,..."` over vector, lexical, context,
+    /// recency, importance, preference, diversity, date (unnamed ones keep
+    /// their defaults). Reloaded on SIGHUP.
+    pub fusion_weights: Option<String>,
+    /// Recall cache: answers held at most.
+    pub cache_entries: Option<usize>,
+    /// Recall cache: bytes held at most.
+    pub cache_bytes: Option<usize>,
+    /// Recall cache: cosine at which a query reuses a similar one's answer.
+    pub cache_semantic_threshold: Option<f32>,
+    /// Consecutive failures that open an engine's circuit breaker. Reloaded on SIGHUP.
+    pub breaker_failures: Option<u32>,
+    /// How long an open breaker keeps its engine out. Reloaded on SIGHUP.
+    pub breaker_cool_down_ms: Option<u64>,
     /// Flag only (`--salvage-wal`); a file cannot set it.
     #[serde(skip)]
     pub salvage_wal: Option<bool>,
@@ -277,6 +293,7 @@ impl Default for Config {
             limits: store.limits,
             salvage_wal: false,
             recall: Default::default(),
+            pipeline: Default::default(),
             config_file: None,
         }
     }
@@ -320,6 +337,8 @@ impl Config {
         self.shutdown_timeout = new.shutdown_timeout;
         self.log = new.log.clone();
         self.checkpoint_wal_bytes = new.checkpoint_wal_bytes;
+        self.pipeline.tuning = new.pipeline.tuning.clone();
+        self.pipeline.router = new.pipeline.router.clone();
         let mut restart = Vec::new();
         let mut differs = |name, changed: bool| {
             if changed {
@@ -364,6 +383,7 @@ impl Config {
         differs("bm25_k1/bm25_b/stemming", self.recall.lexical != new.recall.lexical);
         differs("duplicates", self.recall.duplicates != new.recall.duplicates);
         differs("chunk_tokens", self.recall.chunk_tokens != new.recall.chunk_tokens);
+        differs("cache_*", self.pipeline.cache != new.pipeline.cache);
         restart
     }
 
@@ -443,6 +463,14 @@ impl Config {
         set(&mut self.recall.lexical.b, s.bm25_b);
         set(&mut self.recall.lexical.tokenizer.stemming, s.stemming);
         set(&mut self.recall.chunk_tokens, s.chunk_tokens);
+        if let Some(weights) = &s.fusion_weights {
+            self.pipeline.tuning.weights = parse_weights(self.pipeline.tuning.weights, weights)?;
+        }
+        set(&mut self.pipeline.cache.max_entries, s.cache_entries);
+        set(&mut self.pipeline.cache.max_bytes, s.cache_bytes);
+        set(&mut self.pipeline.cache.semantic_threshold, s.cache_semantic_threshold);
+        set(&mut self.pipeline.tuning.breaker.failures_to_open, s.breaker_failures);
+        set(&mut self.pipeline.tuning.breaker.cool_down_ms, s.breaker_cool_down_ms);
         if let Some(policy) = &s.duplicates {
             self.recall.duplicates = crate::recall::setup::parse_duplicates(policy).ok_or_else(|| {
                 invalid(
@@ -463,7 +491,18 @@ impl Config {
         self.validate_store()?;
         validate_limits(&self.limits, self.max_frame_bytes)?;
         self.validate_recall()?;
+        self.validate_pipeline()?;
         tracing_subscriber::EnvFilter::try_new(&self.log).map_err(|e| invalid("log", e.to_string()))?;
+        Ok(())
+    }
+
+    fn validate_pipeline(&self) -> Result<(), ConfigError> {
+        let pipeline = &self.pipeline;
+        (pipeline.tuning.weights.validate()).map_err(|e| invalid("fusion_weights", e.to_string()))?;
+        (pipeline.cache.validate()).map_err(|e| invalid("cache_entries/cache_bytes/cache_semantic_threshold", e.to_string()))?;
+        if pipeline.tuning.breaker.failures_to_open == 0 {
+            return Err(invalid("breaker_failures", "0 would keep every engine out: use 1 or more".into()));
+        }
         Ok(())
     }
 
@@ -826,4 +865,26 @@ mod tests {
         assert_eq!(current.max_bad_frames, 1);
         assert_eq!(current.max_clients, Config::default().max_clients);
     }
+}
+
+/// `"factor=weight,..."` over `base`: each named factor's weight replaced.
+fn parse_weights(
+    base: crate::recall::fusion::Weights,
+    text: &str,
+) -> Result<crate::recall::fusion::Weights, ConfigError> {
+    use crate::recall::fusion::Factor;
+    let mut weights = base;
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || {
+            let names: Vec<&str> = Factor::ALL.iter().map(|f| f.name()).collect();
+            invalid(
+                "fusion_weights",
+                format!("{part:?} is not factor=weight with a factor among {}", names.join(", ")),
+            )
+        };
+        let (name, value) = part.split_once('=').ok_or_else(bad)?;
+        let factor = (Factor::ALL.into_iter()).find(|f| f.name() == name.trim()).ok_or_else(bad)?;
+        weights.0[factor as usize] = value.trim().parse().map_err(|_| bad())?;
+    }
+    Ok(weights)
 }

@@ -22,6 +22,7 @@ use nexus_shm_protocol::wire::{
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::preprocess::remember::{Action, Outcome, PreprocessError, Preprocessor};
+use crate::recall::fusion::Factor;
 use crate::recall::{EngineError, EngineName, QueryInput, Recall, RecallError, Recalled, Route, TimeRange};
 use crate::store::wal::WalError;
 use crate::store::{CounterValue, Deadline, ForgetTarget, Judgement, NewMemory, Store, StoreError, TagRef};
@@ -93,33 +94,55 @@ pub async fn handle(request: &ArchivedRequest, shared: &Shared, now_ns: u64) -> 
     if shared.shutting_down.load(Ordering::Relaxed) && !is_probe(&request.body) {
         return Response::error(id, ErrorCode::ShuttingDown, "nexusd is shutting down");
     }
-    match dispatch(&request.body, shared, now_ns, Deadline::at_ns(deadline_ns)).await {
-        Ok(Answered { body, degraded: None }) => Response::ok(id, body),
-        Ok(Answered {
-            body,
-            degraded: Some(reason),
-        }) => Response {
-            status: Status::Degraded { reason },
-            ..Response::ok(id, body)
-        },
+    match dispatch(id, &request.body, shared, now_ns, Deadline::at_ns(deadline_ns)).await {
+        Ok(Answered { body, degraded, route }) => {
+            let mut response = Response::ok(id, body);
+            if let Some(reason) = degraded {
+                response.status = Status::Degraded { reason };
+            }
+            if let Some((route, reason)) = route {
+                response.route = wire_route(route);
+                response.route_reason = reason.to_owned();
+            }
+            response
+        }
         Err(refusal) => Response::error(id, refusal.code, refusal.message),
     }
 }
 
-/// An operation's result, and what it lacked if it was not whole.
+/// An operation's result, what it lacked if it was not whole, and (a
+/// recall) its route and why.
 struct Answered {
     body: ResponseBody,
     degraded: Option<String>,
+    route: Option<(Route, &'static str)>,
 }
 
 impl From<ResponseBody> for Answered {
     fn from(body: ResponseBody) -> Self {
-        Self { body, degraded: None }
+        Self {
+            body,
+            degraded: None,
+            route: None,
+        }
+    }
+}
+
+/// The wire's name of a route (a named engine's answer took none).
+fn wire_route(route: Route) -> nexus_shm_protocol::wire::Route {
+    use nexus_shm_protocol::wire::Route as Wire;
+    match route {
+        Route::Auto => Wire::None,
+        Route::CacheOnly => Wire::CacheOnly,
+        Route::SmartRouting => Wire::SmartRouting,
+        Route::FullPipeline => Wire::FullPipeline,
+        Route::MaximumIntelligence => Wire::MaximumIntelligence,
     }
 }
 
 /// Runs one operation.
 async fn dispatch(
+    request_id: u64,
     body: &ArchivedRequestBody,
     shared: &Shared,
     now_ns: u64,
@@ -147,10 +170,13 @@ async fn dispatch(
             ResponseBody::Remembered(remember_report(prepared.outcome(&stored)))
         }
         ArchivedRequestBody::Recall(recall) => {
-            let answer = (shared.recall.recall(&query_input(recall), deadline).await).map_err(recall_refusal)?;
+            let input = query_input(recall);
+            let answer = shared.recall.recall_for(Some(request_id), &input, deadline).await;
+            let answer = answer.map_err(recall_refusal)?;
             return Ok(Answered {
                 body: ResponseBody::Recalled(answer.hits.into_iter().map(hit).collect()),
                 degraded: answer.degraded,
+                route: Some((answer.route, answer.reason)),
             });
         }
         ArchivedRequestBody::Forget(forget) => {
@@ -158,7 +184,9 @@ async fn dispatch(
             ResponseBody::Forgotten(forgotten.map_err(store_refusal)?.count)
         }
         ArchivedRequestBody::Feedback(feedback) => {
-            store.feedback(judgement(feedback)).await.map_err(store_refusal)?;
+            let judgement = judgement(feedback);
+            (shared.recall.check_feedback(judgement.recall_request_id, judgement.memory_id)).map_err(recall_refusal)?;
+            store.feedback(judgement).await.map_err(store_refusal)?;
             ResponseBody::Empty
         }
         ArchivedRequestBody::Flush => ResponseBody::Flushed(store.flush().await.map_err(store_refusal)?),
@@ -279,20 +307,35 @@ fn remember_report(outcome: Outcome) -> RememberReport {
 
 /// A recall result with its memory's text, and why it was chosen.
 fn hit(recalled: Recalled) -> RecallHit {
-    let Recalled { candidate, memory } = recalled;
+    let Recalled {
+        candidate,
+        memory,
+        contributions,
+    } = recalled;
     let view = memory.view();
-    let signals = [
-        ("vector", candidate.signals.vector),
-        ("lexical", candidate.signals.lexical),
-    ];
-    let why = (signals.into_iter())
+    // A fused answer explains each factor's share of the score; a named
+    // engine's, its own signals.
+    let why = match contributions {
+        Some(contributions) => (Factor::ALL.into_iter())
+            .filter(|factor| contributions[*factor as usize] != 0.0)
+            .map(|factor| Signal {
+                name: factor.name().into(),
+                value: contributions[factor as usize],
+            })
+            .collect(),
+        None => [
+            ("vector", candidate.signals.vector),
+            ("lexical", candidate.signals.lexical),
+        ]
+        .into_iter()
         .filter_map(|(name, value)| {
             Some(Signal {
                 name: name.into(),
                 value: value?,
             })
         })
-        .collect();
+        .collect(),
+    };
     RecallHit {
         id: candidate.id,
         score: candidate.score,
@@ -319,6 +362,10 @@ fn stats(shared: &Shared) -> StatsReport {
             .counters
             .extend(gauges.map(|(name, value)| Counter { name, value }));
     }
+    let gauges = shared.recall.gauges().into_iter();
+    report
+        .counters
+        .extend(gauges.map(|(name, value)| Counter { name, value }));
     report
 }
 
@@ -419,7 +466,10 @@ fn recall_code(error: &RecallError) -> ErrorCode {
         | RecallError::QueryTooLong { .. }
         | RecallError::EmptyQuery
         | RecallError::BadTimeRange(_) => ErrorCode::InvalidArgument,
-        RecallError::RouteNotAvailable { .. } | RecallError::EngineNotRunning { .. } => ErrorCode::NotAvailable,
+        RecallError::NotCached { .. } | RecallError::EnginesDown { .. } | RecallError::EngineNotRunning { .. } => {
+            ErrorCode::NotAvailable
+        }
+        RecallError::UnknownRecall { .. } | RecallError::NotInRecall { .. } => ErrorCode::NotFound,
         RecallError::EngineNeeds { .. } => ErrorCode::InvalidArgument,
         RecallError::Store(error) => store_code(error),
         RecallError::Engine(EngineError::DeadlineExceeded { .. }) => ErrorCode::DeadlineExceeded,

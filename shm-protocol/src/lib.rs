@@ -29,8 +29,9 @@ use std::path::PathBuf;
 /// Version 2: the daemon wakes the client with a futex on the ring's flag word
 /// instead of writing a client-held eventfd; the handshake passes the segment
 /// and the daemon's bell. Version 3: a recall carries a creation-time range
-/// and may name the engine to answer it.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// and may name the engine to answer it. Version 4: a response says why its
+/// route was taken (`Response::route_reason`).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Environment variable naming the daemon's socket, for clients and tools.
 pub const SOCKET_ENV: &str = "NEXUS_SOCKET";

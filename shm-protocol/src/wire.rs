@@ -239,6 +239,9 @@ pub struct Response {
     pub status: Status,
     /// The recall route taken (`Route::None` for other operations).
     pub route: Route,
+    /// Why the router took it ("forced by the request", "a short query: ...";
+    /// empty for other operations).
+    pub route_reason: String,
     /// Where the daemon's time went.
     pub timings: ServerTimings,
     /// The operation's result (`Empty` on errors).
@@ -453,6 +456,7 @@ impl Response {
                 message: message.into(),
             },
             route: Route::None,
+            route_reason: String::new(),
             timings: ServerTimings::default(),
             body: ResponseBody::Empty,
         }
@@ -464,6 +468,7 @@ impl Response {
             request_id,
             status: Status::Ok,
             route: Route::None,
+            route_reason: String::new(),
             timings: ServerTimings::default(),
             body,
         }

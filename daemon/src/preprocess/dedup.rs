@@ -422,8 +422,9 @@ impl Clusters {
     }
 
     /// Puts `id` in one cluster with `near` and everything they are
-    /// clustered with; the smaller clusters move into the largest, so a
-    /// memory moves O(log n) times over its life.
+    /// clustered with. The smaller clusters move into the largest (union
+    /// by size): a memory that moves at least doubles its cluster, so
+    /// merges cost O(n log n) over n inserts.
     fn link(&mut self, id: u64, near: &[u64]) {
         if near.is_empty() {
             return;

@@ -110,6 +110,15 @@ thread_local! {
 }
 
 impl DenseEngine {
+    /// `text` embedded in this engine's space (the built-in embedder's; None
+    /// for the clients' space or a text with no known token): the query
+    /// embedding of the semantic cache and of the maximum route's exact re-rank.
+    pub fn embed_text(&self, text: &str) -> Option<Vec<f32>> {
+        let Space::BuiltIn(embedder) = &self.space else { return None };
+        let mut vector = Vec::new();
+        embed(embedder.as_ref(), text, &mut vector).then_some(vector)
+    }
+
     /// The engine over `space`, its saved index loaded from `data_dir` when
     /// usable (None: nothing saved or loaded, tests), with its builder thread.
     pub fn open(space: Space, data_dir: Option<&Path>, meta: Arc<MemoryMeta>) -> Arc<Self> {

@@ -53,7 +53,6 @@ impl Opened {
     fn origins(&self) -> Vec<String> {
         self.recall
             .engines()
-            .iter()
             .map(|e| format!("{}: {}", e.name(), e.origin()))
             .collect()
     }

@@ -31,14 +31,41 @@ pub enum RecallError {
     /// A time range that ends before it starts.
     #[error("query: the time range starts at {} ms, after its end at {} ms", .0.start_ms, .0.end_ms)]
     BadTimeRange(TimeRange),
-    /// The request forced a route this build cannot take yet.
+    /// The request forced CacheOnly and the cache holds no answer for it.
     #[error(
-        "route {route:?} is not available yet: recalls are answered by the engines fused by rank until \
-         the router exists; send no route, or SmartRouting"
+        "route CacheOnly: no answer to this query is cached since the last write to namespace {namespace:?}; \
+         send no route (the router falls back to the engines) or SmartRouting"
     )]
-    RouteNotAvailable {
+    NotCached {
+        /// The namespace asked.
+        namespace: String,
+    },
+    /// The route forced needs engines that are all failing or switched off.
+    #[error("route {route:?}: every engine it needs is down ({reasons})")]
+    EnginesDown {
         /// The route asked for.
         route: Route,
+        /// Each engine and why.
+        reasons: String,
+    },
+    /// Feedback names a recall this daemon does not remember.
+    #[error(
+        "feedback: no recent recall has request id {recall_request_id} (the daemon keeps the last {kept}); \
+         send the request id of the recall whose result is judged"
+    )]
+    UnknownRecall {
+        /// The id sent.
+        recall_request_id: u64,
+        /// How many recalls are kept.
+        kept: usize,
+    },
+    /// Feedback names a memory that recall did not return.
+    #[error("feedback: memory {memory_id} was not among the results of recall {recall_request_id}")]
+    NotInRecall {
+        /// The memory judged.
+        memory_id: u64,
+        /// The recall named.
+        recall_request_id: u64,
     },
     /// The request asked for an engine this daemon does not run.
     #[error("engine {engine:?} is not running in this daemon (running: {running})")]

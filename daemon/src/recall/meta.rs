@@ -11,7 +11,7 @@
 //!
 //! Not here: the indexes (`lexical_engine.rs`, `dense.rs`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{RwLock, RwLockReadGuard};
 
 use crate::recall::lexical::id_map::IdMap;
@@ -31,8 +31,9 @@ pub struct MemoryMeta {
 struct Inner {
     by_id: IdMap<u64, Entry>,
     namespace_ids: HashMap<Box<str>, u32>,
-    /// Live memories per namespace id.
-    counts: Vec<usize>,
+    /// Live memories per namespace id, in id (= write) order: the
+    /// neighbours of a hit for fusion's conversation context.
+    ordered: Vec<BTreeSet<u64>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -44,12 +45,12 @@ struct Entry {
 impl Inner {
     fn add(&mut self, id: u64, namespace: &str, created_at_ms: i64) {
         self.remove(id);
-        let next = self.counts.len() as u32;
+        let next = self.ordered.len() as u32;
         let ns = *self.namespace_ids.entry(namespace.into()).or_insert(next);
         if ns == next {
-            self.counts.push(0);
+            self.ordered.push(BTreeSet::new());
         }
-        self.counts[ns as usize] += 1;
+        self.ordered[ns as usize].insert(id);
         self.by_id.insert(
             id,
             Entry {
@@ -61,7 +62,7 @@ impl Inner {
 
     fn remove(&mut self, id: u64) {
         if let Some(entry) = self.by_id.remove(&id) {
-            self.counts[entry.namespace as usize] -= 1;
+            self.ordered[entry.namespace as usize].remove(&id);
         }
     }
 }
@@ -163,7 +164,7 @@ impl MetaFilter<'_> {
     pub fn expected_matches(&self) -> usize {
         match self.namespace {
             NamespaceMatch::Any => self.inner.by_id.len(),
-            NamespaceMatch::Id(ns) => self.inner.counts[ns as usize],
+            NamespaceMatch::Id(ns) => self.inner.ordered[ns as usize].len(),
             NamespaceMatch::Unknown => 0,
         }
     }
@@ -171,6 +172,24 @@ impl MetaFilter<'_> {
     /// True when nothing can pass.
     pub fn admits_nothing(&self) -> bool {
         matches!(self.namespace, NamespaceMatch::Unknown)
+    }
+
+    /// The memories written just before and after `id` in its namespace,
+    /// at most `window` each side, created within `max_gap_ms` of it (the
+    /// same conversation, session or document) and accepted by the filter,
+    /// with their distance in writes (1 = adjacent), appended to `out`.
+    pub fn neighbours(&self, id: u64, window: usize, max_gap_ms: i64, out: &mut Vec<(u64, u32)>) {
+        let Some(entry) = self.inner.by_id.get(&id) else { return };
+        let ids = &self.inner.ordered[entry.namespace as usize];
+        let close = |other: &u64| {
+            (self.inner.by_id.get(other)).is_some_and(|e| (e.created_at_ms - entry.created_at_ms).abs() <= max_gap_ms)
+        };
+        let before = ids.range(..id).rev().take(window).take_while(|other| close(other));
+        let before = before.zip(1..).filter(|(other, _)| self.accepts(**other));
+        out.extend(before.map(|(other, distance)| (*other, distance)));
+        let after = ids.range(id + 1..).take(window).take_while(|other| close(other));
+        let after = after.zip(1..).filter(|(other, _)| self.accepts(**other));
+        out.extend(after.map(|(other, distance)| (*other, distance)));
     }
 
     /// A memory's creation time (for recency).

@@ -20,9 +20,12 @@
 
 pub mod ann;
 pub mod breaker;
+pub mod cache;
 pub mod dense;
 pub mod engine;
 pub mod error;
+#[cfg(any(test, debug_assertions))]
+pub mod faults;
 pub mod fusion;
 pub mod index_dir;
 pub mod lexical;

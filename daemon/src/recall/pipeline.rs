@@ -1,69 +1,200 @@
-//! The recall pipeline, as far as it goes today: route check → query
-//! validation → the engines that can search the query → rank fusion → the
-//! memories' bytes from the store.
+//! The recall pipeline: validation → route → cache → engines (each behind
+//! its breaker, under the request's deadline, panics isolated) → weighted
+//! fusion → the memories' bytes from the store → the cache.
 //!
-//! Engines: every indexed engine that can search the query runs (lexical and
-//! dense need a text, vector needs a vector), each asked for
-//! [`FUSION_DEPTH`] candidates or k if more; their lists are fused by
-//! reciprocal rank (`Σ 1 / (60 + rank)`, the baseline DESIGN §5 asks to
-//! beat). A query may name one engine (`QueryInput::engine`): then that
-//! engine alone answers, scores unchanged. An engine that fails (deadline,
-//! error, panic: each isolated) is left out and the answer is marked
-//! degraded with the reason; only when every engine fails does the recall
-//! fail. A pipeline without indexed engines (tests) answers with the scan.
+//! Routes (DESIGN §5; the router, `router.rs`, picks one unless the request
+//! forces it, and the answer says which and why):
+//! - **CacheOnly**: the cache's answer, exact (L1) or semantic (L2), cached
+//!   under the namespace's current epoch. An auto-routed recall looks in the
+//!   cache first; a forced CacheOnly that misses is an error.
+//! - **SmartRouting**: lexical + dense (+ vector when the query has one),
+//!   [`SMART_DEPTH`] candidates each, then fusion with conversation context.
+//! - **FullPipeline**: every engine at [`FULL_DEPTH`], every factor (date
+//!   proximity, novelty from mining), near-duplicates folded (MinHash
+//!   Jaccard ≥ [`DEDUP_JACCARD`]).
+//! - **MaximumIntelligence**: the full pipeline, plus query expansion
+//!   (memories sharing the query's entities; a second lexical hop from the
+//!   best hits' texts) and an exact re-rank of every candidate by the
+//!   built-in embedding.
 //!
-//! The last steps: the answer's memories are looked up by id in the store
-//! (one read lock), so a memory forgotten while the engines ran is not
-//! returned, and their bytes are read in place; a fused answer then shows
-//! only one of a memory and a near-duplicate linked to it on Remember (tag
-//! `nexus.duplicate_of`); a named engine's answer is left raw.
+//! Fusion (`fusion.rs`) scores each candidate over eight factors in `[0, 1]`:
+//! - vector: the engine's cosine, min-max normalised over its list;
+//! - lexical: BM25 over the list's best;
+//! - context: written within [`Tuning::context_window`] writes of one of the
+//!   strong hits (best base scores) in the same namespace and session
+//!   (created within [`Tuning::context_max_gap_ms`]), by the hit's base
+//!   score, decaying with distance: a question's evidence often spans
+//!   turns next to each other (fitted on locomo-dev, BENCHMARKS.md);
+//! - recency (half-life), importance, preference (feedback tallies, durable
+//!   in the WAL and snapshot), diversity (mining novelty), date proximity.
 //!
-//! Where it grows (next issue): the router picks a route, the cache answers
-//! or misses, engines get their own deadlines and circuit breakers, and
-//! weighted fusion replaces the rank fusion.
+//! A named engine (`QueryInput::engine`) answers alone, raw. An engine that
+//! fails, runs past the deadline, panics or whose breaker is open is left
+//! out and the answer is `degraded`, naming it; when every engine is out an
+//! auto-routed recall is answered by the exact scan (degraded), and a
+//! forced route is refused naming them.
+//!
+//! Feedback: each answered recall's request id and result ids are kept in a
+//! bounded record ([`RECENT_RECALLS`]), so a judgement is checked against
+//! the recall it names.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use arc_swap::ArcSwap;
+
+use crate::preprocess::neardup::NearDupFollower;
 use crate::preprocess::remember::DUPLICATE_TAG;
+use crate::recall::breaker::{Breaker, BreakerConfig};
+use crate::recall::cache::{Cache, CacheConfig, CacheStats, Epochs, KeyParts, KeyRef, Level};
+use crate::recall::dense::DenseEngine;
 use crate::recall::engine::{Candidate, Candidates, Engine, EngineError, SearchContext, Signals};
 use crate::recall::error::RecallError;
+use crate::recall::fusion::{FACTORS, Factor, Features, Weights, score_simd, top_k};
+use crate::recall::lexical::entities::EntityExtractor;
+use crate::recall::lexical_engine::LexicalEngine;
+use crate::recall::meta::MemoryMeta;
 use crate::recall::query::{EngineName, Query, QueryInput, Route};
+use crate::recall::router::{Router, RouterConfig};
 use crate::recall::scan::ScanEngine;
-use crate::store::{Deadline, Memory, Store};
+use crate::store::{Deadline, Follower, IndexChange, IndexEvent, Memory, Store};
 
-/// Candidates each engine is asked for when several are fused (or k if
-/// more). Measured against 32 (release, side by side): a fused text recall
-/// at 10 k memories cost the daemon 303–310 µs p50 instead of 451–505 (the
-/// dense engine re-embeds every shortlisted text for its exact re-rank), and
-/// the fused LoCoMo recall@10 rose from 0.5889 to 0.5993 (deep lists of the
-/// weaker engine dilute reciprocal-rank fusion).
-pub const FUSION_DEPTH: usize = 16;
+/// Candidates each engine gives SmartRouting (or k if more): enough for the
+/// context boost to find its strong hits (fused LoCoMo recall@10 moves by
+/// less than 0.01 between 16 and 100).
+pub const SMART_DEPTH: usize = 16;
 
-/// The reciprocal-rank constant (Cormack et al.; the usual 60).
-pub const RRF_K: f32 = 60.0;
+/// Candidates each engine gives the full and maximum routes (or k if more).
+pub const FULL_DEPTH: usize = 48;
+
+/// Estimated Jaccard at which two candidates count as one (DESIGN §5).
+pub const DEDUP_JACCARD: f32 = 0.7;
+
+/// Kept results checked for near-duplicates at most: folding is O(kept ×
+/// candidates), so a k of 1,000 must not make it quadratic.
+pub const MAX_DEDUP_KEPT: usize = 64;
+
+/// Recalls remembered for feedback: enough for an agent to judge the
+/// results of its last few thousand recalls, about 100 KiB at k = 8.
+pub const RECENT_RECALLS: usize = 4096;
+
+/// Memories the maximum route adds through the query's entity links.
+pub const EXPANSION_RELATED: usize = 16;
+
+/// Longest an engine may search for a request that set no deadline: an
+/// engine that hangs must not hold a recall (and its worker) for ever.
+pub const ENGINE_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The fusion's tunable constants (swapped whole, with the weights).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tuning {
+    /// Factor weights.
+    pub weights: Weights,
+    /// Strong hits whose neighbours get the context factor.
+    pub context_strong: usize,
+    /// Neighbours each side of a strong hit.
+    pub context_window: usize,
+    /// The context factor's decay per write of distance.
+    pub context_decay: f32,
+    /// Neighbours must be created within this of the hit (same session).
+    pub context_max_gap_ms: i64,
+    /// Recency halves every this many ms.
+    pub recency_half_life_ms: f64,
+    /// Date proximity falls to 0 this many ms away from the named date.
+    pub date_window_ms: f64,
+    /// The engines' breakers.
+    pub breaker: BreakerConfig,
+}
+
+impl Default for Tuning {
+    /// Fitted on locomo-dev (context: 3 strong hits, 3 each side, decay
+    /// 0.7; BENCHMARKS.md "Fitting the fusion"); the rest are conventions.
+    fn default() -> Self {
+        Self {
+            weights: Weights::default(),
+            context_strong: 3,
+            context_window: 3,
+            context_decay: 0.7,
+            context_max_gap_ms: 6 * 3600 * 1000,
+            recency_half_life_ms: 30.0 * 86_400_000.0,
+            date_window_ms: 31.0 * 86_400_000.0,
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+/// The pipeline's settings.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PipelineConfig {
+    /// Fusion and breakers (swappable).
+    pub tuning: Tuning,
+    /// The router (swappable).
+    pub router: RouterConfig,
+    /// The cache (bounds fixed at start).
+    pub cache: CacheConfig,
+}
+
+/// What the pipeline uses besides its engines (all optional: tests run
+/// without them, and each missing part only removes its factor).
+#[derive(Default, Clone)]
+pub struct RecallParts {
+    /// Namespaces, times and write order (context, filters).
+    pub meta: Option<Arc<MemoryMeta>>,
+    /// Entity links (the maximum route's expansion).
+    pub lexical: Option<Arc<LexicalEngine>>,
+    /// The built-in embedder's engine (the query embedding).
+    pub dense: Option<Arc<DenseEngine>>,
+    /// Mining: near-duplicate signatures and novelty.
+    pub mining: Option<Arc<NearDupFollower>>,
+    /// The cache's epochs, bumped by an [`EpochFollower`] registered last
+    /// with the store (None: no cache, since nothing would bump them).
+    pub epochs: Option<Arc<Epochs>>,
+}
 
 /// Answers recalls over a store.
 #[derive(Clone)]
 pub struct Recall {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     store: Store,
-    /// The indexed engines, in the order they run.
-    engines: Vec<Arc<dyn Engine>>,
-    /// The exact scan: the reference, by name or when nothing is indexed.
+    /// The indexed engines, in the order they run, each with its breaker.
+    engines: Vec<(Arc<dyn Engine>, Breaker)>,
+    /// The exact scan: the reference, by name, when nothing is indexed, or
+    /// when every engine is down.
     scan: Arc<dyn Engine>,
+    parts: RecallParts,
+    epochs: Arc<Epochs>,
+    router: Router,
+    cache: Cache<Arc<Cached>>,
+    /// Only with epochs a follower bumps can cached answers be trusted.
+    caching: bool,
+    tuning: ArcSwap<Tuning>,
+    recent: Mutex<RecentRecalls>,
+    routes: RouteCounters,
+}
+
+/// A cached answer: the memories (their stored bytes, shared) and how it was made.
+struct Cached {
+    hits: Vec<Recalled>,
+    engines: Vec<&'static str>,
 }
 
 /// One result: the candidate and its memory (read in place).
 #[derive(Debug, Clone)]
 pub struct Recalled {
-    /// Id, score and its parts.
+    /// Id, score and the engines' signals.
     pub candidate: Candidate,
     /// The memory.
     pub memory: Memory,
+    /// Each factor's contribution to the score (fused answers).
+    pub contributions: Option<[f32; FACTORS]>,
 }
 
 /// A recall's answer.
@@ -75,6 +206,12 @@ pub struct Answer {
     pub degraded: Option<String>,
     /// The engines whose candidates made the answer.
     pub engines: Vec<&'static str>,
+    /// The route taken (`Auto` for a named engine's answer).
+    pub route: Route,
+    /// Why that route.
+    pub reason: &'static str,
+    /// The cache level that answered, if it did.
+    pub cached: Option<Level>,
 }
 
 impl Recall {
@@ -86,11 +223,8 @@ impl Recall {
     /// Recalls over `store` answered by `engines` (each must also be one of
     /// the store's followers, `Store::open_with`, to see the writes).
     pub fn with_engines(store: Store, engines: Vec<Arc<dyn Engine>>) -> Self {
-        Self {
-            store,
-            engines,
-            scan: Arc::new(ScanEngine),
-        }
+        Self::build(store, engines, RecallParts::default(), PipelineConfig::default())
+            .expect("the default cache settings are valid")
     }
 
     /// Recalls over `store` answered by `engine` alone (tests).
@@ -98,112 +232,628 @@ impl Recall {
         Self::with_engines(store, vec![engine])
     }
 
-    /// The engines, for start-up reports.
-    pub fn engines(&self) -> &[Arc<dyn Engine>] {
-        &self.engines
+    /// The full pipeline: `engines`, the `parts` fusion uses, `config`.
+    pub fn build(
+        store: Store,
+        engines: Vec<Arc<dyn Engine>>,
+        parts: RecallParts,
+        config: PipelineConfig,
+    ) -> Result<Self, crate::recall::cache::CacheConfigError> {
+        let caching = parts.epochs.is_some();
+        let epochs = parts.epochs.clone().unwrap_or_default();
+        let extractor = EntityExtractor::new(&[]).expect("no keyword lists is valid");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                engines: engines.into_iter().map(|e| (e, Breaker::default())).collect(),
+                scan: Arc::new(ScanEngine),
+                epochs,
+                parts,
+                router: Router::new(config.router, extractor),
+                cache: Cache::new(config.cache)?,
+                caching,
+                tuning: ArcSwap::from_pointee(config.tuning),
+                recent: Mutex::new(RecentRecalls::default()),
+                routes: RouteCounters::default(),
+            }),
+        })
+    }
+
+    /// Swaps the router's and fusion's settings (recalls in flight keep
+    /// the ones they read; nothing waits).
+    pub fn set_config(&self, router: RouterConfig, tuning: Tuning) {
+        self.inner.router.set_config(router);
+        self.inner.tuning.store(Arc::new(tuning));
+    }
+
+    /// The engines, for start-up reports and Stats.
+    pub fn engines(&self) -> impl Iterator<Item = &Arc<dyn Engine>> {
+        self.inner.engines.iter().map(|(engine, _)| engine)
     }
 
     /// After the store opened: each engine checks and reports its index.
     pub fn opened(&self) {
-        for engine in &self.engines {
-            engine.opened(&self.store);
+        for engine in self.engines() {
+            engine.opened(&self.inner.store);
         }
     }
 
-    /// The best memories for `input`, best first, by `deadline`.
+    /// Counters for Stats: the cache's, the routes', the breakers'.
+    pub fn gauges(&self) -> Vec<(String, u64)> {
+        let inner = &self.inner;
+        let CacheStats {
+            hits_exact,
+            hits_semantic,
+            misses,
+            stale,
+            evictions,
+            entries,
+            bytes,
+        } = inner.cache.stats();
+        let mut gauges = vec![
+            ("cache_hits_exact".to_owned(), hits_exact),
+            ("cache_hits_semantic".to_owned(), hits_semantic),
+            ("cache_misses".to_owned(), misses),
+            ("cache_stale".to_owned(), stale),
+            ("cache_evictions".to_owned(), evictions),
+            ("cache_entries".to_owned(), entries),
+            ("cache_bytes".to_owned(), bytes),
+        ];
+        for (route, counter) in inner.routes.all() {
+            gauges.push((format!("route_{route}"), counter.load(Ordering::Relaxed)));
+        }
+        let tuning = inner.tuning.load();
+        let now = now_ms();
+        for (engine, breaker) in &inner.engines {
+            let name = engine.name();
+            gauges.push((format!("{name}_breaker_state"), breaker.state(&tuning.breaker, now).code()));
+            gauges.push((format!("{name}_breaker_opened"), breaker.times_opened()));
+        }
+        gauges
+    }
+
+    /// The best memories for `input`, best first, by `deadline` (not
+    /// recorded for feedback).
     pub async fn recall(&self, input: &QueryInput<'_>, deadline: Deadline) -> Result<Answer, RecallError> {
-        check_route(input.route)?;
-        let query = Query::validate(input, &self.store)?;
-        let ctx = SearchContext::new(&self.store, deadline);
-        let (hits, degraded, engines) = match query.engine() {
-            Some(name) => {
-                let engine = self.named(name)?;
-                check_applies(name, &query)?;
-                let answered = isolated(engine.search(&query, &ctx), engine.name()).await?;
-                (answered.hits, None, vec![answered.engine])
-            }
-            None => self.fused(&query, &ctx).await?,
+        self.recall_for(None, input, deadline).await
+    }
+
+    /// As [`Self::recall`], recording the answer under `request_id` so
+    /// feedback can name it.
+    pub async fn recall_for(
+        &self,
+        request_id: Option<u64>,
+        input: &QueryInput<'_>,
+        deadline: Deadline,
+    ) -> Result<Answer, RecallError> {
+        let answer = self.answer(input, deadline).await?;
+        if let Some(id) = request_id {
+            let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+            recent.record(id, answer.hits.iter().map(|hit| hit.candidate.id).collect());
+        }
+        Ok(answer)
+    }
+
+    /// Checks that `memory_id` was a result of the recent recall `recall_request_id`.
+    pub fn check_feedback(&self, recall_request_id: u64, memory_id: u64) -> Result<(), RecallError> {
+        let recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+        match recent.results(recall_request_id) {
+            None => Err(RecallError::UnknownRecall {
+                recall_request_id,
+                kept: RECENT_RECALLS,
+            }),
+            Some(ids) if !ids.contains(&memory_id) => Err(RecallError::NotInRecall {
+                memory_id,
+                recall_request_id,
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
+    async fn answer(&self, input: &QueryInput<'_>, deadline: Deadline) -> Result<Answer, RecallError> {
+        let inner = &*self.inner;
+        let query = Query::validate(input, &inner.store)?;
+        if let Some(name) = query.engine() {
+            return self.named(name, &query, deadline).await;
+        }
+        let namespace = query.filter().namespace;
+        let stamp = inner.epochs.current(namespace);
+        let created = query.filter().created.map(|r| (r.start_ms, r.end_ms));
+        let parts = KeyParts {
+            text: query.text().unwrap_or(""),
+            namespace,
+            tags: query.filter().tags,
+            created,
+            k: query.k() as u32,
+            route: 0,
+            vector: query.vector(),
         };
-        let memories = self.store.memories(hits.iter().map(|hit| hit.id));
-        let recalled = (hits.into_iter().zip(memories)).filter_map(|(candidate, memory)| {
-            Some(Recalled {
-                candidate,
-                memory: memory?,
-            })
+        let key = KeyRef::new(&parts);
+        let text = query.text();
+        let decision = inner.router.decide(input.route, || {
+            let cached = inner.caching && inner.cache.predict(&key, stamp);
+            inner.router.features(text, query.vector().is_some(), cached)
         });
-        // A named engine's answer is its own, raw; a fused answer shows one
-        // of a memory and its linked near-duplicate.
-        let mut hits = match query.engine() {
-            Some(_) => recalled.collect(),
-            None => hide_linked_duplicates(recalled),
+        let mut embedding = None;
+        if inner.caching && matches!(input.route, Route::Auto | Route::CacheOnly) {
+            if let Some(hit) = inner.cache.get(&key, None, stamp) {
+                return Ok(inner.from_cache(&hit.value, hit.level, &query));
+            }
+            embedding = text.and_then(|t| inner.parts.dense.as_ref()?.embed_text(t));
+            if let Some(hit) = inner.cache.get(&key, embedding.as_deref(), stamp) {
+                return Ok(inner.from_cache(&hit.value, hit.level, &query));
+            }
+        }
+        if input.route == Route::CacheOnly {
+            return Err(RecallError::NotCached {
+                namespace: namespace.to_owned(),
+            });
+        }
+        let route = match decision.route {
+            // Predicted, but gone (evicted, or a write in between).
+            Route::CacheOnly | Route::Auto => Route::SmartRouting,
+            route => route,
         };
-        hits.truncate(query.k());
+        let reason = if decision.route == Route::CacheOnly {
+            "the predicted cache hit was gone: ANN and lexical, light fusion"
+        } else {
+            decision.reason
+        };
+        inner.routes.count(route);
+        let ctx = SearchContext::new(&inner.store, deadline);
+        let mut answer = inner.fused(&query, &ctx, route, input.route != Route::Auto).await?;
+        answer.reason = reason;
+        if inner.caching && answer.degraded.is_none() {
+            let cached = Arc::new(Cached {
+                hits: answer.hits.clone(),
+                engines: answer.engines.clone(),
+            });
+            let bytes = cached.hits.iter().map(|h| h.memory.view().text().len() + 64).sum();
+            let embedding = match embedding {
+                Some(e) => Some(e),
+                None => text.and_then(|t| inner.parts.dense.as_ref()?.embed_text(t)),
+            };
+            inner.cache.insert(key.to_owned_key(), embedding, stamp, cached, bytes);
+        }
+        Ok(answer)
+    }
+
+    /// The engine called `name`, alone, raw.
+    async fn named(&self, name: EngineName, query: &Query<'_>, deadline: Deadline) -> Result<Answer, RecallError> {
+        let inner = &*self.inner;
+        let engine = if name == EngineName::Scan {
+            &inner.scan
+        } else {
+            (inner.engines.iter().map(|(e, _)| e).find(|e| e.name() == name.as_str())).ok_or_else(|| {
+                RecallError::EngineNotRunning {
+                    engine: name.as_str(),
+                    running: inner.running(),
+                }
+            })?
+        };
+        check_applies(name, query)?;
+        let ctx = SearchContext::new(&inner.store, deadline);
+        let answered = isolated(engine.search(query, &ctx), engine.name()).await?;
+        let memories = inner.store.memories(answered.hits.iter().map(|hit| hit.id));
+        let hits = (answered.hits.into_iter().zip(memories))
+            .filter_map(|(candidate, memory)| {
+                Some(Recalled {
+                    candidate,
+                    memory: memory?,
+                    contributions: None,
+                })
+            })
+            .take(query.k())
+            .collect();
         Ok(Answer {
             hits,
-            degraded,
-            engines,
+            engines: vec![answered.engine],
+            reason: "engine named by the request",
+            ..Answer::default()
         })
     }
+}
 
-    /// The engine called `name`.
-    fn named(&self, name: EngineName) -> Result<&Arc<dyn Engine>, RecallError> {
-        if name == EngineName::Scan {
-            return Ok(&self.scan);
-        }
-        (self.engines.iter().find(|e| e.name() == name.as_str())).ok_or_else(|| RecallError::EngineNotRunning {
-            engine: name.as_str(),
-            running: self.running(),
-        })
-    }
-
+impl Inner {
     fn running(&self) -> String {
-        let mut names: Vec<&str> = self.engines.iter().map(|e| e.name()).collect();
+        let mut names: Vec<&str> = self.engines.iter().map(|(e, _)| e.name()).collect();
         names.push(self.scan.name());
         names.join(", ")
     }
 
-    /// Every engine that can search `query`, fused by reciprocal rank.
+    fn from_cache(&self, cached: &Cached, level: Level, query: &Query<'_>) -> Answer {
+        self.routes.count(Route::CacheOnly);
+        Answer {
+            hits: cached.hits.iter().take(query.k()).cloned().collect(),
+            degraded: None,
+            engines: cached.engines.clone(),
+            route: Route::CacheOnly,
+            reason: match level {
+                Level::Exact => "the same query was answered since the last write",
+                Level::Semantic => "a query this similar was answered since the last write",
+            },
+            cached: Some(level),
+        }
+    }
+
+    /// Runs the route's engines, fuses their lists, reads the memories.
     async fn fused(
         &self,
         query: &Query<'_>,
         ctx: &SearchContext<'_>,
-    ) -> Result<(Vec<Candidate>, Option<String>, Vec<&'static str>), RecallError> {
-        let applicable: Vec<&Arc<dyn Engine>> = (self.engines.iter())
-            .filter(|engine| engine_name(engine.name()).is_none_or(|name| applies(name, query)))
-            .collect();
-        if applicable.is_empty() {
-            let answered = isolated(self.scan.search(query, ctx), self.scan.name()).await?;
-            return Ok((answered.hits, None, vec![answered.engine]));
-        }
-        let deep = query.with_k(query.k().max(FUSION_DEPTH));
-        let mut lists = Vec::with_capacity(applicable.len());
-        let mut failures = Vec::new();
-        for engine in applicable {
-            match isolated(engine.search(&deep, ctx), engine.name()).await {
+        route: Route,
+        forced: bool,
+    ) -> Result<Answer, RecallError> {
+        let tuning = self.tuning.load_full();
+        let depth = if route == Route::SmartRouting { SMART_DEPTH } else { FULL_DEPTH };
+        let deep = query.with_k(query.k().max(depth));
+        let now = now_ms();
+        let mut lists: Vec<Candidates> = Vec::with_capacity(self.engines.len());
+        let mut failures: Vec<String> = Vec::new();
+        for (engine, breaker) in &self.engines {
+            if engine_name(engine.name()).is_some_and(|name| !applies(name, query)) {
+                continue;
+            }
+            if !breaker.allow(&tuning.breaker, now) {
+                failures.push(format!("{}: circuit breaker open", engine.name()));
+                continue;
+            }
+            let searched = run_with_deadline(engine.search(&deep, ctx), engine.name(), ctx.deadline()).await;
+            breaker.record(&tuning.breaker, searched.is_ok(), now_ms());
+            match searched {
                 Ok(candidates) => lists.push(candidates),
-                Err(error) => failures.push(error),
+                Err(error) => failures.push(error.to_string()),
             }
         }
         if lists.is_empty() {
-            return Err(failures.remove(0).into());
+            if forced && !failures.is_empty() {
+                return Err(RecallError::EnginesDown {
+                    route,
+                    reasons: failures.join("; "),
+                });
+            }
+            // Nothing indexed (tests), or every engine down: the exact scan.
+            let answered = isolated(self.scan.search(query, ctx), self.scan.name()).await?;
+            let memories = self.store.memories(answered.hits.iter().map(|hit| hit.id));
+            let hits = (answered.hits.into_iter().zip(memories))
+                .filter_map(|(candidate, memory)| {
+                    Some(Recalled {
+                        candidate,
+                        memory: memory?,
+                        contributions: None,
+                    })
+                })
+                .collect();
+            return Ok(Answer {
+                hits: hide_linked_duplicates(hits).into_iter().take(query.k()).collect(),
+                degraded: (!failures.is_empty()).then(|| format!("answered by the exact scan: {}", failures.join("; "))),
+                engines: vec![answered.engine],
+                route,
+                ..Answer::default()
+            });
         }
-        let degraded = (!failures.is_empty()).then(|| {
-            let reasons: Vec<String> = failures.iter().map(|e| e.to_string()).collect();
-            format!("answered without {}", reasons.join("; "))
-        });
+        let degraded = (!failures.is_empty()).then(|| format!("answered without {}", failures.join("; ")));
         let engines = lists.iter().map(|list| list.engine).collect();
-        // Fused past k: hiding linked duplicates may drop a few.
-        Ok((fuse(&lists, deep.k()), degraded, engines))
+        let hits = Fusion::new(self, query, &tuning, route).run(&lists, ctx);
+        Ok(Answer {
+            hits,
+            degraded,
+            engines,
+            route,
+            ..Answer::default()
+        })
     }
+}
+
+/// One recall's fusion: features from the engines' lists and the parts,
+/// scores, the best k, their memories.
+struct Fusion<'a> {
+    inner: &'a Inner,
+    query: &'a Query<'a>,
+    tuning: &'a Tuning,
+    route: Route,
+    features: Features,
+    rows: HashMap<u64, usize>,
+    /// Factors with no source in this recall.
+    missing: u32,
+}
+
+impl<'a> Fusion<'a> {
+    fn new(inner: &'a Inner, query: &'a Query<'a>, tuning: &'a Tuning, route: Route) -> Self {
+        Self {
+            inner,
+            query,
+            tuning,
+            route,
+            features: Features::with_capacity(2 * FULL_DEPTH),
+            rows: HashMap::with_capacity(2 * FULL_DEPTH),
+            missing: 0,
+        }
+    }
+
+    fn row(&mut self, id: u64) -> usize {
+        let features = &mut self.features;
+        *self.rows.entry(id).or_insert_with(|| features.push(id))
+    }
+
+    fn run(mut self, lists: &[Candidates], ctx: &SearchContext<'_>) -> Vec<Recalled> {
+        let full = self.route != Route::SmartRouting;
+        self.engine_factors(lists);
+        if self.route == Route::MaximumIntelligence {
+            self.expand(ctx);
+        }
+        self.context(ctx);
+        let ids: Vec<u64> = self.features.ids().to_vec();
+        let memories = self.inner.store.memories(ids.iter().copied());
+        self.memory_factors(&ids, &memories, full);
+        let weights = self.tuning.weights.renormalised(self.missing);
+        let mut scores = Vec::with_capacity(ids.len());
+        score_simd(&self.features, &weights, &mut scores);
+        // Past k: hiding duplicates may drop a few.
+        let want = (self.query.k() * 2).max(self.query.k() + 8);
+        let ranked = top_k(&ids, &scores, want);
+        let recalled = ranked.into_iter().filter_map(|row| {
+            Some(Recalled {
+                candidate: Candidate {
+                    id: ids[row],
+                    score: scores[row],
+                    signals: Signals {
+                        vector: Some(self.features.get(row, Factor::Vector)),
+                        lexical: Some(self.features.get(row, Factor::Lexical)),
+                    },
+                },
+                memory: memories[row].clone()?,
+                contributions: Some(self.features.contributions(row, &weights)),
+            })
+        });
+        let mut hits = hide_linked_duplicates(recalled.collect());
+        if full {
+            hits = self.fold_near_duplicates(hits);
+        }
+        hits.truncate(self.query.k());
+        hits
+    }
+
+    /// Vector and lexical factors from the engines' lists.
+    fn engine_factors(&mut self, lists: &[Candidates]) {
+        let (mut vector, mut lexical) = (false, false);
+        for list in lists {
+            if list.hits.is_empty() {
+                continue;
+            }
+            if list.engine == crate::recall::lexical_engine::LEXICAL {
+                lexical = true;
+                let best = list.hits.iter().map(|h| h.score).fold(f32::MIN, f32::max);
+                for hit in &list.hits {
+                    let row = self.row(hit.id);
+                    let value = if best > 0.0 { hit.score / best } else { 0.0 };
+                    self.features.set(row, Factor::Lexical, value.max(self.features.get(row, Factor::Lexical)));
+                }
+            } else {
+                vector = true;
+                let (lo, hi) = (list.hits.iter().map(|h| h.score)).fold((f32::MAX, f32::MIN), |(lo, hi), s| {
+                    (lo.min(s), hi.max(s))
+                });
+                let span = hi - lo;
+                for hit in &list.hits {
+                    let row = self.row(hit.id);
+                    let value = if span > 0.0 { (hit.score - lo) / span } else { 1.0 };
+                    self.features.set(row, Factor::Vector, value.max(self.features.get(row, Factor::Vector)));
+                }
+            }
+        }
+        if !vector {
+            self.missing |= 1 << Factor::Vector as u32;
+        }
+        if !lexical {
+            self.missing |= 1 << Factor::Lexical as u32;
+        }
+    }
+
+    /// The base score (vector and lexical) of a row.
+    fn base(&self, row: usize) -> f32 {
+        let w = &self.tuning.weights;
+        let total = w.get(Factor::Vector) + w.get(Factor::Lexical);
+        if total <= 0.0 {
+            return 0.0;
+        }
+        (w.get(Factor::Vector) * self.features.get(row, Factor::Vector)
+            + w.get(Factor::Lexical) * self.features.get(row, Factor::Lexical))
+            / total
+    }
+
+    /// Conversation context: neighbours of the strongest hits.
+    fn context(&mut self, ctx: &SearchContext<'_>) {
+        let Some(meta) = self.inner.parts.meta.clone() else {
+            self.missing |= 1 << Factor::Context as u32;
+            return;
+        };
+        let n = self.features.len();
+        let bases: Vec<f32> = (0..n).map(|row| self.base(row)).collect();
+        let strong = top_k(&self.features.ids()[..n], &bases, self.tuning.context_strong);
+        let filter = meta.reader(self.query.filter(), ctx.store());
+        let mut neighbours = Vec::new();
+        let mut boosts: Vec<(u64, f32)> = Vec::new();
+        for row in strong {
+            if bases[row] <= 0.0 {
+                continue;
+            }
+            neighbours.clear();
+            let id = self.features.ids()[row];
+            filter.neighbours(id, self.tuning.context_window, self.tuning.context_max_gap_ms, &mut neighbours);
+            for &(other, distance) in &neighbours {
+                let boost = bases[row] * self.tuning.context_decay.powi(distance as i32 - 1);
+                boosts.push((other, boost));
+            }
+        }
+        drop(filter);
+        for (id, boost) in boosts {
+            let row = self.row(id);
+            let value = boost.max(self.features.get(row, Factor::Context));
+            self.features.set(row, Factor::Context, value);
+        }
+    }
+
+    /// The maximum route's expansion: memories sharing the query's
+    /// entities, a second lexical hop from the best hits' texts, and an
+    /// exact cosine for every candidate.
+    fn expand(&mut self, ctx: &SearchContext<'_>) {
+        let Some(text) = self.query.text() else { return };
+        let namespace = self.query.filter().namespace;
+        if let (Some(lexical), Some(meta)) = (&self.inner.parts.lexical, &self.inner.parts.meta) {
+            let related = lexical.related_to_text(namespace, text, EXPANSION_RELATED);
+            let best = related.iter().map(|r| r.score).fold(0.0f32, f32::max);
+            let filter = meta.reader(self.query.filter(), ctx.store());
+            let admitted: Vec<_> = related.into_iter().filter(|r| filter.accepts(r.id)).collect();
+            drop(filter);
+            for related in admitted {
+                let row = self.row(related.id);
+                // An entity link counts as half a lexical match at most.
+                let value = 0.5 * related.score / best.max(f32::MIN_POSITIVE);
+                self.features.set(row, Factor::Lexical, value.max(self.features.get(row, Factor::Lexical)));
+            }
+        }
+        // Exact re-rank: every candidate's text against the query, by the
+        // built-in embedding, on the dense list's scale.
+        let Some(dense) = &self.inner.parts.dense else { return };
+        let Some(query_vector) = dense.embed_text(text) else { return };
+        let ids: Vec<u64> = self.features.ids().to_vec();
+        let memories = self.inner.store.memories(ids.iter().copied());
+        let cosines: Vec<f32> = (memories.iter())
+            .map(|memory| {
+                (memory.as_ref())
+                    .and_then(|m| dense.embed_text(m.view().text()))
+                    .map_or(0.0, |v| dot(&query_vector, &v))
+            })
+            .collect();
+        let (lo, hi) = cosines.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &c| (lo.min(c), hi.max(c)));
+        let span = hi - lo;
+        for (row, cosine) in cosines.into_iter().enumerate() {
+            let value = if span > 0.0 { (cosine - lo) / span } else { 0.0 };
+            self.features.set(row, Factor::Vector, value);
+        }
+        self.missing &= !(1 << Factor::Vector as u32);
+    }
+
+    /// Recency, importance, preference, diversity and date proximity.
+    fn memory_factors(&mut self, ids: &[u64], memories: &[Option<Memory>], full: bool) {
+        let now = now_ms() as f64;
+        let tallies = self.inner.store.feedback_tallies(ids.iter().copied());
+        let dates = if full {
+            self.query.text().map(|t| query_dates(&self.inner.router, t)).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if dates.is_empty() {
+            self.missing |= 1 << Factor::Date as u32;
+        }
+        let mining = if full { self.inner.parts.mining.as_deref() } else { None };
+        let view = mining.map(NearDupFollower::view);
+        if view.is_none() {
+            self.missing |= 1 << Factor::Diversity as u32;
+        }
+        for (row, memory) in memories.iter().enumerate() {
+            let Some(memory) = memory else { continue };
+            let memory = memory.view();
+            let created = memory.created_at_ms() as f64;
+            let age = (now - created).max(0.0);
+            let recency = (-(age / self.tuning.recency_half_life_ms) * std::f64::consts::LN_2).exp();
+            self.features.set(row, Factor::Recency, recency as f32);
+            self.features.set(row, Factor::Importance, memory.importance());
+            let tally = tallies[row];
+            let (up, down) = (f64::from(tally.useful), f64::from(tally.not_useful));
+            self.features.set(row, Factor::Preference, (0.5 + 0.5 * (up - down) / (up + down + 2.0)) as f32);
+            if let Some(novelty) = view.as_ref().and_then(|v| v.novelty(memory.id())) {
+                self.features.set(row, Factor::Diversity, novelty);
+            }
+            if let Some(date) = date_proximity(&dates, created, self.tuning.date_window_ms) {
+                self.features.set(row, Factor::Date, date);
+            }
+        }
+    }
+
+    /// Drops a result whose text nearly duplicates a better one's (MinHash).
+    fn fold_near_duplicates(&self, hits: Vec<Recalled>) -> Vec<Recalled> {
+        let Some(mining) = self.inner.parts.mining.as_deref() else { return hits };
+        let view = mining.view();
+        let mut kept: Vec<Recalled> = Vec::with_capacity(hits.len());
+        for hit in hits {
+            let id = hit.candidate.id;
+            let duplicate = (kept.iter().take(MAX_DEDUP_KEPT))
+                .any(|k| view.jaccard(k.candidate.id, id).is_some_and(|j| j >= DEDUP_JACCARD));
+            if !duplicate {
+                kept.push(hit);
+            }
+        }
+        kept
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// The date ranges `[start, end)` (ms) a query names: a day or a month.
+fn query_dates(router: &Router, text: &str) -> Vec<(f64, f64)> {
+    router
+        .date_keys(text)
+        .iter()
+        .filter_map(|key| {
+            let mut parts = key.split('-').map(|p| p.parse::<i64>().ok());
+            let (year, month, day) = (parts.next()??, parts.next()??, parts.next().flatten());
+            if !(1..=12).contains(&month) {
+                return None;
+            }
+            let day_ms = 86_400_000.0;
+            match day {
+                Some(day) => {
+                    let start = days_from_civil(year, month, day) as f64 * day_ms;
+                    Some((start, start + day_ms))
+                }
+                None => {
+                    let start = days_from_civil(year, month, 1) as f64 * day_ms;
+                    let (ny, nm) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+                    Some((start, days_from_civil(ny, nm, 1) as f64 * day_ms))
+                }
+            }
+        })
+        .collect()
+}
+
+/// 1 inside a named range, falling linearly to 0 `window` ms away.
+fn date_proximity(dates: &[(f64, f64)], created: f64, window: f64) -> Option<f32> {
+    (dates.iter())
+        .map(|&(start, end)| {
+            let distance = if created < start {
+                start - created
+            } else if created >= end {
+                created - end
+            } else {
+                0.0
+            };
+            (1.0 - distance / window).max(0.0) as f32
+        })
+        .reduce(f32::max)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// Of a memory and its near-duplicate linked on Remember (tag
 /// `nexus.duplicate_of`), only the better ranked is shown.
-fn hide_linked_duplicates(ranked: impl Iterator<Item = Recalled>) -> Vec<Recalled> {
-    let mut shown: Vec<Recalled> = Vec::new();
-    let mut shown_ids = std::collections::HashSet::new();
+fn hide_linked_duplicates(ranked: Vec<Recalled>) -> Vec<Recalled> {
+    let mut shown: Vec<Recalled> = Vec::with_capacity(ranked.len());
+    let mut shown_ids = HashSet::new();
     // The originals of the duplicates shown.
-    let mut originals = std::collections::HashSet::new();
+    let mut originals = HashSet::new();
     for hit in ranked {
         let view = hit.memory.view();
         let original = (view.tags())
@@ -252,35 +902,105 @@ fn check_applies(name: EngineName, query: &Query<'_>) -> Result<(), RecallError>
     })
 }
 
-/// Reciprocal-rank fusion of `lists` into the best `k`: each candidate
-/// scores `Σ 1 / (RRF_K + rank)` over the lists that have it (rank from 1);
-/// its signals are the union of the lists' (the best vector similarity).
-/// Ties: lower id first.
-pub fn fuse(lists: &[Candidates], k: usize) -> Vec<Candidate> {
-    let mut by_id: HashMap<u64, Candidate> = HashMap::new();
-    for list in lists {
-        for (rank, hit) in list.hits.iter().enumerate() {
-            let share = 1.0 / (RRF_K + rank as f32 + 1.0);
-            let fused = by_id.entry(hit.id).or_insert(Candidate {
-                id: hit.id,
-                score: 0.0,
-                signals: Signals::default(),
-            });
-            fused.score += share;
-            fused.signals.vector = max_option(fused.signals.vector, hit.signals.vector);
-            fused.signals.lexical = max_option(fused.signals.lexical, hit.signals.lexical);
-        }
-    }
-    let mut fused: Vec<Candidate> = by_id.into_values().collect();
-    fused.sort_unstable_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
-    fused.truncate(k);
-    fused
+/// The recent recalls' results, for checking feedback; the oldest go first.
+#[derive(Default)]
+struct RecentRecalls {
+    order: VecDeque<u64>,
+    results: HashMap<u64, Vec<u64>>,
 }
 
-fn max_option(a: Option<f32>, b: Option<f32>) -> Option<f32> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
+impl RecentRecalls {
+    fn record(&mut self, request_id: u64, ids: Vec<u64>) {
+        if self.results.insert(request_id, ids).is_none() {
+            self.order.push_back(request_id);
+        }
+        while self.order.len() > RECENT_RECALLS {
+            if let Some(oldest) = self.order.pop_front() {
+                self.results.remove(&oldest);
+            }
+        }
+    }
+
+    fn results(&self, request_id: u64) -> Option<&[u64]> {
+        self.results.get(&request_id).map(Vec::as_slice)
+    }
+}
+
+/// Recalls per route, for Stats.
+#[derive(Default)]
+struct RouteCounters([AtomicU64; 4]);
+
+impl RouteCounters {
+    const NAMES: [&'static str; 4] = ["cache_only", "smart", "full", "max"];
+
+    fn count(&self, route: Route) {
+        let slot = match route {
+            Route::CacheOnly => 0,
+            Route::SmartRouting | Route::Auto => 1,
+            Route::FullPipeline => 2,
+            Route::MaximumIntelligence => 3,
+        };
+        self.0[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn all(&self) -> impl Iterator<Item = (&'static str, &AtomicU64)> {
+        Self::NAMES.into_iter().zip(&self.0)
+    }
+}
+
+/// Bumps the cache's epochs after every change, registered as the last
+/// follower: by then every engine has the change, so a recall that reads
+/// the new epoch also sees the write, and an answer computed before it is
+/// never served again.
+pub struct EpochFollower {
+    epochs: Arc<Epochs>,
+}
+
+impl EpochFollower {
+    /// The follower bumping `epochs`.
+    pub fn new(epochs: Arc<Epochs>) -> Self {
+        Self { epochs }
+    }
+}
+
+impl Follower for EpochFollower {
+    fn name(&self) -> &'static str {
+        "cache-epochs"
+    }
+
+    fn follow(&self, change: &IndexChange<'_>) {
+        if change.is_snapshot() {
+            self.epochs.bump_all();
+            return;
+        }
+        for event in change.events() {
+            match event {
+                IndexEvent::Added(memory) => self.epochs.bump(memory.namespace()),
+                // The namespace of a removed memory or a judged one is not
+                // in the event: every namespace's answers go.
+                IndexEvent::Removed(_) | IndexEvent::Feedback { .. } => self.epochs.bump_all(),
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    nexus_shm_protocol::monotonic_now_ns() / 1_000_000
+}
+
+/// Runs an engine's search under the request's deadline, its panics caught.
+async fn run_with_deadline(
+    search: Pin<Box<dyn Future<Output = Result<Candidates, EngineError>> + Send + '_>>,
+    engine: &'static str,
+    deadline: Deadline,
+) -> Result<Candidates, EngineError> {
+    let left = deadline.remaining().unwrap_or(ENGINE_BUDGET);
+    match tokio::time::timeout(left, isolated(search, engine)).await {
+        Ok(searched) => searched,
+        Err(_) => Err(EngineError::Failed {
+            engine,
+            reason: format!("ran past the deadline ({} ms)", left.as_millis()),
+        }),
     }
 }
 
@@ -308,18 +1028,6 @@ impl Future for CatchUnwind<'_> {
             tracing::error!(engine, "an engine panicked during a search");
             Poll::Ready(Err(EngineError::Panicked { engine }))
         })
-    }
-}
-
-/// The routes this build can take: the daemon's own choice, and
-/// SmartRouting (which the fused engines answer until the router exists). A
-/// forced route it cannot take is refused, never silently answered another way.
-fn check_route(route: Route) -> Result<(), RecallError> {
-    match route {
-        Route::Auto | Route::SmartRouting => Ok(()),
-        Route::CacheOnly | Route::FullPipeline | Route::MaximumIntelligence => {
-            Err(RecallError::RouteNotAvailable { route })
-        }
     }
 }
 

@@ -150,6 +150,21 @@ impl Router {
         Features::of(&self.extractor, text, vector, cached)
     }
 
+    /// The dates `text` names, as entity keys without their kind prefix
+    /// (`2023-05-08`, `2023-05`; other forms as the extractor writes them).
+    pub fn date_keys(&self, text: &str) -> Vec<String> {
+        let (mut scratch, mut spans) = (ExtractScratch::new(), Vec::<EntitySpan>::new());
+        self.extractor.extract(text, &mut scratch, &mut spans);
+        let mut key = String::new();
+        (spans.iter())
+            .filter(|span| span.kind == EntityKind::Date)
+            .filter_map(|span| {
+                self.extractor.key(text, span, &mut key);
+                key.strip_prefix("d:").map(str::to_owned)
+            })
+            .collect()
+    }
+
     /// The route for a query with `features`, unless `forced`. Never fails:
     /// a panic while deciding gives the fallback rule's answer.
     pub fn decide(&self, forced: Route, features: impl FnOnce() -> Features) -> Decision {

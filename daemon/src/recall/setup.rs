@@ -19,7 +19,9 @@ use crate::recall::dense::{DenseEngine, Space};
 use crate::recall::engine::Engine;
 use crate::recall::lexical::LexicalConfig;
 use crate::recall::lexical_engine::LexicalEngine;
+use crate::recall::cache::Epochs;
 use crate::recall::meta::MemoryMeta;
+use crate::recall::pipeline::{EpochFollower, RecallParts};
 use crate::store::Follower;
 
 /// Which embedder gives text memories and queries their built-in vectors.
@@ -118,8 +120,10 @@ pub enum SetupError {
 pub struct EngineSet {
     /// For `Store::open_with`, in the order they are told.
     pub followers: Vec<Arc<dyn Follower>>,
-    /// For `Recall::with_engines`.
+    /// For `Recall::build`.
     pub engines: Vec<Arc<dyn Engine>>,
+    /// What fusion uses besides the engines, for `Recall::build`.
+    pub parts: RecallParts,
     /// The vector engines (their builders stop at shutdown).
     pub dense: Vec<Arc<DenseEngine>>,
     /// What a Remember goes through before the store.
@@ -176,14 +180,28 @@ pub fn open_engines(settings: &RecallSettings, data_dir: Option<&Path>) -> Resul
         )),
         None => None,
     };
-    let mut followers: Vec<Arc<dyn Follower>> = vec![meta, lexical.clone(), dense.clone(), vector.clone()];
+    let mut followers: Vec<Arc<dyn Follower>> = vec![meta.clone(), lexical.clone(), dense.clone(), vector.clone()];
     if let Some(neardup) = &neardup {
         followers.push(neardup.clone());
     }
+    // Last: the cache's epochs move once every index has the change.
+    let epochs = Arc::new(Epochs::new());
+    followers.push(Arc::new(EpochFollower::new(Arc::clone(&epochs))));
     let policy = settings.duplicates.unwrap_or_default();
+    let parts = RecallParts {
+        meta: Some(meta),
+        lexical: Some(lexical.clone()),
+        dense: Some(dense.clone()),
+        mining: neardup.clone(),
+        epochs: Some(epochs),
+    };
+    let engines: Vec<Arc<dyn Engine>> = vec![lexical, dense.clone(), vector.clone()];
+    #[cfg(debug_assertions)]
+    let engines = crate::recall::faults::from_env(engines);
     Ok(EngineSet {
         followers,
-        engines: vec![lexical, dense.clone(), vector.clone()],
+        engines,
+        parts,
         dense: vec![dense, vector],
         preprocessor: Preprocessor::new(chunking(settings.chunk_tokens), policy, neardup.clone()),
         neardup,

@@ -41,6 +41,14 @@ impl Deadline {
         Self { at_ns }
     }
 
+    /// Time left until the deadline (None: no deadline; zero once passed).
+    pub fn remaining(&self) -> Option<std::time::Duration> {
+        (self.at_ns != 0).then(|| {
+            let now_ns = nexus_shm_protocol::monotonic_now_ns();
+            std::time::Duration::from_nanos(self.at_ns.saturating_sub(now_ns))
+        })
+    }
+
     /// `Err` once the deadline has passed, saying how far the work got.
     pub fn check(&self, scanned: u64) -> Result<(), DeadlineExceeded> {
         let now_ns = nexus_shm_protocol::monotonic_now_ns();
@@ -65,6 +73,13 @@ impl Store {
     pub fn memories(&self, ids: impl IntoIterator<Item = u64>) -> Vec<Option<Memory>> {
         let state = self.read();
         ids.into_iter().map(|id| state.memory(id)).collect()
+    }
+
+    /// The feedback counts of each of `ids` (useful, not useful), under one
+    /// short read lock: the learning factor of fusion.
+    pub fn feedback_tallies(&self, ids: impl IntoIterator<Item = u64>) -> Vec<crate::store::state::Tally> {
+        let state = self.read();
+        ids.into_iter().map(|id| state.feedback(id)).collect()
     }
 
     /// Live memories.

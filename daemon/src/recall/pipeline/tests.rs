@@ -4,29 +4,48 @@ use super::*;
 use crate::recall::query::QueryInput;
 use crate::store::tests::{TestStore, note};
 
-// The request's route was accepted and silently ignored: a client forcing
-// FullPipeline got the exact scan and believed it had the full pipeline.
+// Every route answers and says which it took; a forced CacheOnly with
+// nothing cached is refused by name, then served once an answer is cached,
+// and a write to the namespace makes that answer unservable.
 #[tokio::test]
-async fn a_forced_route_the_build_cannot_take_is_refused_by_name() {
-    let test = TestStore::open("routes");
+async fn every_route_answers_and_the_cache_serves_only_answers_newer_than_the_last_write() {
+    let epochs = Arc::new(Epochs::new());
+    let follower: Arc<dyn Follower> = Arc::new(EpochFollower::new(Arc::clone(&epochs)));
+    let test = TestStore::open_with("routes", vec![follower]);
     test.remember(vec![note("a", "Caroline went hiking")]).await;
-    let recall = Recall::new(test.store.clone());
+    let parts = RecallParts {
+        epochs: Some(epochs),
+        ..RecallParts::default()
+    };
+    let recall = Recall::build(test.store.clone(), Vec::new(), parts, PipelineConfig::default()).expect("valid");
     let input = |route| QueryInput {
         namespace: "a",
         text: Some("hiking"),
         route,
         ..QueryInput::default()
     };
-    for route in [Route::Auto, Route::SmartRouting] {
+    let refused = recall.recall(&input(Route::CacheOnly), Deadline::NONE).await.unwrap_err();
+    assert!(matches!(refused, RecallError::NotCached { .. }), "{refused}");
+    assert!(refused.to_string().contains("CacheOnly"), "{refused}");
+    for route in [Route::SmartRouting, Route::FullPipeline, Route::MaximumIntelligence] {
         let answer = recall.recall(&input(route), Deadline::NONE).await.expect("answered");
+        assert_eq!(answer.route, route);
+        assert_eq!(answer.reason, "forced by the request");
         assert_eq!(answer.hits.len(), 1, "{route:?}");
         assert_eq!(answer.hits[0].memory.view().text(), "Caroline went hiking");
     }
-    for route in [Route::CacheOnly, Route::FullPipeline, Route::MaximumIntelligence] {
-        let refused = recall.recall(&input(route), Deadline::NONE).await.unwrap_err();
-        assert!(matches!(refused, RecallError::RouteNotAvailable { route: r } if r == route));
-        assert!(refused.to_string().contains(&format!("{route:?}")), "{refused}");
-    }
+    let cached = recall.recall(&input(Route::CacheOnly), Deadline::NONE).await.expect("cached");
+    assert_eq!((cached.route, cached.cached), (Route::CacheOnly, Some(Level::Exact)));
+    assert_eq!(cached.hits.len(), 1);
+    let auto = recall.recall(&input(Route::Auto), Deadline::NONE).await.expect("answered");
+    assert_eq!(auto.route, Route::CacheOnly, "an auto-routed repeat is a cache hit");
+    // A write to the namespace: the cached answer is never served again.
+    test.remember(vec![note("a", "Melanie went hiking too")]).await;
+    let refused = recall.recall(&input(Route::CacheOnly), Deadline::NONE).await.unwrap_err();
+    assert!(matches!(refused, RecallError::NotCached { .. }), "{refused}");
+    let fresh = recall.recall(&input(Route::Auto), Deadline::NONE).await.expect("answered");
+    assert_ne!(fresh.route, Route::CacheOnly);
+    assert_eq!(fresh.hits.len(), 2, "the new memory is in the next answer");
 }
 
 #[tokio::test]
