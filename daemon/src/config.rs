@@ -499,9 +499,13 @@ impl Config {
     fn validate_pipeline(&self) -> Result<(), ConfigError> {
         let pipeline = &self.pipeline;
         (pipeline.tuning.weights.validate()).map_err(|e| invalid("fusion_weights", e.to_string()))?;
-        (pipeline.cache.validate()).map_err(|e| invalid("cache_entries/cache_bytes/cache_semantic_threshold", e.to_string()))?;
+        (pipeline.cache.validate())
+            .map_err(|e| invalid("cache_entries/cache_bytes/cache_semantic_threshold", e.to_string()))?;
         if pipeline.tuning.breaker.failures_to_open == 0 {
-            return Err(invalid("breaker_failures", "0 would keep every engine out: use 1 or more".into()));
+            return Err(invalid(
+                "breaker_failures",
+                "0 would keep every engine out: use 1 or more".into(),
+            ));
         }
         Ok(())
     }
@@ -713,6 +717,30 @@ fn invalid(name: &'static str, reason: String) -> ConfigError {
     ConfigError::Invalid { name, reason }
 }
 
+/// `"factor=weight,..."` over `base`: each named factor's weight replaced.
+fn parse_weights(
+    base: crate::recall::fusion::Weights,
+    text: &str,
+) -> Result<crate::recall::fusion::Weights, ConfigError> {
+    use crate::recall::fusion::Factor;
+    let mut weights = base;
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || {
+            let names: Vec<&str> = Factor::ALL.iter().map(|f| f.name()).collect();
+            invalid(
+                "fusion_weights",
+                format!("{part:?} is not factor=weight with a factor among {}", names.join(", ")),
+            )
+        };
+        let (name, value) = part.split_once('=').ok_or_else(bad)?;
+        let factor = (Factor::ALL.into_iter())
+            .find(|f| f.name() == name.trim())
+            .ok_or_else(bad)?;
+        weights.0[factor as usize] = value.trim().parse().map_err(|_| bad())?;
+    }
+    Ok(weights)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -865,26 +893,4 @@ mod tests {
         assert_eq!(current.max_bad_frames, 1);
         assert_eq!(current.max_clients, Config::default().max_clients);
     }
-}
-
-/// `"factor=weight,..."` over `base`: each named factor's weight replaced.
-fn parse_weights(
-    base: crate::recall::fusion::Weights,
-    text: &str,
-) -> Result<crate::recall::fusion::Weights, ConfigError> {
-    use crate::recall::fusion::Factor;
-    let mut weights = base;
-    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let bad = || {
-            let names: Vec<&str> = Factor::ALL.iter().map(|f| f.name()).collect();
-            invalid(
-                "fusion_weights",
-                format!("{part:?} is not factor=weight with a factor among {}", names.join(", ")),
-            )
-        };
-        let (name, value) = part.split_once('=').ok_or_else(bad)?;
-        let factor = (Factor::ALL.into_iter()).find(|f| f.name() == name.trim()).ok_or_else(bad)?;
-        weights.0[factor as usize] = value.trim().parse().map_err(|_| bad())?;
-    }
-    Ok(weights)
 }

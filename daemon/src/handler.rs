@@ -185,7 +185,10 @@ async fn dispatch(
         }
         ArchivedRequestBody::Feedback(feedback) => {
             let judgement = judgement(feedback);
-            (shared.recall.check_feedback(judgement.recall_request_id, judgement.memory_id)).map_err(recall_refusal)?;
+            (shared
+                .recall
+                .check_feedback(judgement.recall_request_id, judgement.memory_id))
+            .map_err(recall_refusal)?;
             store.feedback(judgement).await.map_err(store_refusal)?;
             ResponseBody::Empty
         }

@@ -1,42 +1,188 @@
-//! The request's `route` field through the real client: honoured when this
-//! build can take it, refused by name when it cannot (issue 8, item 1).
+//! The recall pipeline through a real daemon (issue 10): every route
+//! answers and says why; a memory remembered a moment earlier is found on
+//! every route (no stale index, no stale cache); a failing, hanging or
+//! panicking engine makes answers degraded, never failed, and its breaker
+//! opens; a forced route whose engines are all down is refused naming them;
+//! feedback must name a recent recall and one of its results.
 
-use nexus_client::wire::{ErrorCode, RecallRequest, RequestBody, Route};
+use nexus_client::Client;
+use nexus_client::wire::{
+    ErrorCode, FeedbackRequest, RecallRequest, RequestBody, Response, ResponseBody, Route, Status,
+};
 use nexus_tests::store::{check_refused, memory};
 
-use crate::start;
+use crate::{start, start_with_env};
 
-fn query(route: Option<Route>) -> RecallRequest {
+fn query(namespace: &str, text: &str, route: Option<Route>) -> RecallRequest {
     RecallRequest {
-        namespace: "routes".into(),
-        text: Some("hiking".into()),
+        namespace: namespace.into(),
+        text: Some(text.into()),
         k: 5,
         route,
         ..RecallRequest::default()
     }
 }
 
-// Regression: the route a client forced was accepted and silently ignored,
-// so a client asking for FullPipeline got the exact scan without knowing.
+fn ask(client: &Client, request: RecallRequest) -> (Response, Vec<String>) {
+    let response = client
+        .call(RequestBody::Recall(request), None)
+        .expect("the call goes through");
+    let texts = match &response.body {
+        ResponseBody::Recalled(hits) => hits.iter().map(|h| h.text.clone()).collect(),
+        other => panic!("a recall answered {other:?} ({:?})", response.status),
+    };
+    (response, texts)
+}
+
 #[test]
-fn a_forced_route_is_honoured_or_refused_by_name_never_ignored() {
-    let daemon = start(&[]);
+fn every_route_answers_says_why_and_sees_the_last_write() {
+    let daemon = start(&["--chunk-tokens", "0"]);
     let client = daemon.client();
     client
-        .remember(vec![memory("routes", "Caroline went hiking")])
+        .remember(vec![memory("routes", "Caroline went hiking in the hills")])
         .expect("a memory");
-    for route in [None, Some(Route::None), Some(Route::SmartRouting)] {
-        let hits = client
-            .recall(query(route))
-            .unwrap_or_else(|e| panic!("route {route:?}: {e}"));
-        assert_eq!(hits.len(), 1, "route {route:?} is answered");
+    let routes = [
+        None,
+        Some(Route::SmartRouting),
+        Some(Route::FullPipeline),
+        Some(Route::MaximumIntelligence),
+    ];
+    let mut previous: Option<&str> = None;
+    for text in [
+        "Melanie painted a lake at sunrise",
+        "Caroline adopted a puppy named Oscar",
+    ] {
+        for route in routes {
+            // The same question each round: a cached answer from round 0
+            // must not hide round 1's memory.
+            let (response, texts) = ask(&client, query("routes", "who went where and did what", route));
+            assert_eq!(response.status, Status::Ok, "{route:?}");
+            assert!(!response.route_reason.is_empty(), "{route:?}: the route says why");
+            if route.is_some() {
+                assert_eq!(Some(response.route), route);
+                assert_eq!(response.route_reason, "forced by the request");
+            }
+            if let Some(previous) = previous {
+                assert!(
+                    texts.iter().any(|t| t == previous),
+                    "{route:?}: {texts:?} misses {previous:?}"
+                );
+            }
+        }
+        client.remember(vec![memory("routes", text)]).expect("a memory");
+        previous = Some(text);
+        for route in routes {
+            let (_, texts) = ask(&client, query("routes", text, route));
+            assert_eq!(
+                texts.first().map(String::as_str),
+                Some(text),
+                "{route:?} finds the new memory first"
+            );
+        }
     }
-    for route in [Route::CacheOnly, Route::FullPipeline, Route::MaximumIntelligence] {
-        let body = RequestBody::Recall(query(Some(route)));
-        let message = check_refused(&client, &format!("route {route:?}"), body, ErrorCode::NotAvailable);
-        assert!(
-            message.contains(&format!("{route:?}")),
-            "the refusal names the route: {message}"
-        );
+    // Asked twice with no write in between: the second is a cache hit.
+    let question = query("routes", "a puppy named Oscar", None);
+    ask(&client, question.clone());
+    let (cached, texts) = ask(&client, question.clone());
+    assert_eq!(cached.route, Route::CacheOnly, "{}", cached.route_reason);
+    assert_eq!(texts[0], "Caroline adopted a puppy named Oscar");
+    let (forced, _) = ask(&client, query("routes", "a puppy named Oscar", Some(Route::CacheOnly)));
+    assert_eq!(forced.route, Route::CacheOnly);
+    assert!(daemon.stats_counter("cache_hits_exact") >= 2);
+    // Another namespace's question was never answered: forced CacheOnly is refused by name.
+    let body = RequestBody::Recall(query("elsewhere", "a puppy", Some(Route::CacheOnly)));
+    let message = check_refused(&client, "CacheOnly with nothing cached", body, ErrorCode::NotAvailable);
+    assert!(
+        message.contains("CacheOnly") && message.contains("elsewhere"),
+        "{message}"
+    );
+}
+
+#[test]
+fn failing_engines_degrade_answers_open_their_breakers_and_a_forced_route_names_them() {
+    let daemon = start_with_env(
+        &["--chunk-tokens", "0", "--breaker-failures", "3"],
+        &[("NEXUS_TEST_FAULTS", "dense=panic,lexical=fail")],
+    );
+    let client = daemon.client();
+    client
+        .remember(vec![memory("faults", "Caroline went hiking in the hills")])
+        .expect("a memory");
+    // Different questions so no answer comes from the cache.
+    for n in 0..4 {
+        let (response, texts) = ask(&client, query("faults", &format!("hiking trip {n}"), None));
+        let Status::Degraded { reason } = &response.status else {
+            panic!("expected a degraded answer, got {:?}", response.status);
+        };
+        assert!(reason.contains("dense") && reason.contains("lexical"), "{reason}");
+        assert_eq!(texts, ["Caroline went hiking in the hills"], "the exact scan answered");
     }
+    assert_eq!(daemon.stats_counter("dense_breaker_state"), 1, "open after 3 failures");
+    assert_eq!(daemon.stats_counter("lexical_breaker_state"), 1);
+    let (response, _) = ask(&client, query("faults", "hiking again", None));
+    let Status::Degraded { reason } = &response.status else {
+        panic!("expected a degraded answer, got {:?}", response.status);
+    };
+    assert!(reason.contains("circuit breaker open"), "{reason}");
+    let body = RequestBody::Recall(query("faults", "hiking", Some(Route::FullPipeline)));
+    let message = check_refused(&client, "forced route, engines down", body, ErrorCode::NotAvailable);
+    assert!(message.contains("dense") && message.contains("lexical"), "{message}");
+}
+
+#[test]
+fn a_hanging_engine_costs_the_deadline_not_the_answer() {
+    let daemon = start_with_env(&["--chunk-tokens", "0"], &[("NEXUS_TEST_FAULTS", "dense=hang")]);
+    let client = daemon.client();
+    client
+        .remember(vec![memory("hang", "Caroline went hiking in the hills")])
+        .expect("a memory");
+    let (response, texts) = ask(&client, query("hang", "hiking", None));
+    let Status::Degraded { reason } = &response.status else {
+        panic!("expected a degraded answer, got {:?}", response.status);
+    };
+    assert!(reason.contains("dense") && reason.contains("deadline"), "{reason}");
+    assert_eq!(texts, ["Caroline went hiking in the hills"], "lexical answered");
+}
+
+#[test]
+fn feedback_must_name_a_recent_recall_and_one_of_its_results() {
+    let daemon = start(&["--chunk-tokens", "0"]);
+    let client = daemon.client();
+    let ids = client
+        .remember(vec![
+            memory("judge", "Caroline went hiking in the hills"),
+            memory("judge", "Melanie painted a lake"),
+        ])
+        .expect("memories");
+    let (response, texts) = ask(
+        &client,
+        query("judge", "hiking in the hills", Some(Route::SmartRouting)),
+    );
+    assert_eq!(texts[0], "Caroline went hiking in the hills");
+    let feedback = |memory_id, recall_request_id| {
+        RequestBody::Feedback(FeedbackRequest {
+            memory_id,
+            recall_request_id,
+            useful: true,
+        })
+    };
+    let answer = client
+        .call(feedback(ids[0], response.request_id), None)
+        .expect("the call goes through");
+    assert_eq!(answer.status, Status::Ok);
+    let unknown = check_refused(
+        &client,
+        "unknown recall",
+        feedback(ids[0], u64::MAX),
+        ErrorCode::NotFound,
+    );
+    assert!(unknown.contains("no recent recall"), "{unknown}");
+    let other = if texts.len() == 1 { ids[1] } else { ids[0] + 1000 };
+    let message = check_refused(
+        &client,
+        "memory not returned",
+        feedback(other, response.request_id),
+        ErrorCode::NotFound,
+    );
+    assert!(message.contains("not among the results"), "{message}");
 }

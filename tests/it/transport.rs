@@ -38,7 +38,9 @@ fn memory_operations_work_over_both_transports() {
         else {
             panic!("Remember did not answer with ids");
         };
-        let ResponseBody::Recalled(hits) = check_call(&mut connection, recall.clone(), None).body else {
+        let recalled = check_call(&mut connection, recall.clone(), None);
+        let recall_id = recalled.request_id;
+        let ResponseBody::Recalled(hits) = recalled.body else {
             panic!("Recall did not answer with hits");
         };
         assert_eq!(
@@ -46,7 +48,11 @@ fn memory_operations_work_over_both_transports() {
             vec![(ids[0], "the sky is blue")]
         );
         let feedback = match feedback {
-            RequestBody::Feedback(f) => RequestBody::Feedback(FeedbackRequest { memory_id: ids[0], ..f }),
+            RequestBody::Feedback(f) => RequestBody::Feedback(FeedbackRequest {
+                memory_id: ids[0],
+                recall_request_id: recall_id,
+                ..f
+            }),
             other => other,
         };
         check_call(&mut connection, feedback, None);

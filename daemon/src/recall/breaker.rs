@@ -76,7 +76,11 @@ impl Breaker {
         }
         let cooled = now_ms.saturating_add(1) >= opened.saturating_add(config.cool_down_ms);
         // Only one recall takes the trial.
-        cooled && self.trial.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        cooled
+            && self
+                .trial
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
     }
 
     /// The outcome of a run that `allow` let through.
@@ -87,7 +91,10 @@ impl Breaker {
             self.trial.store(0, Ordering::Release);
             return;
         }
-        let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+        let failures = self
+            .consecutive_failures
+            .fetch_add(1, Ordering::AcqRel)
+            .saturating_add(1);
         let half_open = self.trial.load(Ordering::Acquire) == 1;
         if half_open || failures >= config.failures_to_open {
             if self.opened_at_ms.swap(now_ms.saturating_add(1), Ordering::AcqRel) == 0 || half_open {

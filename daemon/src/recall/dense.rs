@@ -114,7 +114,9 @@ impl DenseEngine {
     /// for the clients' space or a text with no known token): the query
     /// embedding of the semantic cache and of the maximum route's exact re-rank.
     pub fn embed_text(&self, text: &str) -> Option<Vec<f32>> {
-        let Space::BuiltIn(embedder) = &self.space else { return None };
+        let Space::BuiltIn(embedder) = &self.space else {
+            return None;
+        };
         let mut vector = Vec::new();
         embed(embedder.as_ref(), text, &mut vector).then_some(vector)
     }

@@ -28,7 +28,9 @@ pub enum Fault {
 
 /// `engines`, with those named in [`FAULTS_ENV`] wrapped.
 pub fn from_env(engines: Vec<Arc<dyn Engine>>) -> Vec<Arc<dyn Engine>> {
-    let Ok(spec) = std::env::var(FAULTS_ENV) else { return engines };
+    let Ok(spec) = std::env::var(FAULTS_ENV) else {
+        return engines;
+    };
     let faults: Vec<(String, Fault)> = (spec.split(','))
         .filter_map(|part| {
             let (name, fault) = part.split_once('=')?;
@@ -45,7 +47,10 @@ pub fn from_env(engines: Vec<Arc<dyn Engine>>) -> Vec<Arc<dyn Engine>> {
         .map(|engine| match faults.iter().find(|(name, _)| name == engine.name()) {
             Some((_, fault)) => {
                 tracing::warn!(engine = engine.name(), ?fault, "test fault injected");
-                Arc::new(Faulty { inner: engine, fault: *fault }) as Arc<dyn Engine>
+                Arc::new(Faulty {
+                    inner: engine,
+                    fault: *fault,
+                }) as Arc<dyn Engine>
             }
             None => engine,
         })

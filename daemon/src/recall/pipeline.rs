@@ -86,8 +86,8 @@ pub const RECENT_RECALLS: usize = 4096;
 /// Memories the maximum route adds through the query's entity links.
 pub const EXPANSION_RELATED: usize = 16;
 
-/// Longest an engine may search for a request that set no deadline: an
-/// engine that hangs must not hold a recall (and its worker) for ever.
+/// Longest an engine may search: an engine that hangs must not hold a
+/// recall (and its worker) for ever, even for a request with no deadline.
 pub const ENGINE_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The fusion's tunable constants (swapped whole, with the weights).
@@ -302,11 +302,17 @@ impl Recall {
         for (route, counter) in inner.routes.all() {
             gauges.push((format!("route_{route}"), counter.load(Ordering::Relaxed)));
         }
+        if let Some(mining) = &inner.parts.mining {
+            gauges.extend(mining.gauges());
+        }
         let tuning = inner.tuning.load();
         let now = now_ms();
         for (engine, breaker) in &inner.engines {
             let name = engine.name();
-            gauges.push((format!("{name}_breaker_state"), breaker.state(&tuning.breaker, now).code()));
+            gauges.push((
+                format!("{name}_breaker_state"),
+                breaker.state(&tuning.breaker, now).code(),
+            ));
             gauges.push((format!("{name}_breaker_opened"), breaker.times_opened()));
         }
         gauges
@@ -377,11 +383,11 @@ impl Recall {
         let mut embedding = None;
         if inner.caching && matches!(input.route, Route::Auto | Route::CacheOnly) {
             if let Some(hit) = inner.cache.get(&key, None, stamp) {
-                return Ok(inner.from_cache(&hit.value, hit.level, &query));
+                return Ok(inner.cached_answer(&hit.value, hit.level, &query));
             }
             embedding = text.and_then(|t| inner.parts.dense.as_ref()?.embed_text(t));
             if let Some(hit) = inner.cache.get(&key, embedding.as_deref(), stamp) {
-                return Ok(inner.from_cache(&hit.value, hit.level, &query));
+                return Ok(inner.cached_answer(&hit.value, hit.level, &query));
             }
         }
         if input.route == Route::CacheOnly {
@@ -461,7 +467,7 @@ impl Inner {
         names.join(", ")
     }
 
-    fn from_cache(&self, cached: &Cached, level: Level, query: &Query<'_>) -> Answer {
+    fn cached_answer(&self, cached: &Cached, level: Level, query: &Query<'_>) -> Answer {
         self.routes.count(Route::CacheOnly);
         Answer {
             hits: cached.hits.iter().take(query.k()).cloned().collect(),
@@ -485,7 +491,11 @@ impl Inner {
         forced: bool,
     ) -> Result<Answer, RecallError> {
         let tuning = self.tuning.load_full();
-        let depth = if route == Route::SmartRouting { SMART_DEPTH } else { FULL_DEPTH };
+        let depth = if route == Route::SmartRouting {
+            SMART_DEPTH
+        } else {
+            FULL_DEPTH
+        };
         let deep = query.with_k(query.k().max(depth));
         let now = now_ms();
         let mut lists: Vec<Candidates> = Vec::with_capacity(self.engines.len());
@@ -526,7 +536,8 @@ impl Inner {
                 .collect();
             return Ok(Answer {
                 hits: hide_linked_duplicates(hits).into_iter().take(query.k()).collect(),
-                degraded: (!failures.is_empty()).then(|| format!("answered by the exact scan: {}", failures.join("; "))),
+                degraded: (!failures.is_empty())
+                    .then(|| format!("answered by the exact scan: {}", failures.join("; "))),
                 engines: vec![answered.engine],
                 route,
                 ..Answer::default()
@@ -627,18 +638,19 @@ impl<'a> Fusion<'a> {
                 for hit in &list.hits {
                     let row = self.row(hit.id);
                     let value = if best > 0.0 { hit.score / best } else { 0.0 };
-                    self.features.set(row, Factor::Lexical, value.max(self.features.get(row, Factor::Lexical)));
+                    self.features
+                        .set(row, Factor::Lexical, value.max(self.features.get(row, Factor::Lexical)));
                 }
             } else {
                 vector = true;
-                let (lo, hi) = (list.hits.iter().map(|h| h.score)).fold((f32::MAX, f32::MIN), |(lo, hi), s| {
-                    (lo.min(s), hi.max(s))
-                });
+                let (lo, hi) = (list.hits.iter().map(|h| h.score))
+                    .fold((f32::MAX, f32::MIN), |(lo, hi), s| (lo.min(s), hi.max(s)));
                 let span = hi - lo;
                 for hit in &list.hits {
                     let row = self.row(hit.id);
                     let value = if span > 0.0 { (hit.score - lo) / span } else { 1.0 };
-                    self.features.set(row, Factor::Vector, value.max(self.features.get(row, Factor::Vector)));
+                    self.features
+                        .set(row, Factor::Vector, value.max(self.features.get(row, Factor::Vector)));
                 }
             }
         }
@@ -680,7 +692,12 @@ impl<'a> Fusion<'a> {
             }
             neighbours.clear();
             let id = self.features.ids()[row];
-            filter.neighbours(id, self.tuning.context_window, self.tuning.context_max_gap_ms, &mut neighbours);
+            filter.neighbours(
+                id,
+                self.tuning.context_window,
+                self.tuning.context_max_gap_ms,
+                &mut neighbours,
+            );
             for &(other, distance) in &neighbours {
                 let boost = bases[row] * self.tuning.context_decay.powi(distance as i32 - 1);
                 boosts.push((other, boost));
@@ -710,13 +727,16 @@ impl<'a> Fusion<'a> {
                 let row = self.row(related.id);
                 // An entity link counts as half a lexical match at most.
                 let value = 0.5 * related.score / best.max(f32::MIN_POSITIVE);
-                self.features.set(row, Factor::Lexical, value.max(self.features.get(row, Factor::Lexical)));
+                self.features
+                    .set(row, Factor::Lexical, value.max(self.features.get(row, Factor::Lexical)));
             }
         }
         // Exact re-rank: every candidate's text against the query, by the
         // built-in embedding, on the dense list's scale.
         let Some(dense) = &self.inner.parts.dense else { return };
-        let Some(query_vector) = dense.embed_text(text) else { return };
+        let Some(query_vector) = dense.embed_text(text) else {
+            return;
+        };
         let ids: Vec<u64> = self.features.ids().to_vec();
         let memories = self.inner.store.memories(ids.iter().copied());
         let cosines: Vec<f32> = (memories.iter())
@@ -726,7 +746,9 @@ impl<'a> Fusion<'a> {
                     .map_or(0.0, |v| dot(&query_vector, &v))
             })
             .collect();
-        let (lo, hi) = cosines.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &c| (lo.min(c), hi.max(c)));
+        let (lo, hi) = cosines
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(lo, hi), &c| (lo.min(c), hi.max(c)));
         let span = hi - lo;
         for (row, cosine) in cosines.into_iter().enumerate() {
             let value = if span > 0.0 { (cosine - lo) / span } else { 0.0 };
@@ -740,7 +762,10 @@ impl<'a> Fusion<'a> {
         let now = now_ms() as f64;
         let tallies = self.inner.store.feedback_tallies(ids.iter().copied());
         let dates = if full {
-            self.query.text().map(|t| query_dates(&self.inner.router, t)).unwrap_or_default()
+            self.query
+                .text()
+                .map(|t| query_dates(&self.inner.router, t))
+                .unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -762,7 +787,11 @@ impl<'a> Fusion<'a> {
             self.features.set(row, Factor::Importance, memory.importance());
             let tally = tallies[row];
             let (up, down) = (f64::from(tally.useful), f64::from(tally.not_useful));
-            self.features.set(row, Factor::Preference, (0.5 + 0.5 * (up - down) / (up + down + 2.0)) as f32);
+            self.features.set(
+                row,
+                Factor::Preference,
+                (0.5 + 0.5 * (up - down) / (up + down + 2.0)) as f32,
+            );
             if let Some(novelty) = view.as_ref().and_then(|v| v.novelty(memory.id())) {
                 self.features.set(row, Factor::Diversity, novelty);
             }
@@ -774,7 +803,9 @@ impl<'a> Fusion<'a> {
 
     /// Drops a result whose text nearly duplicates a better one's (MinHash).
     fn fold_near_duplicates(&self, hits: Vec<Recalled>) -> Vec<Recalled> {
-        let Some(mining) = self.inner.parts.mining.as_deref() else { return hits };
+        let Some(mining) = self.inner.parts.mining.as_deref() else {
+            return hits;
+        };
         let view = mining.view();
         let mut kept: Vec<Recalled> = Vec::with_capacity(hits.len());
         for hit in hits {
@@ -994,7 +1025,11 @@ async fn run_with_deadline(
     engine: &'static str,
     deadline: Deadline,
 ) -> Result<Candidates, EngineError> {
-    let left = deadline.remaining().unwrap_or(ENGINE_BUDGET);
+    // Each engine's own deadline: at most ENGINE_BUDGET, and a quarter of
+    // the request's time left over to fuse the others and answer in time.
+    let left = deadline
+        .remaining()
+        .map_or(ENGINE_BUDGET, |left| (left * 3 / 4).min(ENGINE_BUDGET));
     match tokio::time::timeout(left, isolated(search, engine)).await {
         Ok(searched) => searched,
         Err(_) => Err(EngineError::Failed {

@@ -51,8 +51,20 @@ impl Default for RouterConfig {
 
 /// Words that ask about time.
 const TIME_WORDS: [&str; 14] = [
-    "when", "before", "after", "since", "until", "ago", "yesterday", "today", "tomorrow", "last", "during", "year",
-    "month", "week",
+    "when",
+    "before",
+    "after",
+    "since",
+    "until",
+    "ago",
+    "yesterday",
+    "today",
+    "tomorrow",
+    "last",
+    "during",
+    "year",
+    "month",
+    "week",
 ];
 
 /// Words that join two things a question asks about together.
@@ -175,11 +187,10 @@ impl Router {
             };
         }
         let config = self.config.load();
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rules(&config, &features())))
-            .unwrap_or(Decision {
-                route: Route::SmartRouting,
-                reason: "fallback rule: the router failed",
-            })
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rules(&config, &features()))).unwrap_or(Decision {
+            route: Route::SmartRouting,
+            reason: "fallback rule: the router failed",
+        })
     }
 }
 
@@ -210,19 +221,27 @@ mod tests {
     use super::*;
 
     fn router() -> Router {
-        Router::new(RouterConfig::default(), EntityExtractor::new(&[]).expect("no keyword lists"))
+        Router::new(
+            RouterConfig::default(),
+            EntityExtractor::new(&[]).expect("no keyword lists"),
+        )
     }
 
     fn route(text: &str) -> Route {
         let router = router();
-        router.decide(Route::Auto, || router.features(Some(text), false, false)).route
+        router
+            .decide(Route::Auto, || router.features(Some(text), false, false))
+            .route
     }
 
     #[test]
     fn queries_take_the_route_their_features_call_for() {
         assert_eq!(route("favourite colour"), Route::SmartRouting);
         assert_eq!(route("When did Caroline go to the support group?"), Route::FullPipeline);
-        assert_eq!(route("What do Melanie and Caroline both like to do?"), Route::MaximumIntelligence);
+        assert_eq!(
+            route("What do Melanie and Caroline both like to do?"),
+            Route::MaximumIntelligence
+        );
         let long = "word ".repeat(30);
         assert_eq!(route(&long), Route::FullPipeline);
     }
@@ -231,7 +250,10 @@ mod tests {
     fn a_forced_route_and_a_predicted_cache_hit_win_with_their_reason() {
         let router = router();
         let forced = router.decide(Route::FullPipeline, || panic!("features are not needed"));
-        assert_eq!((forced.route, forced.reason), (Route::FullPipeline, "forced by the request"));
+        assert_eq!(
+            (forced.route, forced.reason),
+            (Route::FullPipeline, "forced by the request")
+        );
         let cached = router.decide(Route::Auto, || router.features(Some("colour"), false, true));
         assert_eq!(cached.route, Route::CacheOnly);
     }
@@ -253,7 +275,9 @@ mod tests {
             ..RouterConfig::default()
         });
         assert_eq!(
-            router.decide(Route::Auto, || router.features(Some(question), false, false)).route,
+            router
+                .decide(Route::Auto, || router.features(Some(question), false, false))
+                .route,
             Route::SmartRouting
         );
     }
@@ -261,7 +285,11 @@ mod tests {
     #[test]
     fn features_count_distinct_entities_not_the_capitalised_first_word() {
         let router = router();
-        let f = router.features(Some("Where did Caroline meet caroline and Melanie in May 2023?"), true, false);
+        let f = router.features(
+            Some("Where did Caroline meet caroline and Melanie in May 2023?"),
+            true,
+            false,
+        );
         assert!(f.vector && f.time && f.joining);
         assert!(f.entities >= 2, "{f:?}");
         assert_eq!(router.features(Some("Where is it?"), false, false).entities, 0);

@@ -24,7 +24,10 @@ async fn every_route_answers_and_the_cache_serves_only_answers_newer_than_the_la
         route,
         ..QueryInput::default()
     };
-    let refused = recall.recall(&input(Route::CacheOnly), Deadline::NONE).await.unwrap_err();
+    let refused = recall
+        .recall(&input(Route::CacheOnly), Deadline::NONE)
+        .await
+        .unwrap_err();
     assert!(matches!(refused, RecallError::NotCached { .. }), "{refused}");
     assert!(refused.to_string().contains("CacheOnly"), "{refused}");
     for route in [Route::SmartRouting, Route::FullPipeline, Route::MaximumIntelligence] {
@@ -34,16 +37,28 @@ async fn every_route_answers_and_the_cache_serves_only_answers_newer_than_the_la
         assert_eq!(answer.hits.len(), 1, "{route:?}");
         assert_eq!(answer.hits[0].memory.view().text(), "Caroline went hiking");
     }
-    let cached = recall.recall(&input(Route::CacheOnly), Deadline::NONE).await.expect("cached");
+    let cached = recall
+        .recall(&input(Route::CacheOnly), Deadline::NONE)
+        .await
+        .expect("cached");
     assert_eq!((cached.route, cached.cached), (Route::CacheOnly, Some(Level::Exact)));
     assert_eq!(cached.hits.len(), 1);
-    let auto = recall.recall(&input(Route::Auto), Deadline::NONE).await.expect("answered");
+    let auto = recall
+        .recall(&input(Route::Auto), Deadline::NONE)
+        .await
+        .expect("answered");
     assert_eq!(auto.route, Route::CacheOnly, "an auto-routed repeat is a cache hit");
     // A write to the namespace: the cached answer is never served again.
     test.remember(vec![note("a", "Melanie went hiking too")]).await;
-    let refused = recall.recall(&input(Route::CacheOnly), Deadline::NONE).await.unwrap_err();
+    let refused = recall
+        .recall(&input(Route::CacheOnly), Deadline::NONE)
+        .await
+        .unwrap_err();
     assert!(matches!(refused, RecallError::NotCached { .. }), "{refused}");
-    let fresh = recall.recall(&input(Route::Auto), Deadline::NONE).await.expect("answered");
+    let fresh = recall
+        .recall(&input(Route::Auto), Deadline::NONE)
+        .await
+        .expect("answered");
     assert_ne!(fresh.route, Route::CacheOnly);
     assert_eq!(fresh.hits.len(), 2, "the new memory is in the next answer");
 }
