@@ -21,7 +21,9 @@ const K: usize = 8;
 fn values() -> Vec<[f32; 8]> {
     let mut state = 0x6675_7369_6f6e_u64;
     let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 40) as f32 / (1u64 << 24) as f32
     };
     (0..CANDIDATES).map(|_| std::array::from_fn(|_| next())).collect()

@@ -78,9 +78,7 @@ fn main() -> anyhow::Result<()> {
                 let ResponseBody::Recalled(hits) = response.body else {
                     anyhow::bail!("{name}: answered {:?}", response.status);
                 };
-                let list: Vec<_> = (hits.iter())
-                    .map(|hit| json!([hit.id, hit.score]))
-                    .collect();
+                let list: Vec<_> = (hits.iter()).map(|hit| json!([hit.id, hit.score])).collect();
                 lists.insert(name.into(), list.into());
             }
             let line = json!({"question": {"conv": conversation.sample_id, "text": question.text,

@@ -311,7 +311,14 @@ pub enum Mode {
 
 impl Mode {
     /// Every mode, in report order.
-    pub const ALL: [Mode; 6] = [Mode::Lexical, Mode::Dense, Mode::Auto, Mode::Smart, Mode::Full, Mode::Max];
+    pub const ALL: [Mode; 6] = [
+        Mode::Lexical,
+        Mode::Dense,
+        Mode::Auto,
+        Mode::Smart,
+        Mode::Full,
+        Mode::Max,
+    ];
 
     /// Its name in the report.
     pub fn name(self) -> &'static str {
