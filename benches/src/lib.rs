@@ -29,6 +29,7 @@ pub mod fanout;
 pub mod floor;
 pub mod idle;
 pub mod ping;
+pub mod recall;
 pub mod remember;
 pub mod report;
 pub mod startup;

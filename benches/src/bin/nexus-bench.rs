@@ -17,10 +17,11 @@ use nexus_benches::fanout::{FanoutConfig, run_fanout};
 use nexus_benches::floor::{DEFAULT_ROUND_TRIPS, run_floor};
 use nexus_benches::idle::{IdleConfig, run_idle};
 use nexus_benches::ping::{PingConfig, run_ping};
+use nexus_benches::recall::{RecallConfig, run_recall};
 use nexus_benches::remember::{RememberConfig, run_remember};
 use nexus_benches::startup::{StartupConfig, run_startup};
 use nexus_benches::sustained::{SustainedConfig, run_sustained};
-use nexus_benches::{ann, eval, fanout, floor, idle, ping, remember, startup, sustained};
+use nexus_benches::{ann, eval, fanout, floor, idle, ping, recall, remember, startup, sustained};
 use nexus_client::Transport;
 
 #[global_allocator]
@@ -43,6 +44,8 @@ USAGE:
   nexus-bench eval locomo [COMMON] --data FILE [--k-max K]
   nexus-bench sustained [COMMON] [--memories N] [--writers W] [--batch B] [--dim D] [--text-bytes T]
                      [--seed-memories S] [--idle-s SECONDS] [--catch-up-timeout-s SECONDS]
+  nexus-bench recall [COMMON] [--route cache|smart|full|max] [--memories N] [--dim D] [--clients C]
+                     [--duration S] [--k K] [--clusters N] [--seed N] [--skip-load]
 
 COMMON:
   --socket PATH             the daemon's socket (default: $NEXUS_SOCKET, else the daemon's default)
@@ -87,6 +90,15 @@ sustained: recall while W writers (default 2) write N memories (default 100000)
   is a violation); the largest tails; the time until both tails are below the
   build threshold (fails past --catch-up-timeout-s, default 120). Use a fresh
   daemon: it writes namespaces sustained-0.. and checkpoints.
+recall: recall on one forced route (default smart) from C client threads
+  (default 1) in a closed loop for S seconds (default 10), k results (default 8),
+  after loading a seeded synthetic corpus of N memories (default 100000) in
+  namespace `bench` (template texts; D-d vectors, default 384, from a mixture
+  of --clusters clusters, default 64; keys bench-0.., so a re-run upserts) unless
+  --skip-load; the ANN tails are sealed first. Reports daemon and round-trip
+  percentiles, throughput, degraded and error answers, each client's slowest
+  answer, and the wake-up floor measured in the same run. `cache` cycles over 64
+  queries warmed first.
 ";
 
 /// The parsed command line.
@@ -108,6 +120,7 @@ enum Command {
     Ann(AnnBenchConfig),
     Eval(EvalConfig),
     Sustained(SustainedConfig),
+    Recall(RecallConfig),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -212,6 +225,10 @@ fn run(command: Command, socket: PathBuf, data_dir: PathBuf, json: bool) -> anyh
             }
             rendered
         }
+        Command::Recall(config) => {
+            let result = run_recall(&RecallConfig { socket, ..config }).context("recall benchmark")?;
+            render(json, &result, || recall::recall_table(&result))?
+        }
         Command::Startup(_) | Command::Floor { .. } | Command::Ann(_) => {
             unreachable!("startup, floor and ann are run by main before any daemon is spawned")
         }
@@ -242,6 +259,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<Args
         Some(Value(name)) if name == "ann" => Command::Ann(AnnBenchConfig::default()),
         Some(Value(name)) if name == "eval" => eval_command(&mut parser)?,
         Some(Value(name)) if name == "sustained" => Command::Sustained(SustainedConfig::new(placeholder)),
+        Some(Value(name)) if name == "recall" => Command::Recall(RecallConfig::new(placeholder)),
         Some(Value(name)) if name == "floor" => Command::Floor {
             round_trips: DEFAULT_ROUND_TRIPS,
         },
@@ -262,9 +280,21 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<Args
                 Command::Remember(config) => config.transport = Transport::Socket,
                 _ => bail!("--uds is an option of remember (ping measures both transports)\n\n{USAGE}"),
             },
+            Long("skip-load") => match &mut command {
+                Command::Recall(config) => config.skip_load = true,
+                _ => bail!("--skip-load is an option of recall\n\n{USAGE}"),
+            },
             Short('h') | Long("help") => {
                 print!("{USAGE}");
                 return Ok(None);
+            }
+            Long(flag) if matches!(command, Command::Recall(_)) => {
+                // recall's options parse themselves, with errors naming the flag.
+                let flag = flag.to_owned();
+                let value = parser.value()?.string()?;
+                if let Command::Recall(config) = &mut command {
+                    config.set_option(&flag, &value)?;
+                }
             }
             Long(flag) => {
                 let flag = flag.to_owned();
