@@ -174,7 +174,7 @@ async fn dispatch(
             let answer = shared.recall.recall_for(Some(request_id), &input, deadline).await;
             let answer = answer.map_err(recall_refusal)?;
             return Ok(Answered {
-                body: ResponseBody::Recalled(answer.hits.into_iter().map(hit).collect()),
+                body: ResponseBody::Recalled(answer.hits.iter().cloned().map(hit).collect()),
                 degraded: answer.degraded,
                 route: Some((answer.route, answer.reason)),
             });

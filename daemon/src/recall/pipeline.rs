@@ -38,7 +38,7 @@
 //! bounded record ([`RECENT_RECALLS`]), so a judgement is checked against
 //! the recall it names.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -80,7 +80,7 @@ pub const DEDUP_JACCARD: f32 = 0.7;
 pub const MAX_DEDUP_KEPT: usize = 64;
 
 /// Recalls remembered for feedback: enough for an agent to judge the
-/// results of its last few thousand recalls, about 100 KiB at k = 8.
+/// results of its last few thousand recalls.
 pub const RECENT_RECALLS: usize = 4096;
 
 /// Memories the maximum route adds through the query's entity links.
@@ -182,8 +182,44 @@ struct Inner {
 
 /// A cached answer: the memories (their stored bytes, shared) and how it was made.
 struct Cached {
-    hits: Vec<Recalled>,
-    engines: Vec<&'static str>,
+    hits: Hits,
+    engines: Arc<[&'static str]>,
+}
+
+/// An answer's results, best first: shared with the cache, so a cache hit
+/// hands out the cached results without copying them (one reference count).
+#[derive(Debug, Clone, Default)]
+pub struct Hits {
+    all: Arc<Vec<Recalled>>,
+    len: usize,
+}
+
+impl Hits {
+    /// The first `k` of these.
+    fn first(&self, k: usize) -> Hits {
+        Hits {
+            all: Arc::clone(&self.all),
+            len: self.len.min(k),
+        }
+    }
+}
+
+impl From<Vec<Recalled>> for Hits {
+    fn from(hits: Vec<Recalled>) -> Self {
+        let len = hits.len();
+        Self {
+            all: Arc::new(hits),
+            len,
+        }
+    }
+}
+
+impl std::ops::Deref for Hits {
+    type Target = [Recalled];
+
+    fn deref(&self) -> &[Recalled] {
+        &self.all[..self.len]
+    }
 }
 
 /// One result: the candidate and its memory (read in place).
@@ -201,11 +237,11 @@ pub struct Recalled {
 #[derive(Debug, Clone, Default)]
 pub struct Answer {
     /// Best first.
-    pub hits: Vec<Recalled>,
+    pub hits: Hits,
     /// Set when an engine that should have answered did not (which, why).
     pub degraded: Option<String>,
     /// The engines whose candidates made the answer.
-    pub engines: Vec<&'static str>,
+    pub engines: Arc<[&'static str]>,
     /// The route taken (`Auto` for a named engine's answer).
     pub route: Route,
     /// Why that route.
@@ -335,7 +371,7 @@ impl Recall {
         let answer = self.answer(input, deadline).await?;
         if let Some(id) = request_id {
             let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
-            recent.record(id, answer.hits.iter().map(|hit| hit.candidate.id).collect());
+            recent.record(id, answer.hits.iter().map(|hit| hit.candidate.id));
         }
         Ok(answer)
     }
@@ -376,15 +412,14 @@ impl Recall {
         };
         let key = KeyRef::new(&parts);
         let text = query.text();
-        let decision = inner.router.decide(input.route, || {
-            let cached = inner.caching && inner.cache.predict(&key, stamp);
-            inner.router.features(text, query.vector().is_some(), cached)
-        });
+        let lookup = inner.caching && matches!(input.route, Route::Auto | Route::CacheOnly);
+        // The exact level first: a hit costs a hash and a comparison, and
+        // allocates nothing (the router's features would).
+        if lookup && let Some(hit) = inner.cache.get(&key, None, stamp) {
+            return Ok(inner.cached_answer(&hit.value, hit.level, &query));
+        }
         let mut embedding = None;
-        if inner.caching && matches!(input.route, Route::Auto | Route::CacheOnly) {
-            if let Some(hit) = inner.cache.get(&key, None, stamp) {
-                return Ok(inner.cached_answer(&hit.value, hit.level, &query));
-            }
+        if lookup {
             embedding = text.and_then(|t| inner.parts.dense.as_ref()?.embed_text(t));
             if let Some(hit) = inner.cache.get(&key, embedding.as_deref(), stamp) {
                 return Ok(inner.cached_answer(&hit.value, hit.level, &query));
@@ -395,13 +430,19 @@ impl Recall {
                 namespace: namespace.to_owned(),
             });
         }
+        // The cache's prediction is the router's first rule; after the
+        // misses above it holds only if a concurrent recall just filled it.
+        let decision = inner.router.decide(input.route, || {
+            let cached = inner.caching && inner.cache.predict(&key, stamp);
+            inner.router.features(text, query.vector().is_some(), cached)
+        });
         let route = match decision.route {
-            // Predicted, but gone (evicted, or a write in between).
+            // Predicted, but a lookup is a lookup: answer from the engines.
             Route::CacheOnly | Route::Auto => Route::SmartRouting,
             route => route,
         };
         let reason = if decision.route == Route::CacheOnly {
-            "the predicted cache hit was gone: ANN and lexical, light fusion"
+            "the cache predicted a hit that a write had already made stale: ANN and lexical, light fusion"
         } else {
             decision.reason
         };
@@ -412,7 +453,7 @@ impl Recall {
         if inner.caching && answer.degraded.is_none() {
             let cached = Arc::new(Cached {
                 hits: answer.hits.clone(),
-                engines: answer.engines.clone(),
+                engines: Arc::clone(&answer.engines),
             });
             let bytes = cached.hits.iter().map(|h| h.memory.view().text().len() + 64).sum();
             let embedding = match embedding {
@@ -450,10 +491,10 @@ impl Recall {
                 })
             })
             .take(query.k())
-            .collect();
+            .collect::<Vec<_>>();
         Ok(Answer {
-            hits,
-            engines: vec![answered.engine],
+            hits: hits.into(),
+            engines: Arc::new([answered.engine]),
             reason: "engine named by the request",
             ..Answer::default()
         })
@@ -470,9 +511,9 @@ impl Inner {
     fn cached_answer(&self, cached: &Cached, level: Level, query: &Query<'_>) -> Answer {
         self.routes.count(Route::CacheOnly);
         Answer {
-            hits: cached.hits.iter().take(query.k()).cloned().collect(),
+            hits: cached.hits.first(query.k()),
             degraded: None,
-            engines: cached.engines.clone(),
+            engines: Arc::clone(&cached.engines),
             route: Route::CacheOnly,
             reason: match level {
                 Level::Exact => "the same query was answered since the last write",
@@ -534,11 +575,13 @@ impl Inner {
                     })
                 })
                 .collect();
+            let mut hits = hide_linked_duplicates(hits);
+            hits.truncate(query.k());
             return Ok(Answer {
-                hits: hide_linked_duplicates(hits).into_iter().take(query.k()).collect(),
+                hits: hits.into(),
                 degraded: (!failures.is_empty())
                     .then(|| format!("answered by the exact scan: {}", failures.join("; "))),
-                engines: vec![answered.engine],
+                engines: Arc::new([answered.engine]),
                 route,
                 ..Answer::default()
             });
@@ -547,7 +590,7 @@ impl Inner {
         let engines = lists.iter().map(|list| list.engine).collect();
         let hits = Fusion::new(self, query, &tuning, route).run(&lists, ctx);
         Ok(Answer {
-            hits,
+            hits: hits.into(),
             degraded,
             engines,
             route,
@@ -933,27 +976,65 @@ fn check_applies(name: EngineName, query: &Query<'_>) -> Result<(), RecallError>
     })
 }
 
-/// The recent recalls' results, for checking feedback; the oldest go first.
-#[derive(Default)]
+/// The recent recalls' results, for checking feedback: a ring of
+/// [`RECENT_RECALLS`] slots allocated once (recording a recall allocates
+/// nothing, so a cache hit stays allocation-free); the oldest is overwritten.
 struct RecentRecalls {
-    order: VecDeque<u64>,
-    results: HashMap<u64, Vec<u64>>,
+    slots: Vec<RecentSlot>,
+    /// Request id → slot.
+    by_id: HashMap<u64, usize>,
+    next: usize,
+}
+
+/// One recall's results (the first [`JUDGEABLE_RESULTS`]).
+#[derive(Clone, Copy)]
+struct RecentSlot {
+    request_id: u64,
+    used: bool,
+    len: u8,
+    ids: [u64; JUDGEABLE_RESULTS],
+}
+
+/// Results of a recall that feedback can name: the first 32 (k is 8 by
+/// default), so the record is a fixed 1 MiB.
+pub const JUDGEABLE_RESULTS: usize = 32;
+
+impl Default for RecentRecalls {
+    fn default() -> Self {
+        let empty = RecentSlot {
+            request_id: 0,
+            used: false,
+            len: 0,
+            ids: [0; JUDGEABLE_RESULTS],
+        };
+        Self {
+            slots: vec![empty; RECENT_RECALLS],
+            by_id: HashMap::with_capacity(2 * RECENT_RECALLS),
+            next: 0,
+        }
+    }
 }
 
 impl RecentRecalls {
-    fn record(&mut self, request_id: u64, ids: Vec<u64>) {
-        if self.results.insert(request_id, ids).is_none() {
-            self.order.push_back(request_id);
+    fn record(&mut self, request_id: u64, ids: impl Iterator<Item = u64>) {
+        let slot = &mut self.slots[self.next];
+        if slot.used && self.by_id.get(&slot.request_id) == Some(&self.next) {
+            self.by_id.remove(&slot.request_id);
         }
-        while self.order.len() > RECENT_RECALLS {
-            if let Some(oldest) = self.order.pop_front() {
-                self.results.remove(&oldest);
-            }
+        slot.request_id = request_id;
+        slot.used = true;
+        slot.len = 0;
+        for (place, id) in slot.ids.iter_mut().zip(ids) {
+            *place = id;
+            slot.len += 1;
         }
+        self.by_id.insert(request_id, self.next);
+        self.next = (self.next + 1) % RECENT_RECALLS;
     }
 
     fn results(&self, request_id: u64) -> Option<&[u64]> {
-        self.results.get(&request_id).map(Vec::as_slice)
+        let slot = &self.slots[*self.by_id.get(&request_id)?];
+        Some(&slot.ids[..usize::from(slot.len)])
     }
 }
 
