@@ -214,6 +214,15 @@ impl From<Vec<Recalled>> for Hits {
     }
 }
 
+impl<'a> IntoIterator for &'a Hits {
+    type Item = &'a Recalled;
+    type IntoIter = std::slice::Iter<'a, Recalled>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 impl std::ops::Deref for Hits {
     type Target = [Recalled];
 
