@@ -9,6 +9,10 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+mod borrowed;
+
+pub use borrowed::{RecallHitSource, RecalledResponseRef, RecalledResponseResolver};
+
 /// One request. `request_id` is echoed in the response; `deadline_ns` is an
 /// absolute `CLOCK_MONOTONIC` time (both processes share the host's clock),
 /// 0 meaning "no deadline".
@@ -530,6 +534,24 @@ where
     >,
 {
     rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Failure>(value, rkyv::util::AlignedVec::<16>::new())
+        .expect("serializing into a growable buffer cannot fail")
+}
+
+/// Serializes `value` into `buffer` after clearing it, and returns it: a
+/// session that keeps one buffer across answers allocates only when an
+/// answer is larger than any before.
+pub fn encode_into_vec<T>(value: &T, mut buffer: rkyv::util::AlignedVec<16>) -> rkyv::util::AlignedVec<16>
+where
+    T: for<'a> Serialize<
+        rkyv::api::high::HighSerializer<
+            rkyv::util::AlignedVec<16>,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rkyv::rancor::Failure,
+        >,
+    >,
+{
+    buffer.clear();
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Failure>(value, buffer)
         .expect("serializing into a growable buffer cannot fail")
 }
 
