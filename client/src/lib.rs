@@ -164,6 +164,31 @@ impl Client {
         })
     }
 
+    /// The best memories for a query, with how the daemon answered: the
+    /// request id (what [`Client::feedback`] names), the route and why, and
+    /// what was missing if the answer is degraded.
+    pub fn recall_answer(&self, query: RecallRequest) -> Result<RecallAnswer, ClientError> {
+        let mut request = request(RequestBody::Recall(query));
+        let mut connection = self.lock();
+        let guard = connection.call(&mut request, None)?.into_result()?;
+        let mismatch = || ClientError::Protocol("the answer does not match the request".into());
+        let ArchivedResponseBody::Recalled(hits) = &guard.body else {
+            return Err(mismatch());
+        };
+        let hits = rkyv::deserialize::<Vec<RecallHit>, rkyv::rancor::Error>(hits).map_err(|_| mismatch())?;
+        let route = rkyv::deserialize::<wire::Route, rkyv::rancor::Error>(&guard.route).map_err(|_| mismatch())?;
+        Ok(RecallAnswer {
+            request_id: guard.request_id.to_native(),
+            route,
+            route_reason: guard.route_reason.to_string(),
+            degraded: match &guard.status {
+                wire::ArchivedStatus::Degraded { reason } => Some(reason.to_string()),
+                _ => None,
+            },
+            hits,
+        })
+    }
+
     /// Deletes memories; returns how many were deleted.
     pub fn forget(&self, what: ForgetRequest) -> Result<u64, ClientError> {
         let mut request = request(RequestBody::Forget(what));
@@ -215,6 +240,21 @@ impl Client {
         // poisoning is not a reason to refuse further calls.
         self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// A recall's results and how the daemon answered ([`Client::recall_answer`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecallAnswer {
+    /// The recall's request id: what feedback on its results names.
+    pub request_id: u64,
+    /// The route taken.
+    pub route: wire::Route,
+    /// Why the router took it.
+    pub route_reason: String,
+    /// What the answer lacked (an engine down), if anything.
+    pub degraded: Option<String>,
+    /// Best first.
+    pub hits: Vec<RecallHit>,
 }
 
 fn request(body: RequestBody) -> Request {

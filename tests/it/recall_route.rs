@@ -186,3 +186,37 @@ fn feedback_must_name_a_recent_recall_and_one_of_its_results() {
     );
     assert!(message.contains("not among the results"), "{message}");
 }
+
+#[test]
+fn feedback_moves_a_judged_memory_ahead_of_an_equal_one_and_survives_a_restart() {
+    let mut daemon = start(&["--chunk-tokens", "0", "--duplicates", "off"]);
+    let client = daemon.client();
+    let ids = client
+        .remember(vec![
+            memory("learn", "Caroline likes hiking in the hills"),
+            memory("learn", "Caroline likes hiking in the hills"),
+        ])
+        .expect("memories");
+    let ask_ids = |client: &Client| -> (u64, Vec<u64>) {
+        let answer = client
+            .recall_answer(query("learn", "hiking in the hills", Some(Route::FullPipeline)))
+            .expect("answered");
+        (answer.request_id, answer.hits.iter().map(|h| h.id).collect())
+    };
+    let (recall_id, before) = ask_ids(&client);
+    assert_eq!(before, ids, "equal scores: the lower id first");
+    for _ in 0..3 {
+        client.feedback(ids[1], recall_id, true).expect("feedback on a result");
+    }
+    let (_, after) = ask_ids(&client);
+    assert_eq!(after, [ids[1], ids[0]], "the memory judged useful comes first");
+    let answer = client
+        .recall_answer(query("learn", "hiking in the hills", Some(Route::FullPipeline)))
+        .expect("answered");
+    let why: Vec<&str> = answer.hits[0].why.iter().map(|s| s.name.as_str()).collect();
+    assert!(why.contains(&"preference") && why.contains(&"lexical"), "{why:?}");
+    drop(client);
+    daemon.restart();
+    let (_, replayed) = ask_ids(&daemon.client());
+    assert_eq!(replayed, [ids[1], ids[0]], "the preference is durable (WAL replay)");
+}

@@ -72,6 +72,12 @@ pub const SMART_DEPTH: usize = 16;
 /// Candidates each engine gives the full and maximum routes (or k if more).
 pub const FULL_DEPTH: usize = 48;
 
+/// The smallest cosine spread the vector factor's min-max normalisation
+/// stretches to `[0, 1]`: in a small namespace two memories a hair apart
+/// would otherwise be a whole factor apart (neutral on locomo-dev: recall@10
+/// 0.7225 → 0.7222 at depth 48).
+pub const MIN_COSINE_SPAN: f32 = 0.1;
+
 /// Estimated Jaccard at which two candidates count as one (DESIGN §5).
 pub const DEDUP_JACCARD: f32 = 0.7;
 
@@ -697,10 +703,10 @@ impl<'a> Fusion<'a> {
                 vector = true;
                 let (lo, hi) = (list.hits.iter().map(|h| h.score))
                     .fold((f32::MAX, f32::MIN), |(lo, hi), s| (lo.min(s), hi.max(s)));
-                let span = hi - lo;
+                let span = (hi - lo).max(MIN_COSINE_SPAN);
                 for hit in &list.hits {
                     let row = self.row(hit.id);
-                    let value = if span > 0.0 { (hit.score - lo) / span } else { 1.0 };
+                    let value = (hit.score - lo) / span;
                     self.features
                         .set(row, Factor::Vector, value.max(self.features.get(row, Factor::Vector)));
                 }
@@ -801,9 +807,9 @@ impl<'a> Fusion<'a> {
         let (lo, hi) = cosines
             .iter()
             .fold((f32::MAX, f32::MIN), |(lo, hi), &c| (lo.min(c), hi.max(c)));
-        let span = hi - lo;
+        let span = (hi - lo).max(MIN_COSINE_SPAN);
         for (row, cosine) in cosines.into_iter().enumerate() {
-            let value = if span > 0.0 { (cosine - lo) / span } else { 0.0 };
+            let value = (cosine - lo) / span;
             self.features.set(row, Factor::Vector, value);
         }
         self.missing &= !(1 << Factor::Vector as u32);
