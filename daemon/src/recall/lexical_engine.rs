@@ -303,6 +303,16 @@ impl LexicalEngine {
         out
     }
 
+    /// Memories of `id`'s namespace sharing an entity with it, strongest
+    /// link first, at most `limit` (the maximum route's second hop).
+    pub fn related_to_memory(&self, id: u64, limit: usize) -> Vec<Related> {
+        let state = self.read();
+        let (mut scratch, mut out) = (EntityScratch::new(), Vec::new());
+        state.entities.related(id, &mut scratch, &mut out);
+        out.truncate(limit);
+        out
+    }
+
     fn search_text(&self, text: &str, query: &Query<'_>, store: &Store) -> Result<Vec<Candidate>, EngineError> {
         let filter = self.meta.reader(query.filter(), store);
         if filter.admits_nothing() {

@@ -89,8 +89,14 @@ pub const MAX_DEDUP_KEPT: usize = 64;
 /// results of its last few thousand recalls.
 pub const RECENT_RECALLS: usize = 4096;
 
-/// Memories the maximum route adds through the query's entity links.
+/// Memories the maximum route adds through each entity-link lookup.
 pub const EXPANSION_RELATED: usize = 16;
+
+/// Strongest hits whose entity links the maximum route follows (the second hop).
+pub const EXPANSION_HOPS: usize = 2;
+
+/// An entity link counts at most this share of the context factor.
+pub const EXPANSION_SHARE: f32 = 0.5;
 
 /// Longest an engine may search: an engine that hangs must not hold a
 /// recall (and its worker) for ever, even for a request with no deadline.
@@ -770,23 +776,40 @@ impl<'a> Fusion<'a> {
     }
 
     /// The maximum route's expansion: memories sharing the query's
-    /// entities, a second lexical hop from the best hits' texts, and an
-    /// exact cosine for every candidate.
+    /// entities, then a second hop (memories sharing entities with the
+    /// strongest hits), both through the context factor; then an exact
+    /// cosine for every candidate.
     fn expand(&mut self, ctx: &SearchContext<'_>) {
         let Some(text) = self.query.text() else { return };
         let namespace = self.query.filter().namespace;
-        if let (Some(lexical), Some(meta)) = (&self.inner.parts.lexical, &self.inner.parts.meta) {
-            let related = lexical.related_to_text(namespace, text, EXPANSION_RELATED);
-            let best = related.iter().map(|r| r.score).fold(0.0f32, f32::max);
+        if let (Some(lexical), Some(meta)) = (self.inner.parts.lexical.clone(), self.inner.parts.meta.clone()) {
+            let n = self.features.len();
+            let bases: Vec<f32> = (0..n).map(|row| self.base(row)).collect();
+            let strong = top_k(&self.features.ids()[..n], &bases, EXPANSION_HOPS);
+            let mut links: Vec<(u64, f32)> = Vec::new();
+            let first = lexical.related_to_text(namespace, text, EXPANSION_RELATED);
+            let best = first.iter().map(|r| r.score).fold(0.0f32, f32::max);
+            links.extend(
+                first
+                    .iter()
+                    .map(|r| (r.id, EXPANSION_SHARE * r.score / best.max(f32::MIN_POSITIVE))),
+            );
+            for row in strong {
+                let hop = lexical.related_to_memory(self.features.ids()[row], EXPANSION_RELATED);
+                let best = hop.iter().map(|r| r.score).fold(0.0f32, f32::max);
+                let base = bases[row];
+                links.extend(
+                    hop.iter()
+                        .map(|r| (r.id, EXPANSION_SHARE * base * r.score / best.max(f32::MIN_POSITIVE))),
+                );
+            }
             let filter = meta.reader(self.query.filter(), ctx.store());
-            let admitted: Vec<_> = related.into_iter().filter(|r| filter.accepts(r.id)).collect();
+            links.retain(|(id, _)| filter.accepts(*id));
             drop(filter);
-            for related in admitted {
-                let row = self.row(related.id);
-                // An entity link counts as half a lexical match at most.
-                let value = 0.5 * related.score / best.max(f32::MIN_POSITIVE);
+            for (id, value) in links {
+                let row = self.row(id);
                 self.features
-                    .set(row, Factor::Lexical, value.max(self.features.get(row, Factor::Lexical)));
+                    .set(row, Factor::Context, value.max(self.features.get(row, Factor::Context)));
             }
         }
         // Exact re-rank: every candidate's text against the query, by the
