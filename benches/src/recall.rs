@@ -47,6 +47,7 @@ use nexus_client::wire::{
 };
 use nexus_client::{Client, ConnectOptions, Connection, ResponseGuard, counter};
 use nexus_daemon::recall::ann::synthetic::SplitMix64;
+use nexus_daemon::recall::lexical::synthetic::ZipfText;
 use nexus_shm_protocol::layout::{MAX_RING_BYTES, frame_footprint};
 use serde::Serialize;
 
@@ -911,6 +912,27 @@ pub struct Corpus {
     centres: Vec<f64>,
     /// [`QUERY_NOISE_VECTORS`] noise vectors of [`SPREAD`], row-major.
     noise: Vec<f64>,
+    /// The long tail of the texts' words (see [`DETAIL_VOCABULARY`]).
+    detail: ZipfText,
+}
+
+/// Distinct words of the texts' long tail: the templates alone use a few
+/// hundred words, which makes every posting list span a tenth of the
+/// corpus; conversations of 100,000 turns use tens of thousands of words,
+/// with Zipfian frequencies (exponent 1, as English).
+pub const DETAIL_VOCABULARY: usize = 50_000;
+
+/// Words of long-tail detail per memory text (a clause of 6 to 14 words)
+/// and per query (2).
+const DETAIL_WORDS: (u64, u64) = (6, 14);
+const QUERY_DETAIL_WORDS: u64 = 2;
+
+/// Appends `n` long-tail words to `out`.
+fn push_detail(detail: &ZipfText, rng: &mut SplitMix64, n: u64, out: &mut String) {
+    for _ in 0..n {
+        out.push(' ');
+        out.push_str(detail.word_with(rng));
+    }
 }
 
 impl Corpus {
@@ -929,6 +951,7 @@ impl Corpus {
             clusters,
             centres,
             noise,
+            detail: ZipfText::new(DETAIL_VOCABULARY, 1.0, seed),
         }
     }
 
@@ -938,7 +961,10 @@ impl Corpus {
         let mut rng = SplitMix64::new(mix(self.seed, MEMORY_STREAM, ordinal));
         let cluster = (rng.next_u64() % self.clusters as u64) as usize;
         let scene = Scene::draw(&mut rng, self.topic(cluster));
-        let text = scene.memory_text(&mut rng);
+        let mut text = scene.memory_text(&mut rng);
+        let (min, max) = DETAIL_WORDS;
+        let n = min + rng.next_u64() % (max - min + 1);
+        push_detail(&self.detail, &mut rng, n, &mut text);
         let mut vector = Vec::with_capacity(self.dim);
         self.point(
             cluster,
@@ -971,7 +997,9 @@ impl Corpus {
         let mut rng = SplitMix64::new(mix(self.seed, stream, n));
         let cluster = (rng.next_u64() % self.clusters as u64) as usize;
         let scene = Scene::draw(&mut rng, self.topic(cluster));
-        scene.question(&mut rng, query.text.get_or_insert_with(String::new));
+        let text = query.text.get_or_insert_with(String::new);
+        scene.question(&mut rng, text);
+        push_detail(&self.detail, &mut rng, QUERY_DETAIL_WORDS, text);
         let row = (rng.next_u64() % QUERY_NOISE_VECTORS as u64) as usize;
         let noise = self.noise[row * self.dim..(row + 1) * self.dim].iter().copied();
         self.point(cluster, noise, query.vector.get_or_insert_with(Vec::new));

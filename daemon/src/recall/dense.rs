@@ -474,8 +474,9 @@ impl DenseEngine {
         if filter.admits_nothing() {
             return Ok(Vec::new());
         }
-        let unfiltered =
-            query.filter().namespace.is_empty() && query.filter().tags.is_empty() && query.filter().created.is_none();
+        // One namespace holding every memory, no tags, no time: checking each
+        // visited node would cost a lookup for nothing.
+        let unfiltered = filter.admits_all_live();
         let params = SearchParams {
             filter: if unfiltered { None } else { Some(&filter) },
             ..SearchParams::top(query.k())

@@ -169,6 +169,24 @@ impl MetaFilter<'_> {
         }
     }
 
+    /// True when every live memory passes (no tags, no time range, and the
+    /// namespace is all of them): a search may skip the per-id check.
+    pub fn admits_all_live(&self) -> bool {
+        let scoped = self.filter.tags.is_empty() && self.filter.created.is_none();
+        scoped
+            && match self.namespace {
+                NamespaceMatch::Any => true,
+                NamespaceMatch::Id(ns) => self.inner.ordered[ns as usize].len() == self.inner.by_id.len(),
+                NamespaceMatch::Unknown => false,
+            }
+    }
+
+    /// True when only the namespace restricts (no tags, no time range): an
+    /// index sharded by namespace need not check ids at all.
+    pub fn namespace_only(&self) -> bool {
+        self.filter.tags.is_empty() && self.filter.created.is_none()
+    }
+
     /// True when nothing can pass.
     pub fn admits_nothing(&self) -> bool {
         matches!(self.namespace, NamespaceMatch::Unknown)

@@ -63,6 +63,14 @@ impl ZipfText {
         }
     }
 
+    /// A word drawn with the caller's `rng` (so one shared vocabulary can
+    /// serve many independent, reproducible streams).
+    pub fn word_with(&self, rng: &mut SplitMix64) -> &str {
+        let u = rng.next_unit();
+        let rank = self.cumulative.partition_point(|&c| c < u).min(self.words.len() - 1);
+        &self.words[rank]
+    }
+
     /// The next word.
     pub fn word(&mut self) -> &str {
         let u = self.rng.next_unit();
