@@ -12,18 +12,21 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
+use std::mem::MaybeUninit;
+
 use nexus_shm_protocol::wire::{
     ArchivedEngineChoice, ArchivedFeedbackRequest, ArchivedForgetRequest, ArchivedMemoryInput, ArchivedRecallRequest,
     ArchivedRequest, ArchivedRequestBody, ArchivedRoute, Counter, DuplicateAction, DuplicateNote, ErrorCode,
-    HealthReport, MemoryTag, Pong, RecallHit, RememberNote, RememberReport, Response, ResponseBody, Signal,
-    StatsReport, Status,
+    HealthReport, Pong, RecallHitSource, RecalledResponseRef, RememberNote, RememberReport, Response, ResponseBody,
+    ServerTimings, StatsReport, encode_into, encode_into_vec,
 };
+use rkyv::util::AlignedVec;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::preprocess::remember::{Action, Outcome, PreprocessError, Preprocessor};
 use crate::recall::fusion::Factor;
-use crate::recall::{EngineError, EngineName, QueryInput, Recall, RecallError, Recalled, Route, TimeRange};
+use crate::recall::{Answer, EngineError, EngineName, QueryInput, Recall, RecallError, Recalled, Route, TimeRange};
 use crate::store::wal::WalError;
 use crate::store::{CounterValue, Deadline, ForgetTarget, Judgement, NewMemory, Store, StoreError, TagRef};
 use crate::transport::admission::Admission;
@@ -80,51 +83,113 @@ struct Refusal {
 }
 
 /// Answers one validated request. `now_ns` is CLOCK_MONOTONIC at pick-up.
-pub async fn handle(request: &ArchivedRequest, shared: &Shared, now_ns: u64) -> Response {
+pub async fn handle(request: &ArchivedRequest, shared: &Shared, now_ns: u64) -> Reply {
     let id = request.request_id.to_native();
     let deadline_ns = request.deadline_ns.to_native();
     if deadline_ns != 0 && now_ns > deadline_ns {
         let late_us = (now_ns - deadline_ns) / 1000;
-        return Response::error(
-            id,
-            ErrorCode::DeadlineExceeded,
-            format!("deadline passed {late_us} µs before pick-up"),
-        );
+        let message = format!("deadline passed {late_us} µs before pick-up");
+        return Response::error(id, ErrorCode::DeadlineExceeded, message).into();
     }
     if shared.shutting_down.load(Ordering::Relaxed) && !is_probe(&request.body) {
-        return Response::error(id, ErrorCode::ShuttingDown, "nexusd is shutting down");
+        return Response::error(id, ErrorCode::ShuttingDown, "nexusd is shutting down").into();
     }
     match dispatch(id, &request.body, shared, now_ns, Deadline::at_ns(deadline_ns)).await {
-        Ok(Answered { body, degraded, route }) => {
-            let mut response = Response::ok(id, body);
-            if let Some(reason) = degraded {
-                response.status = Status::Degraded { reason };
-            }
-            if let Some((route, reason)) = route {
-                response.route = wire_route(route);
-                response.route_reason = reason.to_owned();
-            }
-            response
-        }
-        Err(refusal) => Response::error(id, refusal.code, refusal.message),
+        Ok(Answered::Body(body)) => Response::ok(id, body).into(),
+        Ok(Answered::Recalled(answer)) => Reply::Recalled(RecalledReply {
+            request_id: id,
+            answer,
+            timings: ServerTimings::default(),
+        }),
+        Err(refusal) => Response::error(id, refusal.code, refusal.message).into(),
     }
 }
 
-/// An operation's result, what it lacked if it was not whole, and (a
-/// recall) its route and why.
-struct Answered {
-    body: ResponseBody,
-    degraded: Option<String>,
-    route: Option<(Route, &'static str)>,
+/// An answer ready to be written into a frame. A recall's keeps its
+/// [`Answer`] (the memories, read in place, shared with the cache) and is
+/// serialized from it, so no text, tag or name is copied on the way out
+/// (`wire::RecalledResponseRef`); every other answer is an owned `Response`.
+#[derive(Debug)]
+pub enum Reply {
+    /// Any operation's answer, and every error.
+    Owned(Response),
+    /// A recall's results.
+    Recalled(RecalledReply),
+}
+
+/// A recall's answer as it leaves the pipeline, with the frame's parts.
+#[derive(Debug)]
+pub struct RecalledReply {
+    request_id: u64,
+    answer: Answer,
+    timings: ServerTimings,
+}
+
+impl Reply {
+    /// The request answered.
+    pub fn request_id(&self) -> u64 {
+        match self {
+            Reply::Owned(response) => response.request_id,
+            Reply::Recalled(recalled) => recalled.request_id,
+        }
+    }
+
+    /// Records how long the daemon took, from pick-up to now.
+    pub fn set_handled_ns(&mut self, handled_ns: u64) {
+        match self {
+            Reply::Owned(response) => response.timings.handled_ns = handled_ns,
+            Reply::Recalled(recalled) => recalled.timings.handled_ns = handled_ns,
+        }
+    }
+
+    /// Serializes the answer into a ring slot; `None` when it does not fit.
+    pub fn encode_into(&self, slot: &mut [MaybeUninit<u8>]) -> Option<usize> {
+        match self {
+            Reply::Owned(response) => encode_into(response, slot),
+            Reply::Recalled(recalled) => encode_into(&recalled.wire(), slot),
+        }
+    }
+
+    /// Serializes the answer into `buffer` (cleared first) and returns it.
+    pub fn encode_into_vec(&self, buffer: AlignedVec<16>) -> AlignedVec<16> {
+        match self {
+            Reply::Owned(response) => encode_into_vec(response, buffer),
+            Reply::Recalled(recalled) => encode_into_vec(&recalled.wire(), buffer),
+        }
+    }
+}
+
+impl From<Response> for Reply {
+    fn from(response: Response) -> Self {
+        Reply::Owned(response)
+    }
+}
+
+impl RecalledReply {
+    /// The wire's `Response`, borrowing everything from the answer.
+    fn wire(&self) -> RecalledResponseRef<'_, Recalled> {
+        let answer = &self.answer;
+        RecalledResponseRef {
+            request_id: self.request_id,
+            degraded: answer.degraded.as_deref(),
+            route: wire_route(answer.route),
+            route_reason: answer.reason,
+            timings: self.timings,
+            hits: &answer.hits,
+        }
+    }
+}
+
+/// An operation's result: a body, or a recall's answer (serialized from
+/// the memories when written, see [`Reply`]).
+enum Answered {
+    Body(ResponseBody),
+    Recalled(Answer),
 }
 
 impl From<ResponseBody> for Answered {
     fn from(body: ResponseBody) -> Self {
-        Self {
-            body,
-            degraded: None,
-            route: None,
-        }
+        Answered::Body(body)
     }
 }
 
@@ -172,12 +237,7 @@ async fn dispatch(
         ArchivedRequestBody::Recall(recall) => {
             let input = query_input(recall);
             let answer = shared.recall.recall_for(Some(request_id), &input, deadline).await;
-            let answer = answer.map_err(recall_refusal)?;
-            return Ok(Answered {
-                body: ResponseBody::Recalled(answer.hits.iter().cloned().map(hit).collect()),
-                degraded: answer.degraded,
-                route: Some((answer.route, answer.reason)),
-            });
+            return Ok(Answered::Recalled(answer.map_err(recall_refusal)?));
         }
         ArchivedRequestBody::Forget(forget) => {
             let forgotten = store.forget(&forget_target(forget), deadline).await;
@@ -308,50 +368,46 @@ fn remember_report(outcome: Outcome) -> RememberReport {
     }
 }
 
-/// A recall result with its memory's text, and why it was chosen.
-fn hit(recalled: Recalled) -> RecallHit {
-    let Recalled {
-        candidate,
-        memory,
-        contributions,
-    } = recalled;
-    let view = memory.view();
-    // A fused answer explains each factor's share of the score; a named
-    // engine's, its own signals.
-    let why = match contributions {
-        Some(contributions) => (Factor::ALL.into_iter())
-            .filter(|factor| contributions[*factor as usize] != 0.0)
-            .map(|factor| Signal {
-                name: factor.name().into(),
-                value: contributions[factor as usize],
-            })
-            .collect(),
-        None => [
-            ("vector", candidate.signals.vector),
-            ("lexical", candidate.signals.lexical),
-        ]
-        .into_iter()
-        .filter_map(|(name, value)| {
-            Some(Signal {
-                name: name.into(),
-                value: value?,
-            })
-        })
-        .collect(),
-    };
-    RecallHit {
-        id: candidate.id,
-        score: candidate.score,
-        text: view.text().to_owned(),
-        namespace: view.namespace().to_owned(),
-        tags: (view.tags())
-            .map(|(key, value)| MemoryTag {
-                key: key.to_owned(),
-                value: value.to_owned(),
-            })
-            .collect(),
-        created_at_ms: view.created_at_ms(),
-        why,
+/// A recall result as the wire writes it: its memory's bytes, read in
+/// place, and why it was chosen (a fused answer explains each factor's
+/// share of the score; a named engine's, its own signals).
+impl RecallHitSource for Recalled {
+    fn id(&self) -> u64 {
+        self.candidate.id
+    }
+
+    fn score(&self) -> f32 {
+        self.candidate.score
+    }
+
+    fn text(&self) -> &str {
+        self.memory.view().text()
+    }
+
+    fn namespace(&self) -> &str {
+        self.memory.view().namespace()
+    }
+
+    fn tags(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.memory.view().tags()
+    }
+
+    fn created_at_ms(&self) -> i64 {
+        self.memory.view().created_at_ms()
+    }
+
+    fn signals(&self) -> impl Iterator<Item = (&str, f32)> {
+        let fused = (self.contributions.iter()).flat_map(|contributions| {
+            (Factor::ALL.into_iter())
+                .map(|factor| (factor.name(), contributions[factor as usize]))
+                .filter(|(_, value)| *value != 0.0)
+        });
+        let signals = &self.candidate.signals;
+        let raw = [("vector", signals.vector), ("lexical", signals.lexical)]
+            .into_iter()
+            .filter(|_| self.contributions.is_none())
+            .filter_map(|(name, value)| Some((name, value?)));
+        fused.chain(raw)
     }
 }
 
@@ -493,3 +549,6 @@ fn now_ms() -> i64 {
         .unwrap_or_default();
     since_epoch.as_millis() as i64
 }
+
+#[cfg(test)]
+mod zero_copy_tests;

@@ -118,7 +118,7 @@ impl<'a> MemoryView<'a> {
     }
 
     /// Labels, as (key, value).
-    pub fn tags(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+    pub fn tags(&self) -> impl Iterator<Item = (&'a str, &'a str)> + use<'a> {
         self.0.tags.iter().map(|t| (t.key.as_str(), t.value.as_str()))
     }
 

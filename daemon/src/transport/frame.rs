@@ -16,7 +16,7 @@ use nexus_shm_protocol::monotonic_now_ns;
 use nexus_shm_protocol::ring::RingError;
 use nexus_shm_protocol::wire::{ErrorCode, Response, access_request};
 
-use crate::handler::{Shared, handle};
+use crate::handler::{Reply, Shared, handle};
 use crate::metrics::bump;
 
 /// Why a session ended.
@@ -41,13 +41,14 @@ pub enum SessionEnd {
     Idle,
 }
 
-/// What to send for one frame.
+/// What to send for one frame (a recall's answer is serialized from the
+/// memories it holds when the session writes it: see `handler::Reply`).
 #[derive(Debug)]
 pub enum Verdict {
     /// Send this answer and go on.
-    Answer(Response),
+    Answer(Reply),
     /// Send this answer (best effort), then end the session.
-    Last(Response, SessionEnd),
+    Last(Reply, SessionEnd),
 }
 
 /// The per-connection bad-frame count.
@@ -82,10 +83,10 @@ impl FramePolicy {
                 return self.reject(Response::error(request_id, ErrorCode::MalformedFrame, message), shared);
             }
         };
-        let mut response = handle(request, shared, picked_up_ns).await;
-        response.timings.handled_ns = monotonic_now_ns().saturating_sub(picked_up_ns);
+        let mut reply = handle(request, shared, picked_up_ns).await;
+        reply.set_handled_ns(monotonic_now_ns().saturating_sub(picked_up_ns));
         bump(&shared.metrics.requests_total);
-        Verdict::Answer(response)
+        Verdict::Answer(reply)
     }
 
     /// Counts a frame the daemon could not use (answered with `answer`);
@@ -95,9 +96,9 @@ impl FramePolicy {
         self.bad_frames += 1;
         if self.bad_frames > shared.config().max_bad_frames {
             bump(&shared.metrics.clients_disconnected_bad_frames);
-            return Verdict::Last(answer, SessionEnd::TooManyBadFrames);
+            return Verdict::Last(answer.into(), SessionEnd::TooManyBadFrames);
         }
-        Verdict::Answer(answer)
+        Verdict::Answer(answer.into())
     }
 
     /// A frame after which the stream cannot be trusted to resynchronise (a
@@ -105,6 +106,6 @@ impl FramePolicy {
     pub fn unrecoverable(&mut self, answer: Response, shared: &Shared) -> Verdict {
         bump(&shared.metrics.frames_rejected);
         self.bad_frames += 1;
-        Verdict::Last(answer, SessionEnd::TooManyBadFrames)
+        Verdict::Last(answer.into(), SessionEnd::TooManyBadFrames)
     }
 }

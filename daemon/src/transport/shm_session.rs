@@ -28,14 +28,14 @@ use nexus_shm_protocol::monotonic_now_ns;
 use nexus_shm_protocol::ring::{BadFrameReason, Consumer, Producer, RingError};
 use nexus_shm_protocol::segment::Segment;
 use nexus_shm_protocol::wake::{Bell, futex_wake};
-use nexus_shm_protocol::wire::{ErrorCode, Response, encode_into};
+use nexus_shm_protocol::wire::{ErrorCode, Response};
 use rkyv::util::AlignedVec;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::handler::Shared;
+use crate::handler::{Reply, Shared};
 use crate::metrics::bump;
 use crate::transport::admission::Charge;
 use crate::transport::frame::{FramePolicy, SessionEnd, Verdict};
@@ -66,7 +66,7 @@ pub struct ShmSession {
     /// Scratch bytes covered by `charge`.
     scratch_charged_bytes: u64,
     scratch: AlignedVec<16>,
-    pending: Option<Response>,
+    pending: Option<Reply>,
     policy: FramePolicy,
     /// When the response ring first had no room for `pending` (reset when an
     /// answer is written): the stall timeout counts from here, not from the
@@ -212,11 +212,8 @@ impl ShmSession {
         if let Err(refused) = self.charge_scratch(frame.len) {
             self.requests.release(&frame);
             let message = format!("the daemon's memory budget cannot hold this request now: {refused}");
-            return Ok(Some(Verdict::Answer(Response::error(
-                frame.request_id,
-                ErrorCode::Busy,
-                message,
-            ))));
+            let busy = Response::error(frame.request_id, ErrorCode::Busy, message);
+            return Ok(Some(Verdict::Answer(busy.into())));
         }
         // The one copy at the trust boundary: from here on the client cannot
         // change the bytes we validate and use.
@@ -228,13 +225,12 @@ impl ShmSession {
         Ok(Some(verdict))
     }
 
-    /// Writes an answer in place; returns `Blocked` (keeping the answer) when full.
-    fn send(&mut self, answer: Response) -> Result<Option<Burst>, SessionEnd> {
-        let written = self
-            .responses
-            .try_write(FrameKind::Response, answer.request_id, |slot| {
-                encode_into(&answer, slot)
-            });
+    /// Writes an answer in place (a recall's straight from the memories'
+    /// bytes); returns `Blocked` (keeping the answer) when full.
+    fn send(&mut self, answer: Reply) -> Result<Option<Burst>, SessionEnd> {
+        let written = (self.responses).try_write(FrameKind::Response, answer.request_id(), |slot| {
+            answer.encode_into(slot)
+        });
         match written {
             Ok(Some(_)) => {
                 self.stalled_since = None;
@@ -256,8 +252,8 @@ impl ShmSession {
             }
             Err(RingError::FrameTooLarge { max }) => {
                 let message = format!("the answer exceeds the maximum frame of {max} bytes");
-                let error = Response::error(answer.request_id, ErrorCode::FrameTooLarge, message);
-                self.send(error)
+                let error = Response::error(answer.request_id(), ErrorCode::FrameTooLarge, message);
+                self.send(error.into())
             }
             Err(error) => Err(SessionEnd::Corrupt(error)),
         }

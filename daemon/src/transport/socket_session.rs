@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_shm_protocol::layout::{FRAME_HEADER_BYTES, FrameHeader, FrameKind};
-use nexus_shm_protocol::wire::{ErrorCode, Response, encode_to_vec};
+use nexus_shm_protocol::wire::{ErrorCode, Response};
 use rkyv::util::AlignedVec;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::UnixStream;
@@ -32,7 +32,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::handler::Shared;
+use crate::handler::{Reply, Shared};
 use crate::metrics::bump;
 use crate::transport::admission::{AdmissionError, Charge};
 use crate::transport::frame::{FramePolicy, SessionEnd, Verdict};
@@ -41,9 +41,16 @@ use crate::transport::frame::{FramePolicy, SessionEnd, Verdict};
 /// one syscall, which is what makes the baseline fair under load.
 const SOCKET_BUFFER_BYTES: usize = 64 * 1024;
 
+/// The largest answer buffer a session keeps between answers: answers up
+/// to this size (a recall of eight memories of about a kilobyte) are
+/// serialized without an allocation; a larger one gets a buffer of its own,
+/// freed once written, so one big answer does not pin its size.
+const ANSWER_RETAIN_BYTES: usize = 16 * 1024;
+
 /// What a socket session is charged at admission besides its retained
-/// request buffer (`scratch_retain_bytes`): its read and write buffers.
-pub const FIXED_BYTES: u64 = 2 * SOCKET_BUFFER_BYTES as u64;
+/// request buffer (`scratch_retain_bytes`): its read and write buffers and
+/// its retained answer buffer.
+pub const FIXED_BYTES: u64 = (2 * SOCKET_BUFFER_BYTES + ANSWER_RETAIN_BYTES) as u64;
 
 type Reader = BufReader<OwnedReadHalf>;
 type Writer = BufWriter<OwnedWriteHalf>;
@@ -57,6 +64,8 @@ pub struct SocketSession<'a> {
     /// capacity, at least `scratch_retain_bytes`.
     charge: &'a mut Charge,
     payload: AlignedVec<16>,
+    /// The last answer's serialized bytes (kept up to [`ANSWER_RETAIN_BYTES`]).
+    answer_bytes: AlignedVec<16>,
     policy: FramePolicy,
 }
 
@@ -76,6 +85,7 @@ impl<'a> SocketSession<'a> {
             max_frame_bytes,
             charge,
             payload: AlignedVec::new(),
+            answer_bytes: AlignedVec::new(),
             policy: FramePolicy::default(),
         }
     }
@@ -149,11 +159,8 @@ impl<'a> SocketSession<'a> {
             Err(Unread::OverBudget(e)) => {
                 bump(&self.shared.metrics.refused_memory_budget);
                 let message = format!("{e}; retry the request later");
-                return Ok(Verdict::Answer(Response::error(
-                    header.request_id,
-                    ErrorCode::Busy,
-                    message,
-                )));
+                let busy = Response::error(header.request_id, ErrorCode::Busy, message);
+                return Ok(Verdict::Answer(busy.into()));
             }
         }
         let picked_up_ns = nexus_shm_protocol::monotonic_now_ns();
@@ -237,9 +244,21 @@ impl<'a> SocketSession<'a> {
         Response::error(header.request_id, ErrorCode::FrameTooLarge, message)
     }
 
-    /// Writes one answer, bounded by `stalled_client_timeout`.
-    async fn send(&self, writer: &mut Writer, answer: Response) -> Result<(), SessionEnd> {
-        self.within_stall(write_answer(writer, &answer)).await
+    /// Writes one answer (a recall's serialized straight from the
+    /// memories' bytes), bounded by `stalled_client_timeout`.
+    async fn send(&mut self, writer: &mut Writer, answer: Reply) -> Result<(), SessionEnd> {
+        let bytes = answer.encode_into_vec(std::mem::take(&mut self.answer_bytes));
+        let header = FrameHeader {
+            len: bytes.len() as u32,
+            kind: FrameKind::Response as u16,
+            flags: 0,
+            request_id: answer.request_id(),
+        };
+        let written = self.within_stall(write_frame(writer, &header, &bytes)).await;
+        if bytes.capacity() <= ANSWER_RETAIN_BYTES {
+            self.answer_bytes = bytes;
+        }
+        written
     }
 
     /// Runs a write within `stalled_client_timeout`.
@@ -258,16 +277,9 @@ impl<'a> SocketSession<'a> {
     }
 }
 
-async fn write_answer(writer: &mut Writer, answer: &Response) -> std::io::Result<()> {
-    let bytes = encode_to_vec(answer);
-    let header = FrameHeader {
-        len: bytes.len() as u32,
-        kind: FrameKind::Response as u16,
-        flags: 0,
-        request_id: answer.request_id,
-    };
+async fn write_frame(writer: &mut Writer, header: &FrameHeader, payload: &[u8]) -> std::io::Result<()> {
     writer.write_all(&header.to_le_bytes()).await?;
-    writer.write_all(&bytes).await
+    writer.write_all(payload).await
 }
 
 fn io_end(e: std::io::Error) -> SessionEnd {
