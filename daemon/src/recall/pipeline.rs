@@ -7,8 +7,9 @@
 //! - **CacheOnly**: the cache's answer, exact (L1) or semantic (L2), cached
 //!   under the namespace's current epoch. An auto-routed recall looks in the
 //!   cache first; a forced CacheOnly that misses is an error.
-//! - **SmartRouting**: lexical + dense (+ vector when the query has one),
-//!   [`SMART_DEPTH`] candidates each, then fusion with conversation context.
+//! - **SmartRouting**: lexical + one vector ANN (the client's space when the
+//!   query has a vector, else the built-in embedding's), [`SMART_DEPTH`]
+//!   candidates each, then fusion with conversation context.
 //! - **FullPipeline**: every engine at [`FULL_DEPTH`], every factor (date
 //!   proximity, novelty from mining), near-duplicates folded (MinHash
 //!   Jaccard ≥ [`DEDUP_JACCARD`]).
@@ -563,7 +564,7 @@ impl Inner {
         let mut lists: Vec<Candidates> = Vec::with_capacity(self.engines.len());
         let mut failures: Vec<String> = Vec::new();
         for (engine, breaker) in &self.engines {
-            if engine_name(engine.name()).is_some_and(|name| !applies(name, query)) {
+            if engine_name(engine.name()).is_some_and(|name| !applies(name, query) || !on_route(name, route, query)) {
                 continue;
             }
             if !breaker.allow(&tuning.breaker, now) {
@@ -1001,6 +1002,14 @@ fn applies(name: EngineName, query: &Query<'_>) -> bool {
         EngineName::Lexical | EngineName::Dense => query.text().is_some(),
         EngineName::Vector => query.vector().is_some(),
     }
+}
+
+/// Whether engine `name` runs on `route`: SmartRouting is one vector ANN
+/// plus lexical (DESIGN §5), so a query that brings its own vector is
+/// searched in the client's space and not also in the built-in one; the
+/// other routes run every engine that applies.
+fn on_route(name: EngineName, route: Route, query: &Query<'_>) -> bool {
+    !(route == Route::SmartRouting && name == EngineName::Dense && query.vector().is_some())
 }
 
 fn check_applies(name: EngineName, query: &Query<'_>) -> Result<(), RecallError> {
