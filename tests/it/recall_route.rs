@@ -220,3 +220,80 @@ fn feedback_moves_a_judged_memory_ahead_of_an_equal_one_and_survives_a_restart()
     let (_, replayed) = ask_ids(&daemon.client());
     assert_eq!(replayed, [ids[1], ids[0]], "the preference is durable (WAL replay)");
 }
+
+/// A configuration swap (SIGHUP with new fusion weights and breaker
+/// settings) while recalls run drops none of them, and the new weights rank
+/// the next recalls.
+#[test]
+fn a_configuration_swap_under_load_drops_no_recall() {
+    use nexus_tests::{BOUNDED_WAIT, Daemon, TestDir, signal, wait_until};
+
+    use crate::BINARIES;
+    use nix::sys::signal::Signal;
+
+    let dir = TestDir::new();
+    let config = dir.path().join("nexusd.toml");
+    std::fs::write(&config, "chunk_tokens = 0\n").expect("config");
+    let config_arg = config.to_str().expect("utf-8 path").to_owned();
+    let daemon = Daemon::start_in(BINARIES, dir, &["--config", &config_arg]);
+    let client = daemon.client();
+    let texts: Vec<String> = (0..50)
+        .map(|i| format!("note {i}: Caroline went hiking near lake {i}"))
+        .collect();
+    client
+        .remember(texts.iter().map(|t| memory("swap", t)).collect())
+        .expect("memories");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let recalls = scope.spawn(|| {
+            let client = daemon.client();
+            let mut answered = 0u64;
+            for n in 0.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) && n > 200 {
+                    break;
+                }
+                let answer = client
+                    .recall_answer(query(
+                        "swap",
+                        &format!("hiking near lake {}", n % 50),
+                        Some(Route::FullPipeline),
+                    ))
+                    .unwrap_or_else(|e| panic!("recall {n} failed during the swaps: {e}"));
+                assert!(answer.degraded.is_none(), "recall {n}: {:?}", answer.degraded);
+                assert!(!answer.hits.is_empty(), "recall {n} found nothing");
+                answered += 1;
+            }
+            answered
+        });
+        for round in 0..6 {
+            let weights = if round % 2 == 0 {
+                "lexical=1,vector=0"
+            } else {
+                "lexical=0.2,vector=1"
+            };
+            let body = format!(
+                "chunk_tokens = 0\nfusion_weights = \"{weights}\"\nbreaker_failures = {}\n",
+                3 + round
+            );
+            std::fs::write(&config, body).expect("config");
+            signal(daemon.pid(), Signal::SIGHUP);
+            let reloads = round + 1;
+            wait_until("the reload is applied", BOUNDED_WAIT, || {
+                daemon.stderr_text().matches("SIGHUP: configuration reloaded").count() >= reloads
+            });
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(recalls.join().expect("no recall failed") > 200);
+    });
+    let body = "chunk_tokens = 0\nfusion_weights = \"lexical=1,vector=0,context=0,recency=0,importance=0,preference=0,diversity=0,date=0\"\n";
+    std::fs::write(&config, body).expect("config");
+    signal(daemon.pid(), Signal::SIGHUP);
+    wait_until("the last reload is applied", BOUNDED_WAIT, || {
+        daemon.stderr_text().matches("SIGHUP: configuration reloaded").count() >= 7
+    });
+    let answer = client
+        .recall_answer(query("swap", "lake 7", Some(Route::FullPipeline)))
+        .expect("answered");
+    let why: Vec<&str> = answer.hits[0].why.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(why, ["lexical"], "only the lexical factor weighs now");
+}
