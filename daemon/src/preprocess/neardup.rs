@@ -215,10 +215,12 @@ impl<'a> MiningView<'a> {
     }
 
     /// How unlike its neighbours memory `id` is, in [0, 1]: 1 − the highest
-    /// estimated Jaccard with a live memory of its namespace sharing an LSH
-    /// bucket with it, 1 when none does.
+    /// estimated Jaccard with a memory of its namespace sharing an LSH
+    /// bucket with it, 1 when none does; kept on the write path, O(1) here
+    /// (`NearDupIndex::stored_novelty`).
+    /// [`Self::novelty_probe`] computes it afresh.
     pub fn novelty(&self, id: u64) -> Option<f32> {
-        Some(self.novelty_probe(id)?.score)
+        self.index.as_ref()?.stored_novelty(id)
     }
 
     /// [`Self::novelty`] with the number of memories it compared (at most
