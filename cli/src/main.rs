@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use nexus_client::wire::{EngineChoice, ForgetRequest, HealthReport, MemoryInput, MemoryTag, RecallRequest};
+use nexus_client::wire::{EngineChoice, ForgetRequest, HealthReport, MemoryInput, MemoryTag, RecallRequest, Route};
 use nexus_client::{Client, ClientError};
 
 /// What the memory commands were given.
@@ -16,6 +16,7 @@ struct MemoryArgs {
     k: u32,
     id: Option<u64>,
     engine: Option<EngineChoice>,
+    route: Option<Route>,
 }
 
 const USAGE: &str = "\
@@ -25,8 +26,10 @@ USAGE: nexus [--socket PATH] COMMAND
 
 COMMANDS:
   remember TEXT [--namespace NS] [--key KEY] [--tag K=V]...   store a memory durably; prints its id
-  recall TEXT [--namespace NS] [--k N] [--tag K=V]... [--engine E]
-                     the best memories for TEXT (E: lexical, dense or scan alone; default: fused)
+  recall TEXT [--namespace NS] [--k N] [--tag K=V]... [--route R] [--engine E]
+                     the best memories for TEXT, each with its score's factors; R forces a
+                     route (cache, smart, full, max; default: the router picks); E asks one
+                     engine alone (lexical, dense or scan)
   forget --id ID | --namespace NS                             delete memories
   flush | checkpoint                                          make writes durable now / snapshot now
   ping [--count N]   round trips through shared memory, with their latency
@@ -71,6 +74,15 @@ fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
                     "dense" => EngineChoice::Dense,
                     "scan" => EngineChoice::Scan,
                     other => return Err(format!("--engine {other}: expected lexical, dense or scan").into()),
+                })
+            }
+            Long("route") => {
+                memory.route = Some(match parser.value()?.string()?.as_str() {
+                    "cache" => Route::CacheOnly,
+                    "smart" => Route::SmartRouting,
+                    "full" => Route::FullPipeline,
+                    "max" => Route::MaximumIntelligence,
+                    other => return Err(format!("--route {other}: expected cache, smart, full or max").into()),
                 })
             }
             Long("tag") => {
@@ -136,13 +148,20 @@ fn recall(client: &Client, args: MemoryArgs) -> Result<(), Box<dyn std::error::E
         k: args.k,
         filter: args.tags,
         engine: args.engine,
+        route: args.route,
         ..RecallRequest::default()
     };
-    let hits = client.recall(query)?;
-    if hits.is_empty() {
+    let answer = client.recall_answer(query)?;
+    if answer.route != Route::None {
+        println!("route {:?}: {}", answer.route, answer.route_reason);
+    }
+    if let Some(reason) = &answer.degraded {
+        println!("degraded: {reason}");
+    }
+    if answer.hits.is_empty() {
         println!("no memory matches");
     }
-    for hit in hits {
+    for hit in answer.hits {
         let why: Vec<String> = hit.why.iter().map(|s| format!("{} {:.3}", s.name, s.value)).collect();
         println!("{:>8}  {:.4}  {}  ({})", hit.id, hit.score, hit.text, why.join(", "));
     }
