@@ -7,6 +7,8 @@
 //!   candidates' values are seeded pseudo-random in `[0, 1]`, as the
 //!   pipeline fills them; the feature columns are built once, outside the
 //!   timed loop, as the pipeline builds them once per recall.
+//! - `fusion/score_simd_256` and `fusion/score_scalar_256`: the scoring
+//!   alone, without the top-k both paths share.
 //! - `fusion/fill_and_score_256`: the same, with filling the columns inside
 //!   the loop (what a recall pays in all).
 
@@ -56,6 +58,19 @@ fn fusion(c: &mut Criterion) {
         b.iter(|| {
             score_scalar(black_box(&features), &weights, &mut scores);
             black_box(top_k(features.ids(), &scores, K))
+        })
+    });
+    // The scoring alone (the part SIMD does), without the shared top-k.
+    group.bench_function("score_simd_256", |b| {
+        b.iter(|| {
+            score_simd(black_box(&features), &weights, &mut scores);
+            black_box(scores[0])
+        })
+    });
+    group.bench_function("score_scalar_256", |b| {
+        b.iter(|| {
+            score_scalar(black_box(&features), &weights, &mut scores);
+            black_box(scores[0])
         })
     });
     group.bench_function("fill_and_score_256", |b| {
