@@ -28,6 +28,7 @@ pub mod error;
 pub mod faults;
 pub mod fusion;
 pub mod index_dir;
+pub mod learning;
 pub mod lexical;
 pub mod lexical_engine;
 pub mod meta;

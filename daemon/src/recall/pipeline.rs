@@ -57,6 +57,7 @@ use crate::recall::dense::DenseEngine;
 use crate::recall::engine::{Candidate, Candidates, Engine, EngineError, SearchContext, Signals};
 use crate::recall::error::RecallError;
 use crate::recall::fusion::{FACTORS, Factor, Features, Weights, score_simd, top_k};
+use crate::recall::learning::{Learning, wall_ms};
 use crate::recall::lexical::entities::EntityExtractor;
 use crate::recall::lexical_engine::LexicalEngine;
 use crate::recall::meta::MemoryMeta;
@@ -164,6 +165,9 @@ pub struct RecallParts {
     pub dense: Option<Arc<DenseEngine>>,
     /// Mining: near-duplicate signatures and novelty.
     pub mining: Option<Arc<NearDupFollower>>,
+    /// Learning: preferences from feedback, per memory and tag, decaying
+    /// (None: the store's plain counts per memory).
+    pub learning: Option<Arc<Learning>>,
     /// The cache's epochs, bumped by an [`EpochFollower`] registered last
     /// with the store (None: no cache, since nothing would bump them).
     pub epochs: Option<Arc<Epochs>>,
@@ -334,6 +338,9 @@ impl Recall {
         for engine in self.engines() {
             engine.opened(&self.inner.store);
         }
+        if let Some(learning) = &self.inner.parts.learning {
+            learning.opened(&self.inner.store, wall_ms());
+        }
     }
 
     /// Counters for Stats: the cache's, the routes', the breakers'.
@@ -362,6 +369,9 @@ impl Recall {
         }
         if let Some(mining) = &inner.parts.mining {
             gauges.extend(mining.gauges());
+        }
+        if let Some(learning) = &inner.parts.learning {
+            gauges.extend(learning.gauges());
         }
         let tuning = inner.tuning.load();
         let now = now_ms();
@@ -841,8 +851,14 @@ impl<'a> Fusion<'a> {
 
     /// Recency, importance, preference, diversity and date proximity.
     fn memory_factors(&mut self, ids: &[u64], memories: &[Option<Memory>], full: bool) {
-        let now = now_ms() as f64;
-        let tallies = self.inner.store.feedback_tallies(ids.iter().copied());
+        // Memories' times are wall-clock ms since the epoch.
+        let wall = wall_ms();
+        let now = wall as f64;
+        let learning = self.inner.parts.learning.as_ref().map(|l| l.reader());
+        let tallies = match &learning {
+            Some(_) => Vec::new(),
+            None => self.inner.store.feedback_tallies(ids.iter().copied()),
+        };
         let dates = if full {
             self.query
                 .text()
@@ -867,13 +883,15 @@ impl<'a> Fusion<'a> {
             let recency = (-(age / self.tuning.recency_half_life_ms) * std::f64::consts::LN_2).exp();
             self.features.set(row, Factor::Recency, recency as f32);
             self.features.set(row, Factor::Importance, memory.importance());
-            let tally = tallies[row];
-            let (up, down) = (f64::from(tally.useful), f64::from(tally.not_useful));
-            self.features.set(
-                row,
-                Factor::Preference,
-                (0.5 + 0.5 * (up - down) / (up + down + 2.0)) as f32,
-            );
+            let preference = match (&learning, tallies.get(row)) {
+                (Some(learning), _) => learning.preference(memory, wall),
+                (None, Some(tally)) => {
+                    let (up, down) = (f64::from(tally.useful), f64::from(tally.not_useful));
+                    (0.5 + 0.5 * (up - down) / (up + down + 2.0)) as f32
+                }
+                (None, None) => 0.5,
+            };
+            self.features.set(row, Factor::Preference, preference);
             if let Some(novelty) = view.as_ref().and_then(|v| v.novelty(memory.id())) {
                 self.features.set(row, Factor::Diversity, novelty);
             }

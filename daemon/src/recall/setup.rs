@@ -18,6 +18,7 @@ use crate::preprocess::remember::Preprocessor;
 use crate::recall::cache::Epochs;
 use crate::recall::dense::{DenseEngine, Space};
 use crate::recall::engine::Engine;
+use crate::recall::learning::Learning;
 use crate::recall::lexical::LexicalConfig;
 use crate::recall::lexical_engine::LexicalEngine;
 use crate::recall::meta::MemoryMeta;
@@ -184,6 +185,8 @@ pub fn open_engines(settings: &RecallSettings, data_dir: Option<&Path>) -> Resul
     if let Some(neardup) = &neardup {
         followers.push(neardup.clone());
     }
+    let learning = Arc::new(Learning::default());
+    followers.push(learning.clone());
     // Last: the cache's epochs move once every index has the change.
     let epochs = Arc::new(Epochs::new());
     followers.push(Arc::new(EpochFollower::new(Arc::clone(&epochs))));
@@ -193,6 +196,7 @@ pub fn open_engines(settings: &RecallSettings, data_dir: Option<&Path>) -> Resul
         lexical: Some(lexical.clone()),
         dense: Some(dense.clone()),
         mining: neardup.clone(),
+        learning: Some(learning),
         epochs: Some(epochs),
     };
     let engines: Vec<Arc<dyn Engine>> = vec![lexical, dense.clone(), vector.clone()];

@@ -82,6 +82,12 @@ impl Store {
         ids.into_iter().map(|id| state.feedback(id)).collect()
     }
 
+    /// Every live memory's feedback counts, as of now (the learning
+    /// engine's starting point at open).
+    pub fn all_feedback(&self) -> Vec<(u64, crate::store::state::Tally)> {
+        self.read().feedback_tallies()
+    }
+
     /// Live memories.
     pub fn len(&self) -> usize {
         self.read().len()

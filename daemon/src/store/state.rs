@@ -211,6 +211,14 @@ impl State {
         self.namespaces.len()
     }
 
+    /// Every live memory's feedback counts (memories never judged are left out).
+    pub fn feedback_tallies(&self) -> Vec<(u64, Tally)> {
+        (self.feedback.iter())
+            .filter(|(id, _)| self.entries.contains_key(id))
+            .map(|(id, tally)| (*id, *tally))
+            .collect()
+    }
+
     /// Feedback counts of a memory.
     pub fn feedback(&self, id: u64) -> Tally {
         self.feedback.get(&id).copied().unwrap_or_default()
