@@ -43,7 +43,8 @@ use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nexus_client::wire::{
-    ArchivedResponseBody, ArchivedStatus, MemoryInput, MemoryTag, RecallRequest, Request, RequestBody, Route, Status,
+    ArchivedResponseBody, ArchivedStatus, MemoryInput, MemoryTag, RecallRequest, RememberRequest, Request, RequestBody,
+    Route, Status,
 };
 use nexus_client::{Client, ConnectOptions, Connection, ResponseGuard, counter};
 use nexus_daemon::recall::ann::synthetic::SplitMix64;
@@ -227,6 +228,9 @@ pub struct RecallConfig {
     pub clusters: usize,
     /// Seed of the corpus and the queries.
     pub seed: u64,
+    /// Percent of each client's requests that are durable Remembers of one
+    /// new memory instead of recalls (the mixed load; 0 = recalls only).
+    pub remember_percent: u8,
 }
 
 impl RecallConfig {
@@ -244,6 +248,7 @@ impl RecallConfig {
             skip_load: false,
             clusters: DEFAULT_CLUSTERS,
             seed: DEFAULT_SEED,
+            remember_percent: 0,
         }
     }
 
@@ -258,6 +263,7 @@ impl RecallConfig {
             "k" => self.k = number(flag, value)?,
             "clusters" => self.clusters = number(flag, value)?,
             "seed" => self.seed = number(flag, value)?,
+            "remember-percent" => self.remember_percent = number(flag, value)?,
             "duration" => self.duration = seconds(flag, value)?,
             _ => return Err(BenchError::InvalidArgument(format!("recall has no option --{flag}"))),
         }
@@ -277,6 +283,12 @@ impl RecallConfig {
         within("clients", self.clients as u64, MAX_CLIENTS as u64)?;
         within("k", u64::from(self.k), u64::from(MAX_K))?;
         within("clusters", self.clusters as u64, MAX_CLUSTERS as u64)?;
+        if self.remember_percent > 100 {
+            return Err(BenchError::InvalidArgument(format!(
+                "--remember-percent must be 0..=100, not {}",
+                self.remember_percent
+            )));
+        }
         if self.duration.is_zero() || self.duration > MAX_DURATION {
             return Err(BenchError::InvalidArgument(format!(
                 "--duration must be above 0 and at most {} s, not {} s",
@@ -382,6 +394,14 @@ pub struct RecallReport {
     /// Clients with no answer while others had some, or whose slowest
     /// round trip exceeds [`STARVATION_FACTOR`] × `rtt_p99_ns`.
     pub starved_clients: usize,
+    /// `--remember-percent`: the share of requests that were Remembers.
+    pub remember_percent: u8,
+    /// Durable Remembers sent (not in the recall figures above).
+    pub remembers: u64,
+    /// Their median round trip (acknowledged durable).
+    pub remember_rtt_p50_ns: u64,
+    /// Their 99th percentile round trip.
+    pub remember_rtt_p99_ns: u64,
 }
 
 /// Runs the whole sequence against the daemon at `config.socket`.
@@ -563,6 +583,7 @@ struct ClientOutcome {
     first_error: Option<String>,
     other_route: u64,
     hits: u64,
+    remember_rtt_ns: Vec<u64>,
 }
 
 impl ClientOutcome {
@@ -702,7 +723,34 @@ fn run_client(
     let route = queries.route;
     let deadline = Instant::now() + config.duration;
     let mut n = WARMUP_REQUESTS;
+    let mut written = 0u64;
     while Instant::now() < deadline {
+        if remember_now(config.remember_percent, client, n) {
+            n += 1;
+            // A new memory of the corpus's kind, keyed past the loaded ones.
+            let ordinal = config.memories + (client as u64) * (1 << 32) + written;
+            written += 1;
+            let mut remember = Request {
+                request_id: 0,
+                deadline_ns: 0,
+                body: RequestBody::Remember(RememberRequest {
+                    memories: vec![queries.corpus.memory(ordinal)],
+                }),
+            };
+            let sent = Instant::now();
+            let answer = (connection.call(&mut remember, Some(CALL_TIMEOUT)))
+                .map_err(client_step(format!("remember from client {client}")))?;
+            let rtt_ns = u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            if let ArchivedStatus::Error { code, message } = &answer.status {
+                outcome.errors += 1;
+                if outcome.first_error.is_none() {
+                    outcome.first_error = Some(format!("error {} (remember): {}", code.to_native(), message.as_str()));
+                }
+            } else {
+                outcome.remember_rtt_ns.push(rtt_ns);
+            }
+            continue;
+        }
         queries.fill(client, n, &mut request);
         n += 1;
         let sent = Instant::now();
@@ -712,6 +760,12 @@ fn run_client(
         outcome.record(&answer, rtt_ns, route);
     }
     Ok(outcome)
+}
+
+/// Whether request `n` of client `client` is a Remember under `percent`
+/// (spread evenly, the same on every run).
+fn remember_now(percent: u8, client: usize, n: u64) -> bool {
+    percent > 0 && (n.wrapping_mul(37).wrapping_add(client as u64 * 11)) % 100 < u64::from(percent)
 }
 
 /// Connects client `client` and sends its unmeasured warm-up recalls.
@@ -774,7 +828,10 @@ fn summarise(config: &RecallConfig, load_s: f64, floors: [&FloorReport; 2], meas
     let mut rtt_ns: Vec<u64> = clients.iter().flat_map(|c| c.rtt_ns.iter().copied()).collect();
     let mut server_ns: Vec<u64> = clients.iter().flat_map(|c| c.server_ns.iter().copied()).collect();
     let mut queued_ns: Vec<u64> = clients.iter().flat_map(|c| c.queued_ns.iter().copied()).collect();
-    for samples in [&mut rtt_ns, &mut server_ns, &mut queued_ns] {
+    let mut remember_rtt_ns: Vec<u64> = (clients.iter())
+        .flat_map(|c| c.remember_rtt_ns.iter().copied())
+        .collect();
+    for samples in [&mut rtt_ns, &mut server_ns, &mut queued_ns, &mut remember_rtt_ns] {
         samples.sort_unstable();
     }
     let answered = rtt_ns.len() as u64;
@@ -825,6 +882,10 @@ fn summarise(config: &RecallConfig, load_s: f64, floors: [&FloorReport; 2], meas
         client_max_rtt_ns: clients.iter().map(|c| c.max_rtt_ns).collect(),
         max_over_p99: ratio(rtt_max_ns as f64, rtt_p99_ns as f64),
         starved_clients: clients.iter().filter(starved).count(),
+        remember_percent: config.remember_percent,
+        remembers: remember_rtt_ns.len() as u64,
+        remember_rtt_p50_ns: percentile(&remember_rtt_ns, 0.50),
+        remember_rtt_p99_ns: percentile(&remember_rtt_ns, 0.99),
     }
 }
 

@@ -45,7 +45,7 @@ USAGE:
   nexus-bench sustained [COMMON] [--memories N] [--writers W] [--batch B] [--dim D] [--text-bytes T]
                      [--seed-memories S] [--idle-s SECONDS] [--catch-up-timeout-s SECONDS]
   nexus-bench recall [COMMON] [--route cache|smart|full|max] [--memories N] [--dim D] [--clients C]
-                     [--duration S] [--k K] [--clusters N] [--seed N] [--skip-load]
+                     [--duration S] [--k K] [--clusters N] [--seed N] [--remember-percent P] [--skip-load]
 
 COMMON:
   --socket PATH             the daemon's socket (default: $NEXUS_SOCKET, else the daemon's default)
@@ -93,12 +93,13 @@ sustained: recall while W writers (default 2) write N memories (default 100000)
 recall: recall on one forced route (default smart) from C client threads
   (default 1) in a closed loop for S seconds (default 10), k results (default 8),
   after loading a seeded synthetic corpus of N memories (default 100000) in
-  namespace `bench` (template texts; D-d vectors, default 384, from a mixture
+  namespace `bench` (template texts with a Zipfian tail; D-d vectors, default 384, from a mixture
   of --clusters clusters, default 64; keys bench-0.., so a re-run upserts) unless
   --skip-load; the ANN tails are sealed first. Reports daemon and round-trip
   percentiles, throughput, degraded and error answers, each client's slowest
   answer, and the wake-up floor measured in the same run. `cache` cycles over 64
-  queries warmed first.
+  queries warmed first. --remember-percent P makes P % of each client's requests
+  durable Remembers of one new memory (the mixed load; their round trips apart).
 ";
 
 /// The parsed command line.
