@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
         timeout: Duration::from_secs(60),
         ..ConnectOptions::default()
     };
-    let mut client = Client::connect_with(Path::new(socket), options)?;
+    let client = Client::connect_with(Path::new(socket), options)?;
     let mut out = std::io::BufWriter::new(std::fs::File::create(out)?);
     for conversation in &dataset.conversations {
         let ns = &conversation.sample_id;

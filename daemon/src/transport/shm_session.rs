@@ -80,8 +80,8 @@ pub struct ShmSession {
 enum Burst {
     /// Nothing to do: the request ring is empty.
     Idle,
-    /// Some frames handled; `more` when the burst limit stopped us.
-    Progress { more: bool },
+    /// Some frames handled (all there were, or the burst limit's worth).
+    Progress,
     /// An answer is ready but the response ring has no room for it.
     Blocked { seen_free: u64 },
 }
@@ -138,7 +138,7 @@ impl ShmSession {
                 return end;
             }
             let waited = match burst {
-                Burst::Progress { .. } => {
+                Burst::Progress => {
                     // Fairness: let other sessions run before the next burst,
                     // also after a short one. A client that sends its next
                     // request as soon as it has an answer would otherwise keep
@@ -188,7 +188,7 @@ impl ShmSession {
         }
         Ok(match handled {
             0 => Burst::Idle,
-            n => Burst::Progress { more: n == limit },
+            _ => Burst::Progress,
         })
     }
 
