@@ -785,27 +785,25 @@ fn prepare_client(
 
 /// A query connection with rings sized by [`query_ring_bytes`].
 fn connect_queries(config: &RecallConfig, name: &str) -> Result<Connection, BenchError> {
-    let ring_bytes = query_ring_bytes(config.dim, config.k);
-    let options = ConnectOptions {
+    let options = ring_options(name, query_ring_bytes(config.dim, config.k));
+    Connection::connect(&config.socket, options).map_err(client_step(format!("connect {name}")))
+}
+
+/// Connection options with both rings of `ring_bytes`.
+fn ring_options(name: &str, ring_bytes: u32) -> ConnectOptions {
+    ConnectOptions {
         name: name.into(),
         request_ring_bytes: ring_bytes,
         response_ring_bytes: ring_bytes,
         timeout: CALL_TIMEOUT,
         ..ConnectOptions::default()
-    };
-    Connection::connect(&config.socket, options).map_err(client_step(format!("connect {name}")))
+    }
 }
 
 /// A loader's or observer's connection, both rings of `ring_bytes` (the
 /// daemon's maximum frame is set by the smaller ring).
 fn connect(config: &RecallConfig, name: &str, ring_bytes: u32) -> Result<Client, BenchError> {
-    let options = ConnectOptions {
-        name: name.into(),
-        request_ring_bytes: ring_bytes,
-        response_ring_bytes: ring_bytes,
-        timeout: CALL_TIMEOUT,
-        ..ConnectOptions::default()
-    };
+    let options = ring_options(name, ring_bytes);
     Client::connect_with(&config.socket, options).map_err(client_step(format!("connect {name}")))
 }
 

@@ -513,17 +513,8 @@ impl Recall {
         check_applies(name, query)?;
         let ctx = SearchContext::new(&inner.store, deadline);
         let answered = isolated(engine.search(query, &ctx), engine.name()).await?;
-        let memories = inner.store.memories(answered.hits.iter().map(|hit| hit.id));
-        let hits = (answered.hits.into_iter().zip(memories))
-            .filter_map(|(candidate, memory)| {
-                Some(Recalled {
-                    candidate,
-                    memory: memory?,
-                    contributions: None,
-                })
-            })
-            .take(query.k())
-            .collect::<Vec<_>>();
+        let mut hits = raw_results(&inner.store, answered.hits);
+        hits.truncate(query.k());
         Ok(Answer {
             hits: hits.into(),
             engines: Arc::new([answered.engine]),
@@ -597,17 +588,7 @@ impl Inner {
             }
             // Nothing indexed (tests), or every engine down: the exact scan.
             let answered = isolated(self.scan.search(query, ctx), self.scan.name()).await?;
-            let memories = self.store.memories(answered.hits.iter().map(|hit| hit.id));
-            let hits = (answered.hits.into_iter().zip(memories))
-                .filter_map(|(candidate, memory)| {
-                    Some(Recalled {
-                        candidate,
-                        memory: memory?,
-                        contributions: None,
-                    })
-                })
-                .collect();
-            let mut hits = hide_linked_duplicates(hits);
+            let mut hits = hide_linked_duplicates(raw_results(&self.store, answered.hits));
             hits.truncate(query.k());
             return Ok(Answer {
                 hits: hits.into(),
@@ -976,6 +957,22 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+/// An engine's candidates as results, scores unchanged, with their
+/// memories read in place (one read lock); a memory forgotten since the
+/// engine answered is dropped.
+fn raw_results(store: &Store, candidates: Vec<Candidate>) -> Vec<Recalled> {
+    let memories = store.memories(candidates.iter().map(|hit| hit.id));
+    (candidates.into_iter().zip(memories))
+        .filter_map(|(candidate, memory)| {
+            Some(Recalled {
+                candidate,
+                memory: memory?,
+                contributions: None,
+            })
+        })
+        .collect()
 }
 
 /// Of a memory and its near-duplicate linked on Remember (tag
