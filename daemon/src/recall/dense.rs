@@ -114,11 +114,17 @@ impl DenseEngine {
     /// for the clients' space or a text with no known token): the query
     /// embedding of the semantic cache and of the maximum route's exact re-rank.
     pub fn embed_text(&self, text: &str) -> Option<Vec<f32>> {
-        let Space::BuiltIn(embedder) = &self.space else {
-            return None;
-        };
         let mut vector = Vec::new();
-        embed(embedder.as_ref(), text, &mut vector).then_some(vector)
+        self.embed_text_into(text, &mut vector).then_some(vector)
+    }
+
+    /// [`Self::embed_text`] into a buffer the caller reuses; false when
+    /// there is no embedding (the clients' space, or no known token).
+    pub fn embed_text_into(&self, text: &str, out: &mut Vec<f32>) -> bool {
+        let Space::BuiltIn(embedder) = &self.space else {
+            return false;
+        };
+        embed(embedder.as_ref(), text, out)
     }
 
     /// The engine over `space`, its saved index loaded from `data_dir` when

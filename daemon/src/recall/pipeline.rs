@@ -812,11 +812,12 @@ impl<'a> Fusion<'a> {
         };
         let ids: Vec<u64> = self.features.ids().to_vec();
         let memories = self.inner.store.memories(ids.iter().copied());
+        // One buffer for every candidate's embedding.
+        let mut vector = Vec::with_capacity(query_vector.len());
         let cosines: Vec<f32> = (memories.iter())
-            .map(|memory| {
-                (memory.as_ref())
-                    .and_then(|m| dense.embed_text(m.view().text()))
-                    .map_or(0.0, |v| dot(&query_vector, &v))
+            .map(|memory| match memory {
+                Some(m) if dense.embed_text_into(m.view().text(), &mut vector) => dot(&query_vector, &vector),
+                _ => 0.0,
             })
             .collect();
         let (lo, hi) = cosines
