@@ -533,8 +533,7 @@ where
         >,
     >,
 {
-    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Failure>(value, rkyv::util::AlignedVec::<16>::new())
-        .expect("serializing into a growable buffer cannot fail")
+    encode_into_vec(value, rkyv::util::AlignedVec::new())
 }
 
 /// Serializes `value` into `buffer` after clearing it, and returns it: a

@@ -147,12 +147,12 @@ struct ArchivedRecalledVariant {
 
 /// Writes `ResponseBody::Recalled` of `len` hits whose elements `hits` placed.
 fn resolve_recalled_body(len: usize, hits: VecResolver, out: Place<ArchivedResponseBody>) {
-    // SAFETY: rkyv archives `ResponseBody` as a `#[repr(u8)]` enum, which
-    // Rust lays out (RFC 2195) as a union of `#[repr(C)]` structs, each the
-    // `u8` tag followed by the variant's fields: for `Recalled`, exactly
-    // `ArchivedRecalledVariant` (no larger than the enum, same alignment or
-    // less). The tag written is `Recalled`'s, so the bytes are a valid
-    // `ArchivedResponseBody`.
+    // rkyv archives `ResponseBody` as a `#[repr(u8)]` enum, which Rust lays
+    // out (RFC 2195) as a union of `#[repr(C)]` structs, each the `u8` tag
+    // followed by the variant's fields: for `Recalled`, exactly
+    // `ArchivedRecalledVariant` (no larger than the enum, same alignment or less).
+    // SAFETY: the layouts match (above) and the tag written is `Recalled`'s,
+    // so the bytes are a valid `ArchivedResponseBody`.
     let out = unsafe { out.cast_unchecked::<ArchivedRecalledVariant>() };
     munge!(let ArchivedRecalledVariant { tag, hits: out_hits } = out);
     tag.write(RECALLED_TAG);
@@ -298,10 +298,10 @@ where
         }
         let pos = serializer.align_for::<U::Archived>()?;
         for (item, resolver) in walk().zip(resolvers.drain()) {
-            // SAFETY: `resolver` came from serializing this same item (every
-            // walk yields the same items), and the writer is aligned for
-            // `U::Archived`: aligned just above, and each element written
-            // advances it by the element's size, a multiple of its alignment.
+            // Every walk yields the same items, and each element written
+            // advances the writer by the element's size, a multiple of its alignment.
+            // SAFETY: `resolver` came from serializing this same item, and the
+            // writer is aligned for `U::Archived` (aligned above, kept by each element).
             unsafe { serializer.resolve_aligned(&item, resolver)? };
         }
         Ok((VecResolver::from_pos(pos), len))
