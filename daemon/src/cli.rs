@@ -80,6 +80,8 @@ OPTIONS:
   --bm25-b B                     BM25 length normalisation, 0..=1 (default: 0.75)
   --stemming BOOL                English stemming in the lexical index (default: true)
   --log FILTER                   log filter, e.g. info or nexus_daemon=debug (default: $NEXUS_LOG, else info)
+  --log-format FORMAT            human (default) | json: one JSON object per line
+  --metrics-socket PATH          serve Prometheus text on this Unix socket, or tcp:127.0.0.1:PORT (default: off)
   -h, --help                     this text
   -V, --version                  the version
 
@@ -477,6 +479,8 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<(Opt
             Long("bm25-b") => s.bm25_b = Some(parser.value()?.parse()?),
             Long("stemming") => s.stemming = Some(parser.value()?.parse()?),
             Long("log") => s.log = Some(parser.value()?.string()?),
+            Long("log-format") => s.log_format = Some(parser.value()?.string()?),
+            Long("metrics-socket") => s.metrics_socket = Some(PathBuf::from(parser.value()?)),
             Short('h') | Long("help") => {
                 print!("{USAGE}");
                 return Ok(None);

@@ -150,6 +150,12 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Log filter (tracing EnvFilter syntax). Live.
     pub log: String,
+    /// Log lines as text for a terminal, or one JSON object per line
+    /// (journald and log shippers).
+    pub log_format: LogFormat,
+    /// Where Prometheus text is served, if anywhere (off by default): a
+    /// Unix socket path, or `tcp:127.0.0.1:PORT` (loopback only).
+    pub metrics_socket: Option<PathBuf>,
     /// When acknowledged writes reach the disk.
     pub fsync: FsyncPolicy,
     /// WAL segment size before rotation.
@@ -170,6 +176,15 @@ pub struct Config {
     pub pipeline: crate::recall::pipeline::PipelineConfig,
     /// The config file, re-read on SIGHUP.
     pub config_file: Option<PathBuf>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Text, coloured on a terminal.
+    Human,
+    /// One JSON object per line.
+    Json,
 }
 
 /// One layer of settings (the file's or the flags'); `None` = not set here.
@@ -199,6 +214,10 @@ pub struct Settings {
     pub worker_threads: Option<usize>,
     pub shutdown_timeout_ms: Option<u64>,
     pub log: Option<String>,
+    /// `"human"` | `"json"`.
+    pub log_format: Option<String>,
+    /// Prometheus endpoint: a Unix socket path, or `tcp:127.0.0.1:PORT`.
+    pub metrics_socket: Option<PathBuf>,
     /// `"always"` | `"interval:<ms>"` | `"never"`.
     pub fsync: Option<String>,
     pub wal_segment_bytes: Option<u64>,
@@ -286,6 +305,8 @@ impl Default for Config {
             worker_threads: 0,
             shutdown_timeout: Duration::from_secs(5),
             log: "info".to_owned(),
+            log_format: LogFormat::Human,
+            metrics_socket: None,
             fsync: store.fsync,
             wal_segment_bytes: store.wal_segment_bytes,
             checkpoint_wal_bytes: store.checkpoint_wal_bytes,
@@ -377,6 +398,8 @@ impl Config {
             self.checkpoint_min_interval != new.checkpoint_min_interval,
         );
         differs("fsync", self.fsync != new.fsync);
+        differs("log_format", self.log_format != new.log_format);
+        differs("metrics_socket", self.metrics_socket != new.metrics_socket);
         differs("wal_segment_bytes", self.wal_segment_bytes != new.wal_segment_bytes);
         differs("limits", self.limits != new.limits);
         differs("embedder", self.recall.embedder != new.recall.embedder);
@@ -448,6 +471,14 @@ impl Config {
         set(&mut self.worker_threads, s.worker_threads);
         set(&mut self.shutdown_timeout, s.shutdown_timeout_ms.map(ms));
         set(&mut self.log, s.log.clone());
+        if let Some(format) = &s.log_format {
+            self.log_format = match format.as_str() {
+                "human" => LogFormat::Human,
+                "json" => LogFormat::Json,
+                other => return Err(invalid("log_format", format!("{other:?} is not \"human\" or \"json\""))),
+            };
+        }
+        set(&mut self.metrics_socket, s.metrics_socket.clone().map(Some));
         if let Some(policy) = &s.fsync {
             self.fsync = policy.parse().map_err(|e| invalid("fsync", format!("{e}")))?;
         }
