@@ -27,8 +27,9 @@ pub use connection::{ConnectOptions, Connection, ResponseGuard, Transport};
 pub use error::ClientError;
 pub use nexus_shm_protocol::wire;
 use nexus_shm_protocol::wire::{
-    ArchivedResponseBody, FeedbackRequest, ForgetRequest, HealthReport, MemoryInput, PingRequest, Pong, RecallHit,
-    RecallRequest, RememberReport, RememberRequest, Request, RequestBody, Response, StatsReport,
+    ArchivedResponseBody, FeedbackRequest, ForgetRequest, HealthReport, ListPage, ListRequest, MemoryInput,
+    PingRequest, Pong, RecallHit, RecallRequest, RememberReport, RememberRequest, Request, RequestBody, Response,
+    StatsReport,
 };
 pub use nexus_shm_protocol::{SOCKET_ENV, default_socket_path};
 
@@ -220,6 +221,15 @@ impl Client {
     pub fn checkpoint(&self) -> Result<u64, ClientError> {
         self.ok_body(&mut request(RequestBody::Checkpoint), |body| match body {
             ArchivedResponseBody::Checkpointed(lsn) => Some(lsn.to_native()),
+            _ => None,
+        })
+    }
+
+    /// One page of the stored memories, in (namespace, id) order; pass the
+    /// page's `next` as the next request's `after` until it is `None`.
+    pub fn list(&self, request: ListRequest) -> Result<ListPage, ClientError> {
+        self.ok_body(&mut self::request(RequestBody::List(request)), |body| match body {
+            ArchivedResponseBody::Listed(page) => rkyv::deserialize::<_, rkyv::rancor::Error>(page).ok(),
             _ => None,
         })
     }

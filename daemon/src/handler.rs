@@ -15,10 +15,11 @@ use std::sync::{Arc, RwLock};
 use std::mem::MaybeUninit;
 
 use nexus_shm_protocol::wire::{
-    ArchivedEngineChoice, ArchivedFeedbackRequest, ArchivedForgetRequest, ArchivedMemoryInput, ArchivedRecallRequest,
-    ArchivedRequest, ArchivedRequestBody, ArchivedRoute, Counter, DuplicateAction, DuplicateNote, ErrorCode,
-    HealthReport, Pong, RecallHitSource, RecalledResponseRef, RememberNote, RememberReport, Response, ResponseBody,
-    ServerTimings, StatsReport, encode_into, encode_into_vec,
+    ArchivedEngineChoice, ArchivedFeedbackRequest, ArchivedForgetRequest, ArchivedListRequest, ArchivedMemoryInput,
+    ArchivedRecallRequest, ArchivedRequest, ArchivedRequestBody, ArchivedRoute, Counter, DuplicateAction,
+    DuplicateNote, ErrorCode, HealthReport, ListCursor, ListPage, MemoryTag, Pong, RecallHitSource,
+    RecalledResponseRef, RememberNote, RememberReport, Response, ResponseBody, ServerTimings, StatsReport,
+    StoredMemory, encode_into, encode_into_vec,
 };
 use rkyv::util::AlignedVec;
 
@@ -257,6 +258,7 @@ async fn dispatch(
             let lsn = store.requested_checkpoint().await.map_err(store_refusal)?;
             ResponseBody::Checkpointed(lsn)
         }
+        ArchivedRequestBody::List(list) => ResponseBody::Listed(list_page(list, store)),
     };
     Ok(body.into())
 }
@@ -428,6 +430,52 @@ fn stats(shared: &Shared) -> StatsReport {
     report
 }
 
+/// Memories per List page at most, whatever the client asks: a page is
+/// copied under the store's read lock.
+pub const MAX_LIST_PAGE: usize = 1000;
+/// Default (and largest) bytes of text, vectors and labels per page: half
+/// the default ring's largest frame, so a page fits any ring a client gets
+/// by default; a client with a smaller ring asks for less.
+pub const MAX_LIST_PAGE_BYTES: usize = 256 << 10;
+
+fn list_page(request: &ArchivedListRequest, store: &crate::store::Store) -> ListPage {
+    let limit = match request.limit.to_native() as usize {
+        0 => MAX_LIST_PAGE,
+        limit => limit.min(MAX_LIST_PAGE),
+    };
+    let max_bytes = match request.max_bytes.to_native() as usize {
+        0 => MAX_LIST_PAGE_BYTES,
+        bytes => bytes.min(MAX_LIST_PAGE_BYTES),
+    };
+    let after = (request.after.as_ref()).map(|cursor| (cursor.namespace.to_string(), cursor.id.to_native()));
+    let (memories, next) = store.list(&request.namespace, after, limit, max_bytes);
+    ListPage {
+        memories: memories.iter().map(|memory| stored_memory(memory.view())).collect(),
+        next: next.map(|(namespace, id)| ListCursor { namespace, id }),
+    }
+}
+
+fn stored_memory(view: crate::store::memory::MemoryView<'_>) -> StoredMemory {
+    StoredMemory {
+        id: view.id(),
+        namespace: view.namespace().to_owned(),
+        key: view.key().map(str::to_owned),
+        text: view.text().to_owned(),
+        vector: view
+            .vector()
+            .map(|vector| vector.iter().map(|x| x.to_native()).collect()),
+        tags: (view.tags())
+            .map(|(key, value)| MemoryTag {
+                key: key.to_owned(),
+                value: value.to_owned(),
+            })
+            .collect(),
+        created_at_ms: view.created_at_ms(),
+        importance: view.importance(),
+        source: view.source().map(str::to_owned),
+    }
+}
+
 fn counter(value: CounterValue) -> Counter {
     Counter {
         name: value.name.into_owned(),
@@ -441,6 +489,7 @@ fn health(shared: &Shared) -> HealthReport {
         uptime_s: shared.metrics.uptime_s(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         write_failure: shared.store.write_failure(),
+        degraded: shared.recall.degraded(),
     }
 }
 

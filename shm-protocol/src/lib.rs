@@ -30,8 +30,9 @@ use std::path::PathBuf;
 /// instead of writing a client-held eventfd; the handshake passes the segment
 /// and the daemon's bell. Version 3: a recall carries a creation-time range
 /// and may name the engine to answer it. Version 4: a response says why its
-/// route was taken (`Response::route_reason`).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// route was taken (`Response::route_reason`). Version 5: `List` pages
+/// through the stored memories; `Health` names what is degraded.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Environment variable naming the daemon's socket, for clients and tools.
 pub const SOCKET_ENV: &str = "NEXUS_SOCKET";

@@ -47,6 +47,8 @@ pub enum RequestBody {
     Flush,
     /// Write a snapshot now.
     Checkpoint,
+    /// Stored memories a page at a time (export, inspection).
+    List(ListRequest),
 }
 
 /// Ping: an opaque payload carried one way (to measure transport cost by size).
@@ -234,6 +236,67 @@ pub struct FeedbackRequest {
     pub useful: bool,
 }
 
+/// List: the stored memories in a stable order (namespace, then id), one
+/// bounded page per request; `next` of one page is `after` of the next.
+/// Memories written behind the cursor during a listing are not seen; ones
+/// written ahead of it are.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct ListRequest {
+    /// Only this namespace; "" lists every namespace.
+    pub namespace: String,
+    /// Resume after this memory (the previous page's `next`); `None` starts
+    /// at the beginning.
+    pub after: Option<ListCursor>,
+    /// Memories per page at most (0: the daemon's default); the daemon
+    /// also caps it (`MAX_LIST_PAGE`).
+    pub limit: u32,
+    /// Bytes of text, vectors and labels per page at most (0: the daemon's
+    /// default); a page always holds at least one memory.
+    pub max_bytes: u32,
+}
+
+/// Where a listing stopped.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct ListCursor {
+    /// The namespace of the last memory listed.
+    pub namespace: String,
+    /// Its id.
+    pub id: u64,
+}
+
+/// One page of a listing.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct ListPage {
+    /// Memories in (namespace, id) order.
+    pub memories: Vec<StoredMemory>,
+    /// Where the next page starts; `None` when this page is the last.
+    pub next: Option<ListCursor>,
+}
+
+/// A stored memory as it was written: everything a `MemoryInput` can carry,
+/// plus its id and the time it was given.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct StoredMemory {
+    /// Daemon-assigned id.
+    pub id: u64,
+    /// Namespace.
+    pub namespace: String,
+    /// Client key, if it was written with one.
+    pub key: Option<String>,
+    /// Text.
+    pub text: String,
+    /// The client's own vector, if it gave one (never the built-in embedding).
+    pub vector: Option<Vec<f32>>,
+    /// Labels, including the daemon's own `nexus.*` ones (chunks, duplicates).
+    pub tags: Vec<MemoryTag>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+    /// The importance it was written with.
+    pub importance: f32,
+    /// Provenance.
+    pub source: Option<String>,
+}
+
 /// One answer.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Response {
@@ -301,6 +364,8 @@ pub enum ResponseBody {
     Flushed(u64),
     /// The snapshot covers everything up to this log sequence number.
     Checkpointed(u64),
+    /// List's page.
+    Listed(ListPage),
 }
 
 /// Ping's answer.
@@ -370,6 +435,9 @@ pub struct HealthReport {
     /// after a failed fdatasync or write and needs a restart); `None` while
     /// writes are accepted. Reads keep working either way.
     pub write_failure: Option<String>,
+    /// What serves below par while the daemon works: one line per cause
+    /// (an engine's circuit breaker open, ...). Empty when nothing is.
+    pub degraded: Vec<String>,
 }
 
 /// Stable numeric error codes. Numbers are never reused.

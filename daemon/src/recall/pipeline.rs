@@ -51,7 +51,7 @@ use arc_swap::ArcSwap;
 
 use crate::preprocess::neardup::NearDupFollower;
 use crate::preprocess::remember::DUPLICATE_TAG;
-use crate::recall::breaker::{Breaker, BreakerConfig};
+use crate::recall::breaker::{Breaker, BreakerConfig, BreakerState};
 use crate::recall::cache::{Cache, CacheConfig, CacheStats, Epochs, KeyParts, KeyRef, Level};
 use crate::recall::dense::DenseEngine;
 use crate::recall::engine::{Candidate, Candidates, Engine, EngineError, SearchContext, Signals};
@@ -384,6 +384,28 @@ impl Recall {
             gauges.push((format!("{name}_breaker_opened"), breaker.times_opened()));
         }
         gauges
+    }
+
+    /// What answers below par now, one line each: engines whose circuit
+    /// breaker is open or on trial (the Health probe's `degraded`).
+    pub fn degraded(&self) -> Vec<String> {
+        let tuning = self.inner.tuning.load();
+        let now = now_ms();
+        let mut degraded = Vec::new();
+        for (engine, breaker) in &self.inner.engines {
+            match breaker.state(&tuning.breaker, now) {
+                BreakerState::Closed => {}
+                BreakerState::Open => degraded.push(format!(
+                    "engine {}: circuit breaker open after repeated failures; recalls go without it",
+                    engine.name()
+                )),
+                BreakerState::HalfOpen => degraded.push(format!(
+                    "engine {}: circuit breaker on trial after failures",
+                    engine.name()
+                )),
+            }
+        }
+        degraded
     }
 
     /// The best memories for `input`, best first, by `deadline` (not

@@ -88,6 +88,29 @@ impl Store {
         self.read().feedback_tallies()
     }
 
+    /// One page of a listing under one short read lock (see
+    /// [`State::page`](crate::store::state::State::page)): the memories, and
+    /// where the next page starts (`None` after the last memory).
+    pub fn list(
+        &self,
+        namespace: &str,
+        after: Option<(String, u64)>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> (Vec<Memory>, Option<(String, u64)>) {
+        let mut cursor = match after {
+            Some((namespace, id)) => Cursor::after(namespace, id),
+            None => Cursor::default(),
+        };
+        let page = self.read().page(namespace, &mut cursor, limit.max(1), max_bytes);
+        let next = if cursor.is_done() {
+            None
+        } else {
+            cursor.position().map(|(namespace, id)| (namespace.to_owned(), id))
+        };
+        (page, next)
+    }
+
     /// Live memories.
     pub fn len(&self) -> usize {
         self.read().len()

@@ -90,6 +90,19 @@ pub struct Cursor {
 }
 
 impl Cursor {
+    /// A cursor that resumes after memory `id` of `namespace`.
+    pub fn after(namespace: String, id: u64) -> Self {
+        Self {
+            after: Some((namespace, id)),
+            done: false,
+        }
+    }
+
+    /// Where the scan stopped: the last memory handed out.
+    pub fn position(&self) -> Option<(&str, u64)> {
+        self.after.as_ref().map(|(namespace, id)| (namespace.as_str(), *id))
+    }
+
     /// True once the scan has seen every memory.
     pub fn is_done(&self) -> bool {
         self.done
@@ -274,6 +287,34 @@ impl State {
         }
         cursor.done = true;
         chunk
+    }
+
+    /// One page of a listing: the memories of `namespace` ("" = every
+    /// namespace) after `cursor`, in (namespace, id) order, at most `limit`
+    /// of them and about `max_bytes` of text and vectors (at least one). The
+    /// cursor is left after the last one, or done when nothing follows it.
+    pub fn page(&self, namespace: &str, cursor: &mut Cursor, limit: usize, max_bytes: usize) -> Vec<Memory> {
+        let mut page: Vec<Memory> = Vec::new();
+        let mut bytes = 0;
+        for (name, ids) in self.namespaces_from(namespace, cursor) {
+            let from = match &cursor.after {
+                Some((after, id)) if after == name => Bound::Excluded(*id),
+                _ => Bound::Unbounded,
+            };
+            for id in ids.range((from, Bound::Unbounded)) {
+                let memory = self.memory(*id).expect("namespaces index only live memories");
+                let size = memory.view().scan_bytes();
+                if !page.is_empty() && (page.len() >= limit || bytes + size > max_bytes) {
+                    let last = page.last().map(|m| m.view()).expect("page is not empty");
+                    cursor.after = Some((last.namespace().to_owned(), last.id()));
+                    return page;
+                }
+                bytes += size;
+                page.push(memory);
+            }
+        }
+        cursor.done = true;
+        page
     }
 
     /// The state as of now, detached from the lock: a copy of the id map that

@@ -394,3 +394,67 @@ async fn a_follower_that_panics_is_counted_and_does_not_stop_writes() {
     let panics = test.store.counters().into_iter().find(|c| c.name == "follower_panics");
     assert_eq!(panics.map(|c| c.value), Some(1));
 }
+
+/// Pages through `namespace` ("" = all) with `limit` and `max_bytes`;
+/// returns each page's (namespace, text) pairs.
+fn pages(store: &Store, namespace: &str, limit: usize, max_bytes: usize) -> Vec<Vec<(String, String)>> {
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let (page, next) = store.list(namespace, after, limit, max_bytes);
+        let seen = page
+            .iter()
+            .map(|m| m.view())
+            .map(|v| (v.namespace().to_owned(), v.text().to_owned()));
+        pages.push(seen.collect());
+        match next {
+            Some(next) => after = Some(next),
+            None => return pages,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_listing_pages_through_every_namespace_in_order_within_its_bounds() {
+    let test = TestStore::open("list");
+    let mut memories = Vec::new();
+    let texts: Vec<String> = (0..7).map(|i| format!("memory {i} {}", "x".repeat(i * 10))).collect();
+    for (i, text) in texts.iter().enumerate() {
+        memories.push(note(["b", "a", "c"][i % 3], text));
+    }
+    test.remember(memories).await;
+    let flat = |pages: Vec<Vec<(String, String)>>| pages.into_iter().flatten().collect::<Vec<_>>();
+    let all = flat(pages(&test.store, "", 1000, 1 << 20));
+    let namespaces: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        namespaces,
+        ["a", "a", "b", "b", "b", "c", "c"],
+        "namespace order, then id"
+    );
+    assert_eq!(all[0].1, texts[1]);
+    // Two per page: every memory once, across the namespace boundaries.
+    let paged = pages(&test.store, "", 2, 1 << 20);
+    assert_eq!(paged.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 2, 1]);
+    assert_eq!(flat(paged), all);
+    // A byte bound below one memory still makes progress, one at a time.
+    let tiny = pages(&test.store, "", 1000, 1);
+    assert_eq!(tiny.len(), 7);
+    assert_eq!(flat(tiny), all);
+    // One namespace only.
+    let b = flat(pages(&test.store, "b", 1, 1 << 20));
+    assert_eq!(b, all[2..5]);
+    // A cursor whose memory was forgotten meanwhile resumes after it.
+    let (first, next) = test.store.list("", None, 3, 1 << 20);
+    let last = first.last().unwrap().view().id();
+    let forgotten = [u64_le::from_native(last)];
+    test.store
+        .forget(&ForgetTarget::Ids(&forgotten), Deadline::NONE)
+        .await
+        .unwrap();
+    let (rest, _) = test.store.list("", next, 1000, 1 << 20);
+    let rest: Vec<String> = rest.iter().map(|m| m.view().text().to_owned()).collect();
+    let expected: Vec<String> = all[3..].iter().map(|(_, t)| t.clone()).collect();
+    assert_eq!(rest, expected);
+    // An empty store lists nothing and says so.
+    assert_eq!(TestStore::open("list-empty").store.list("", None, 10, 100).0.len(), 0);
+}
