@@ -38,6 +38,7 @@ use nexus_tests::{Binaries, Daemon};
 const BINARIES: Binaries = Binaries {
     daemon: env!("CARGO_BIN_EXE_nexusd-it"),
     peer: env!("CARGO_BIN_EXE_nexus-test-peer"),
+    cli: env!("CARGO_BIN_EXE_nexus-it"),
 };
 
 /// A daemon with `extra_args`, in a fresh temp dir.

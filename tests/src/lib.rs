@@ -75,6 +75,8 @@ pub struct Binaries {
     pub daemon: &'static str,
     /// `nexus-test-peer`: the misbehaving client.
     pub peer: &'static str,
+    /// `nexus-it`: the `nexus` command line.
+    pub cli: &'static str,
 }
 
 /// A private directory under the system temp dir, removed on drop (the
