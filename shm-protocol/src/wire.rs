@@ -88,6 +88,19 @@ pub struct MemoryInput {
     pub source: Option<String>,
 }
 
+impl MemoryInput {
+    /// A memory of `text` in `namespace`, importance 1, nothing else set
+    /// (fill the other fields with struct update syntax).
+    pub fn new(namespace: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            text: text.into(),
+            importance: 1.0,
+            ..Self::default()
+        }
+    }
+}
+
 /// Remember: one memory or a batch.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 pub struct RememberRequest {
@@ -183,6 +196,19 @@ pub struct RecallRequest {
     /// Answer with this engine alone (evaluation, diagnosis); None: every
     /// engine that can search the query, fused.
     pub engine: Option<EngineChoice>,
+}
+
+impl RecallRequest {
+    /// The `k` best memories of `namespace` for the query `text`, the
+    /// router choosing the route (set other fields with struct update syntax).
+    pub fn new(namespace: impl Into<String>, text: impl Into<String>, k: u32) -> Self {
+        Self {
+            namespace: namespace.into(),
+            text: Some(text.into()),
+            k,
+            ..Self::default()
+        }
+    }
 }
 
 /// Creation times `[start_ms, end_ms)`, in ms since the Unix epoch.
