@@ -103,6 +103,27 @@ pub struct Connection {
     clock: ClockBase,
 }
 
+/// Where a connection's request ids start: a value unlikely to be any
+/// other connection's, so an id also names a recall across processes
+/// (`nexus recall` in one process, `nexus feedback --recall ID` in the
+/// next: the daemon keeps recent recalls by request id). Mixed from the
+/// time, the pid and a per-process counter; never 0.
+fn first_request_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let seed = nanos ^ (u64::from(std::process::id()) << 40) ^ CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+    // splitmix64's finaliser, kept to 53 bits so the id survives JSON
+    // numbers (a double's mantissa); a connection counts up from it in the
+    // low 20 bits, the 33 above them stay its own.
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (((z ^ (z >> 31)) >> 11) & !((1 << 20) - 1)) | 1
+}
+
 /// `Instant` and the daemon's CLOCK_MONOTONIC nanoseconds are the same clock
 /// on Linux; one pair of readings at connect time converts every deadline
 /// after it, instead of two clock reads per request (~50 ns each on a VM).
@@ -203,7 +224,7 @@ impl Connection {
             path,
             options,
             frames,
-            next_request_id: 1,
+            next_request_id: first_request_id(),
             max_frame_bytes: u64::from(welcome.max_frame_bytes),
             broken: false,
             clock: ClockBase::now(),
@@ -247,7 +268,7 @@ impl Connection {
     pub fn submit(&mut self, request: &mut Request, deadline: Instant) -> Result<u64, ClientError> {
         self.usable()?;
         request.request_id = self.next_request_id;
-        self.next_request_id += 1;
+        self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
         request.deadline_ns = self.clock.monotonic_ns(deadline);
         let max = self.max_frame_bytes;
         let result = match &mut self.frames {
