@@ -60,6 +60,20 @@ pub const IDLE_SEAL: Duration = Duration::from_secs(1);
 /// exactly (~10 µs per 1,000 at 384-d), so this bounds that part of its cost.
 pub const MAX_TAIL: usize = 8 * crate::recall::ann::DEFAULT_TAIL_THRESHOLD;
 
+/// Vectors outside the graph above which a write waits for the builder
+/// even when nobody searches: a bulk load runs ahead of the graph up to
+/// here (a search that then comes scans them exactly, ~2.5 ms at 384-d).
+pub const MAX_UNSEARCHED_TAIL: usize = 256 * crate::recall::ann::DEFAULT_TAIL_THRESHOLD;
+
+/// How recently a search must have run for writes to be held to
+/// [`MAX_TAIL`]: back-pressure protects searches, so with no search in
+/// this window (a bulk import) writes run ahead of the graph, up to
+/// [`MAX_UNSEARCHED_TAIL`], and the builder catches up afterwards.
+pub const SEARCHED_WINDOW: Duration = Duration::from_secs(2);
+
+/// `last_search_ms` before the first search.
+const NEVER_SEARCHED: u64 = u64::MAX;
+
 /// Longest a write waits for the builder (then it goes on, and the wait is
 /// counted): a builder that cannot keep up must not stop writes for ever.
 pub const MAX_BACKPRESSURE_WAIT: Duration = Duration::from_secs(5);
@@ -100,6 +114,10 @@ pub struct DenseEngine {
     /// Writes held back for the builder, and for how long in all.
     held_back: AtomicU64,
     held_back_us: AtomicU64,
+    /// When the last search began, in ms since `created`.
+    last_search_ms: AtomicU64,
+    /// The engine's clock origin (for `last_search_ms`).
+    created: Instant,
 }
 
 thread_local! {
@@ -153,6 +171,8 @@ impl DenseEngine {
             serving: AtomicBool::new(false),
             held_back: AtomicU64::new(0),
             held_back_us: AtomicU64::new(0),
+            last_search_ms: AtomicU64::new(NEVER_SEARCHED),
+            created: Instant::now(),
         };
         engine.load();
         let engine = Arc::new(engine);
@@ -288,8 +308,12 @@ impl DenseEngine {
     /// while serving, a write that leaves more than [`MAX_TAIL`] vectors
     /// outside the graph waits (on the apply thread, so every writer waits:
     /// writes go at the speed graphs are built) until the builder brings it
-    /// under, at most [`MAX_BACKPRESSURE_WAIT`]. Not at start: the replay
-    /// fills the tail at full speed and the builder catches up while serving.
+    /// under, at most [`MAX_BACKPRESSURE_WAIT`]. Only while searches run
+    /// (one in the last [`SEARCHED_WINDOW`]): it is the searches that pay
+    /// for a long tail, so a bulk load nobody searches meanwhile goes at
+    /// the write path's speed, up to [`MAX_UNSEARCHED_TAIL`]. Not at start:
+    /// the replay fills the tail at full speed and the builder catches up
+    /// while serving.
     fn hold_back_writes(&self, index: &AnnIndex) {
         let outside = |index: &AnnIndex| {
             let stats = index.stats();
@@ -298,15 +322,39 @@ impl DenseEngine {
         if outside(index) >= index.config().tail_threshold {
             self.wake_builder();
         }
-        if !self.serving.load(Ordering::Relaxed) || outside(index) <= MAX_TAIL {
+        let bound = if self.searched_lately() {
+            MAX_TAIL
+        } else {
+            MAX_UNSEARCHED_TAIL
+        };
+        if !self.serving.load(Ordering::Relaxed) || outside(index) <= bound {
             return;
         }
         let started = Instant::now();
-        while outside(index) > MAX_TAIL && started.elapsed() < MAX_BACKPRESSURE_WAIT {
+        while outside(index) > MAX_TAIL
+            && (self.searched_lately() || outside(index) > MAX_UNSEARCHED_TAIL)
+            && started.elapsed() < MAX_BACKPRESSURE_WAIT
+        {
             std::thread::sleep(Duration::from_millis(1));
         }
         self.held_back.fetch_add(1, Ordering::Relaxed);
         (self.held_back_us).fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Notes that a search begins (for [`Self::hold_back_writes`]).
+    fn note_search(&self) {
+        let now = self.created.elapsed().as_millis() as u64;
+        // A relaxed load first: the shared line is written at most once per ms.
+        if self.last_search_ms.load(Ordering::Relaxed) != now {
+            self.last_search_ms.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a search began in the last [`SEARCHED_WINDOW`].
+    fn searched_lately(&self) -> bool {
+        let last = self.last_search_ms.load(Ordering::Relaxed);
+        let now = self.created.elapsed().as_millis() as u64;
+        last != NEVER_SEARCHED && now.saturating_sub(last) <= SEARCHED_WINDOW.as_millis() as u64
     }
 
     fn wake_builder(&self) {
@@ -470,6 +518,7 @@ impl Follower for DenseEngine {
 
 impl DenseEngine {
     fn search_vector(&self, vector: &[f32], query: &Query<'_>, store: &Store) -> Result<Vec<Candidate>, EngineError> {
+        self.note_search();
         let Some(index) = self.index() else {
             return Ok(Vec::new());
         };
@@ -613,5 +662,23 @@ impl Engine for DenseEngine {
                 self.held_back_us.load(Ordering::Relaxed),
             ),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Back-pressure follows the searches: none yet, then one just now.
+    #[test]
+    fn writes_are_held_to_the_short_tail_only_while_searches_run() {
+        let engine = DenseEngine::open(Space::Client, None, Arc::new(MemoryMeta::default()));
+        assert!(!engine.searched_lately(), "no search yet: a bulk load may run ahead");
+        engine.note_search();
+        assert!(
+            engine.searched_lately(),
+            "a search just began: writes wait for the graph"
+        );
+        engine.stop();
     }
 }
