@@ -84,18 +84,62 @@ struct Refusal {
 }
 
 /// Answers one validated request. `now_ns` is CLOCK_MONOTONIC at pick-up.
+///
+/// Each request runs in a `request` span (id, operation, and the route once
+/// known) at DEBUG on purpose: under the default `info` filter the span and
+/// the closing event are never built, so the cache-hit path stays free of
+/// allocations (`handler/zero_copy_tests.rs`). Its latency, pick-up to
+/// reply, goes into the metrics' histograms (lock-free, no allocation).
 pub async fn handle(request: &ArchivedRequest, shared: &Shared, now_ns: u64) -> Reply {
+    use crate::metrics::{Operation, RouteLabel, bump};
+    use tracing::Instrument as _;
     let id = request.request_id.to_native();
-    let deadline_ns = request.deadline_ns.to_native();
-    if deadline_ns != 0 && now_ns > deadline_ns {
-        let late_us = (now_ns - deadline_ns) / 1000;
-        let message = format!("deadline passed {late_us} µs before pick-up");
-        return Response::error(id, ErrorCode::DeadlineExceeded, message).into();
+    let operation = Operation::of(&request.body);
+    let span = tracing::debug_span!("request", id, op = operation.name(), route = tracing::field::Empty);
+    let answered = async {
+        let deadline_ns = request.deadline_ns.to_native();
+        if deadline_ns != 0 && now_ns > deadline_ns {
+            let late_us = (now_ns - deadline_ns) / 1000;
+            let message = format!("deadline passed {late_us} µs before pick-up");
+            return Err(Refusal {
+                code: ErrorCode::DeadlineExceeded,
+                message,
+            });
+        }
+        if shared.shutting_down.load(Ordering::Relaxed) && !is_probe(&request.body) {
+            let message = "nexusd is shutting down".to_owned();
+            return Err(Refusal {
+                code: ErrorCode::ShuttingDown,
+                message,
+            });
+        }
+        dispatch(id, &request.body, shared, now_ns, Deadline::at_ns(deadline_ns)).await
     }
-    if shared.shutting_down.load(Ordering::Relaxed) && !is_probe(&request.body) {
-        return Response::error(id, ErrorCode::ShuttingDown, "nexusd is shutting down").into();
+    .instrument(span.clone())
+    .await;
+    let route = (operation == Operation::Recall).then(|| match &answered {
+        Ok(Answered::Recalled(answer)) => RouteLabel::of(answer.route),
+        Ok(Answered::Body(_)) | Err(_) => RouteLabel::Refused,
+    });
+    let elapsed_ns = nexus_shm_protocol::monotonic_now_ns().saturating_sub(now_ns);
+    shared.metrics.observe_request(operation, route, elapsed_ns);
+    if let Some(route) = route {
+        span.record("route", route.name());
     }
-    match dispatch(id, &request.body, shared, now_ns, Deadline::at_ns(deadline_ns)).await {
+    let latency_us = elapsed_ns / 1000;
+    match &answered {
+        Ok(answered) => {
+            if matches!(answered, Answered::Recalled(answer) if answer.degraded.is_some()) {
+                bump(&shared.metrics.recalls_degraded);
+            }
+            tracing::debug!(parent: &span, latency_us, status = "ok", "request answered");
+        }
+        Err(refusal) => {
+            bump(&shared.metrics.requests_failed);
+            tracing::debug!(parent: &span, latency_us, status = ?refusal.code, "request refused");
+        }
+    }
+    match answered {
         Ok(Answered::Body(body)) => Response::ok(id, body).into(),
         Ok(Answered::Recalled(answer)) => Reply::Recalled(RecalledReply {
             request_id: id,
@@ -413,7 +457,10 @@ impl RecallHitSource for Recalled {
     }
 }
 
-fn stats(shared: &Shared) -> StatsReport {
+/// Everything Stats reports: the daemon's counters and latency figures,
+/// the store's, admission's, the engines' and the pipeline's. Also the
+/// source of the metrics endpoint's counters and gauges (`telemetry.rs`).
+pub(crate) fn stats(shared: &Shared) -> StatsReport {
     let mut report = shared.metrics.report();
     report.counters.extend(shared.store.counters().into_iter().map(counter));
     report.counters.extend(shared.admission.gauges());

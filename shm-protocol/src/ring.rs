@@ -518,6 +518,14 @@ impl Consumer {
         matches!(self.published_tail(), Ok(tail) if tail == self.head)
     }
 
+    /// Published bytes not yet released, and the ring's capacity: how full
+    /// the producer has made it (the daemon's occupancy histogram). A
+    /// corrupt cursor reads as `None`; the next `peek` reports it.
+    pub fn occupancy(&self) -> Option<(u64, u64)> {
+        let tail = self.published_tail().ok()?;
+        Some((tail.wrapping_sub(self.head), self.memory.capacity_bytes))
+    }
+
     fn published_tail(&self) -> Result<u64, RingError> {
         // Acquire pairs with the Release store in Producer::publish_frame.
         let tail = self.memory.header().tail.load(Ordering::Acquire);

@@ -165,6 +165,7 @@ impl ShmSession {
         {
             return Ok(blocked);
         }
+        self.observe_occupancy();
         let mut handled = 0;
         while handled < limit {
             let answer = match self.next_answer().await? {
@@ -190,6 +191,23 @@ impl ShmSession {
             0 => Burst::Idle,
             _ => Burst::Progress,
         })
+    }
+
+    /// Files how full the request ring is as a burst begins
+    /// (`nexus_request_ring_occupancy_ratio`): a histogram rather than a
+    /// gauge because there is one ring per client and a gauge would show
+    /// whichever session wrote last; the distribution over every burst of
+    /// every session shows whether clients keep rings near empty (the
+    /// daemon keeps up) or near full (they are about to wait for room). An
+    /// empty ring is not a burst and is not counted.
+    fn observe_occupancy(&self) {
+        if let Some((used_bytes, capacity_bytes)) = self.requests.occupancy()
+            && used_bytes > 0
+            && capacity_bytes > 0
+        {
+            let used_ppm = used_bytes.saturating_mul(1_000_000) / capacity_bytes;
+            self.shared.metrics.request_ring_occupancy.observe(used_ppm);
+        }
     }
 
     /// The answer to the next frame, or `None` when the ring is empty.

@@ -813,6 +813,8 @@ impl<C: Committer> Writer<C> {
         let elapsed_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.shared.fsync_latency_ns.record(elapsed_ns);
+        // The Prometheus histogram (process-wide: see `metrics::WAL_FSYNC`).
+        crate::metrics::WAL_FSYNC.observe(elapsed_ns);
         if let Err(source) = result {
             let error = WalError::SyncFailed {
                 path: self.active.path.clone(),
