@@ -161,7 +161,7 @@ pub fn main_with_test_hooks(hooks: TestHooks) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let log = init_logging(&config.log);
+    let log = init_logging(&config.log, config.log_format);
     if let Err(errno) = thp {
         tracing::warn!(%errno, "could not opt out of transparent huge pages");
     }
@@ -184,6 +184,10 @@ fn serve(
     hooks: TestHooks,
     manager: ServiceManager,
 ) -> anyhow::Result<()> {
+    // A bad endpoint is a configuration error: refused before any work.
+    let metrics_endpoint = (config.metrics_socket.as_deref())
+        .map(|setting| crate::telemetry::Endpoint::parse(setting, &config.socket_path))
+        .transpose()?;
     let fd_limit = set_fd_limit(&config)?;
     info!(fd_limit, fd_reserve = config.fd_reserve, "file descriptors");
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -225,11 +229,18 @@ fn serve(
             neardup.fill(store.clone());
         }
         let socket = BoundSocket::bind(&config.socket_path, config.socket_mode)?;
+        let metrics_listener = match &metrics_endpoint {
+            Some(endpoint) => Some(crate::telemetry::MetricsListener::bind(endpoint, config.socket_mode).await?),
+            None => None,
+        };
         info!(version = env!("CARGO_PKG_VERSION"), data_dir = %config.data_dir.display(), "nexusd ready");
         manager.notify(&[State::Ready, State::Status(&ready_status(&config, &store))]);
         let shared = Shared::new(config, store.clone(), recall, engines.preprocessor);
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(crate::transport::server::run(shared.clone(), socket, shutdown.clone()));
+        // Its own task: a scrape never waits on a session, nor a session on a scrape.
+        let metrics = (metrics_listener)
+            .map(|listener| tokio::spawn(crate::telemetry::serve(shared.clone(), listener, shutdown.clone())));
         let watchdog_stop = CancellationToken::new();
         let watchdog = start_watchdog(&manager, &store, &watchdog_stop);
         let background = TaskTracker::new();
@@ -238,6 +249,9 @@ fn serve(
         manager.notify(&[State::Stopping, State::Status(stopping)]);
         shutdown.cancel();
         server.await.context("the server task failed")??;
+        if let Some(metrics) = metrics {
+            metrics.await.context("the metrics endpoint failed")?;
+        }
         background.close();
         background.wait().await;
         let lsn = store.close().await.context("the final checkpoint failed")?;
@@ -409,15 +423,35 @@ fn make_created_files_private() {
     umask(Mode::from_bits_truncate(0o077));
 }
 
-fn init_logging(filter: &str) -> LogHandle {
+/// Logs to stderr through `filter` (the returned handle swaps it on
+/// SIGHUP), as text (coloured on a terminal) or, with `LogFormat::Json`, one
+/// JSON object per line for journald and log shippers: no colours, the
+/// event's fields at the top level, and the span it ran in under `span`
+/// (a request's `id`, `op` and `route`, at `debug`).
+fn init_logging(filter: &str, format: crate::config::LogFormat) -> LogHandle {
+    use crate::config::LogFormat;
     use std::io::IsTerminal;
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
-    let output = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false);
-    tracing_subscriber::registry().with(filter).with(output).init();
+    let human = (format == LogFormat::Human).then(|| {
+        (tracing_subscriber::fmt::layer())
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false)
+    });
+    let json = (format == LogFormat::Json).then(|| {
+        (tracing_subscriber::fmt::layer().json())
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(human)
+        .with(json)
+        .init();
     handle
 }
 

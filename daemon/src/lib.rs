@@ -5,7 +5,9 @@
 //! - [`transport`]: the socket, admission, the handshake, both sessions and the
 //!   one frame → answer path they share;
 //! - [`handler`]: what each operation does;
-//! - [`metrics`]: counters reported by `Stats`;
+//! - [`metrics`]: counters and histograms reported by `Stats`, and their
+//!   Prometheus exposition;
+//! - [`telemetry`]: the metrics endpoint (`metrics_socket`);
 //! - [`notify`]: sd_notify to systemd (ready, status, watchdog, stopping);
 //! - [`store`]: the durable memory store (WAL, state, snapshots).
 
@@ -18,6 +20,7 @@ pub mod notify;
 pub mod preprocess;
 pub mod recall;
 pub mod store;
+pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
 pub mod transport;

@@ -170,4 +170,12 @@ impl Store {
         }
         Ok(scanned)
     }
+
+    /// Runs `f` over (namespace, live memories) pairs, in namespace order,
+    /// under one read lock (so `f` should be quick: it holds writes back).
+    /// For the metrics endpoint, which keeps only the largest few.
+    pub fn with_namespace_sizes<R>(&self, f: impl FnOnce(&mut dyn Iterator<Item = (&str, u64)>) -> R) -> R {
+        let state = self.read();
+        f(&mut state.namespace_sizes())
+    }
 }

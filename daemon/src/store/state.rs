@@ -453,6 +453,12 @@ impl State {
             None => Box::new(self.namespaces.iter()),
         }
     }
+
+    /// Live memories per namespace, in namespace order (the metrics
+    /// endpoint's `nexus_namespace_memories`).
+    pub fn namespace_sizes(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        (self.namespaces.iter()).map(|(namespace, ids)| (namespace.as_str(), ids.len() as u64))
+    }
 }
 
 /// The state at one LSN, outside the lock (see [`State::freeze`]).
