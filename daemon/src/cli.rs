@@ -22,7 +22,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
-use crate::config::{Config, Settings};
+use crate::config::{Config, ConfigError, Environment, Key, Settings};
 use crate::handler::Shared;
 use crate::notify::{ServiceManager, State, WedgeSwitch};
 use crate::recall::Recall;
@@ -38,12 +38,21 @@ nexusd — the Memory Nexus sidecar daemon
 
 USAGE: nexusd [OPTIONS]
 
+CONFIGURATION: defaults < config file < environment < flags. Each option --foo-bar VALUE
+below is also the variable NEXUS_FOO_BAR=VALUE, same syntax (lists comma-separated:
+NEXUS_ALLOW_UIDS=1000,1001; an empty variable counts as unset), and the config file key
+foo_bar (allow_uids for --allow-uid; [limits] dimension for --dimension), except --config,
+--check-config and --salvage-wal. NEXUS_* variables that name no setting are warned about.
+docs/configuration.md lists every key.
+
 OPTIONS:
-  --config FILE                  TOML config file, re-read on SIGHUP (flags win over it)
+  --config FILE                  TOML config file, re-read on SIGHUP (default: $NEXUS_CONFIG, else none)
+  --check-config                 print the effective configuration as a TOML config file, where each
+                                 value came from in a comment, and exit: 0, or 2 with the error
   --data-dir DIR                 durable state (default: ./nexus-data)
-  --socket PATH                  Unix socket (default: $NEXUS_SOCKET, else $XDG_RUNTIME_DIR/nexusd.sock, else ./nexusd.sock)
+  --socket PATH                  Unix socket (default: $XDG_RUNTIME_DIR/nexusd.sock, else ./nexusd.sock)
   --socket-mode OCTAL            socket file permissions (default: 600)
-  --allow-uid UID                admit this peer uid (repeatable; default: the daemon's own uid)
+  --allow-uid UID[,UID...]       admit these peer uids (repeatable; default: the daemon's own uid)
   --max-clients N                connections served at once (default: 1024)
   --max-clients-per-uid N        sessions one uid may hold (default: half of max-clients with several uids)
   --max-pending-handshakes N     connections waiting for their hello at once (default: 64)
@@ -64,6 +73,7 @@ OPTIONS:
   --fsync POLICY                 always (default: acknowledge after fdatasync) | interval:<ms> | never
   --wal-segment-bytes N          WAL segment size before rotation (default: 67108864)
   --checkpoint-wal-bytes N       WAL volume that triggers a checkpoint (default: 268435456)
+  --checkpoint-min-interval-ms N least time between two client-requested checkpoints (default: 60000)
   --dimension N                  fix the vector dimension (default: set by the first vector stored)
   --salvage-wal                  start despite mid-log WAL corruption, cutting the log at the first bad record
   --embedder MODEL               builtin (default: the shipped static model) | hashing | a model2vec directory
@@ -79,14 +89,14 @@ OPTIONS:
   --breaker-cool-down-ms N       time an open breaker keeps its engine out (default: 30000)
   --bm25-b B                     BM25 length normalisation, 0..=1 (default: 0.75)
   --stemming BOOL                English stemming in the lexical index (default: true)
-  --log FILTER                   log filter, e.g. info or nexus_daemon=debug (default: $NEXUS_LOG, else info)
+  --log FILTER                   log filter, e.g. info or nexus_daemon=debug (default: info)
   --log-format FORMAT            human (default) | json: one JSON object per line
   --metrics-socket PATH          serve Prometheus text on this Unix socket, or tcp:127.0.0.1:PORT (default: off)
   -h, --help                     this text
   -V, --version                  the version
 
 SIGNALS: SIGTERM/SIGINT graceful stop (a second one exits at once), SIGHUP reload the
-config file, SIGUSR1 checkpoint now.
+config file (under the environment and flags of the start), SIGUSR1 checkpoint now.
 
 SYSTEMD: with $NOTIFY_SOCKET set (Type=notify) nexusd sends STATUS= while replaying,
 READY=1 once it serves, STOPPING=1 at shutdown, and WATCHDOG=1 at half of $WATCHDOG_USEC
@@ -146,22 +156,41 @@ pub fn main_with_test_hooks(hooks: TestHooks) -> ExitCode {
     // other thread exists yet: the runtime and the signal thread start in `serve`.
     let (manager, notify_errors) = unsafe { ServiceManager::take_from_env() };
     make_created_files_private();
-    let (config_file, flags) = match parse(std::env::args_os().skip(1)) {
+    let invocation = match parse(std::env::args_os().skip(1)) {
         Ok(Some(parsed)) => parsed,
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("nexusd: {e:#}\n\n{USAGE}");
+            eprintln!("nexusd: {e:#}");
             return ExitCode::from(2);
         }
     };
-    let config = match Config::build(config_file.as_deref(), &flags) {
-        Ok(config) => config,
+    // The environment is read once, here; the configuration keeps its
+    // layer, so every SIGHUP lays the file under this same environment.
+    let env = match Environment::capture() {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("nexusd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config_file = invocation.config_file.or_else(|| env.config_file.clone());
+    let flags = invocation.flags;
+    let config = match Config::build_explained(config_file.as_deref(), &env.settings, &flags) {
+        // --check-config: built and validated as a start would, nothing opened or bound.
+        Ok((config, origins)) if invocation.check_config => {
+            env.warnings()
+                .for_each(|warning| eprintln!("nexusd: warning: {warning}"));
+            print!("{}", config.to_toml(&origins));
+            return ExitCode::SUCCESS;
+        }
+        Ok((config, _)) => config,
         Err(e) => {
             eprintln!("nexusd: {e}");
             return ExitCode::from(2);
         }
     };
     let log = init_logging(&config.log, config.log_format);
+    env.warnings().for_each(|warning| warn!("{warning}"));
     if let Err(errno) = thp {
         tracing::warn!(%errno, "could not opt out of transparent huge pages");
     }
@@ -366,14 +395,15 @@ async fn react_to_signals(
     }
 }
 
-/// SIGHUP: re-reads the config file; a bad file keeps the old configuration.
+/// SIGHUP: re-reads the config file and lays it under the environment
+/// captured at start and the same flags; a bad file keeps the old configuration.
 fn reload(shared: &Shared, flags: &Settings, log: &LogHandle) {
     let current = shared.config();
     let Some(path) = current.config_file.clone() else {
-        info!("SIGHUP: no --config file to reload");
+        info!("SIGHUP: no config file (--config or NEXUS_CONFIG) to reload");
         return;
     };
-    let fresh = match Config::build(Some(&path), flags) {
+    let fresh = match Config::build(Some(&path), &current.env, flags) {
         Ok(fresh) => fresh,
         Err(error) => {
             warn!(%error, "SIGHUP: the config file is invalid; keeping the current configuration");
@@ -455,66 +485,32 @@ fn init_logging(filter: &str, format: crate::config::LogFormat) -> LogHandle {
     handle
 }
 
-/// Parses flags; `Ok(None)` when --help or --version was answered.
-fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<(Option<PathBuf>, Settings)>> {
+/// What the command line asks for.
+#[derive(Debug)]
+struct Invocation {
+    /// `--config FILE` (else `$NEXUS_CONFIG`, else none).
+    config_file: Option<PathBuf>,
+    /// The flags' layer of settings.
+    flags: Settings,
+    /// `--check-config`: print the effective configuration and exit.
+    check_config: bool,
+}
+
+/// Parses flags; `Ok(None)` when --help or --version was answered. A key's
+/// flag takes the very text its `NEXUS_*` variable takes ([`Key::set`]).
+fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<Invocation>> {
     use lexopt::prelude::*;
-    let mut s = Settings {
-        log: std::env::var("NEXUS_LOG").ok(),
-        ..Settings::default()
+    let mut invocation = Invocation {
+        config_file: None,
+        flags: Settings::default(),
+        check_config: false,
     };
-    let mut config_file = None;
-    let mut allowed: Vec<u32> = Vec::new();
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next()? {
         match arg {
-            Long("config") => config_file = Some(PathBuf::from(parser.value()?)),
-            Long("data-dir") => s.data_dir = Some(PathBuf::from(parser.value()?)),
-            Long("socket") => s.socket = Some(PathBuf::from(parser.value()?)),
-            Long("socket-mode") => s.socket_mode = Some(parser.value()?.string()?),
-            Long("allow-uid") => allowed.push(parser.value()?.parse()?),
-            Long("max-clients") => s.max_clients = Some(parser.value()?.parse()?),
-            Long("max-clients-per-uid") => s.max_clients_per_uid = Some(parser.value()?.parse()?),
-            Long("max-pending-handshakes") => s.max_pending_handshakes = Some(parser.value()?.parse()?),
-            Long("memory-budget-bytes") => s.memory_budget_bytes = Some(parser.value()?.parse()?),
-            Long("scratch-retain-bytes") => s.scratch_retain_bytes = Some(parser.value()?.parse()?),
-            Long("fd-limit") => s.fd_limit = Some(parser.value()?.parse()?),
-            Long("fd-reserve") => s.fd_reserve = Some(parser.value()?.parse()?),
-            Long("idle-timeout-ms") => s.idle_timeout_ms = Some(parser.value()?.parse()?),
-            Long("ring-bytes") => s.ring_bytes = Some(parser.value()?.parse()?),
-            Long("max-ring-bytes") => s.max_ring_bytes = Some(parser.value()?.parse()?),
-            Long("max-frame-bytes") => s.max_frame_bytes = Some(parser.value()?.parse()?),
-            Long("spin-us") => s.spin_us = Some(parser.value()?.parse()?),
-            Long("worker-threads") => s.worker_threads = Some(parser.value()?.parse()?),
-            Long("handshake-timeout-ms") => s.handshake_timeout_ms = Some(parser.value()?.parse()?),
-            Long("stalled-client-timeout-ms") => s.stalled_client_timeout_ms = Some(parser.value()?.parse()?),
-            Long("max-bad-frames") => s.max_bad_frames = Some(parser.value()?.parse()?),
-            Long("shutdown-timeout-ms") => s.shutdown_timeout_ms = Some(parser.value()?.parse()?),
-            Long("fsync") => s.fsync = Some(parser.value()?.string()?),
-            Long("wal-segment-bytes") => s.wal_segment_bytes = Some(parser.value()?.parse()?),
-            Long("checkpoint-wal-bytes") => s.checkpoint_wal_bytes = Some(parser.value()?.parse()?),
-            Long("dimension") => {
-                let dimension = parser.value()?.parse()?;
-                s.limits = Some(crate::store::model::Limits {
-                    dimension,
-                    ..Default::default()
-                });
-            }
-            Long("salvage-wal") => s.salvage_wal = Some(true),
-            Long("embedder") => s.embedder = Some(parser.value()?.string()?),
-            Long("duplicates") => s.duplicates = Some(parser.value()?.string()?),
-            Long("chunk-tokens") => s.chunk_tokens = Some(parser.value()?.parse()?),
-            Long("bm25-k1") => s.bm25_k1 = Some(parser.value()?.parse()?),
-            Long("fusion-weights") => s.fusion_weights = Some(parser.value()?.string()?),
-            Long("cache-entries") => s.cache_entries = Some(parser.value()?.parse()?),
-            Long("cache-bytes") => s.cache_bytes = Some(parser.value()?.parse()?),
-            Long("cache-semantic-threshold") => s.cache_semantic_threshold = Some(parser.value()?.parse()?),
-            Long("breaker-failures") => s.breaker_failures = Some(parser.value()?.parse()?),
-            Long("breaker-cool-down-ms") => s.breaker_cool_down_ms = Some(parser.value()?.parse()?),
-            Long("bm25-b") => s.bm25_b = Some(parser.value()?.parse()?),
-            Long("stemming") => s.stemming = Some(parser.value()?.parse()?),
-            Long("log") => s.log = Some(parser.value()?.string()?),
-            Long("log-format") => s.log_format = Some(parser.value()?.string()?),
-            Long("metrics-socket") => s.metrics_socket = Some(PathBuf::from(parser.value()?)),
+            Long("config") => invocation.config_file = Some(PathBuf::from(parser.value()?)),
+            Long("check-config") => invocation.check_config = true,
+            Long("salvage-wal") => invocation.flags.salvage_wal = Some(true),
             Short('h') | Long("help") => {
                 print!("{USAGE}");
                 return Ok(None);
@@ -523,18 +519,51 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Option<(Opt
                 println!("nexusd {}", env!("CARGO_PKG_VERSION"));
                 return Ok(None);
             }
-            other => bail!(other.unexpected()),
+            Long(name) => {
+                let flag = format!("--{name}");
+                let Some(key) = Key::for_flag(&flag) else {
+                    bail!("unknown option {flag} (nexusd --help lists them)");
+                };
+                set_flag(&mut invocation.flags, key, flag, &parser.value()?)?;
+            }
+            other => bail!("{} (nexusd --help lists the options)", other.unexpected()),
         }
     }
-    if !allowed.is_empty() {
-        s.allow_uids = Some(allowed);
+    Ok(Some(invocation))
+}
+
+/// Sets `key` from its flag's value; `--allow-uid` adds to the uids before it.
+fn set_flag(flags: &mut Settings, key: &Key, flag: String, value: &std::ffi::OsStr) -> Result<(), ConfigError> {
+    let earlier = if key.name == "allow_uids" {
+        flags.allow_uids.take().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    key.set(flags, value).map_err(|reason| ConfigError::Flag {
+        flag,
+        value: value.to_string_lossy().into_owned(),
+        reason,
+    })?;
+    if let Some(uids) = &mut flags.allow_uids {
+        uids.splice(0..0, earlier);
     }
-    Ok(Some((config_file, s)))
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{KEYS, Origin};
+
+    /// Parses `args` and builds the configuration over no file and no environment.
+    fn build(args: &[&str]) -> Result<Config, ConfigError> {
+        let invocation = parse(args.iter().map(OsString::from)).unwrap().unwrap();
+        Config::build(
+            invocation.config_file.as_deref(),
+            &Settings::default(),
+            &invocation.flags,
+        )
+    }
 
     #[test]
     fn flags_override_the_defaults() {
@@ -547,24 +576,71 @@ mod tests {
             "7",
             "--spin-us",
             "20",
+            "--dimension",
+            "384",
         ];
-        let (file, flags) = parse(args.map(OsString::from)).unwrap().unwrap();
-        let config = Config::build(file.as_deref(), &flags).unwrap();
+        let config = build(&args).unwrap();
         assert_eq!(config.socket_path, PathBuf::from("/tmp/x.sock"));
         assert_eq!(config.socket_mode, 0o660);
         assert_eq!(config.allowed_uids, vec![7]);
         assert_eq!(config.spin, std::time::Duration::from_micros(20));
+        assert_eq!(config.limits.dimension, 384);
+    }
+
+    #[test]
+    fn allow_uid_is_repeatable_and_takes_lists() {
+        let config = build(&["--allow-uid", "7", "--allow-uid", "8,9", "--allow-uids", "10"]).unwrap();
+        assert_eq!(config.allowed_uids, vec![7, 8, 9, 10]);
     }
 
     #[test]
     fn bad_flags_are_reported() {
-        let (file, flags) = parse(["--max-clients", "0"].map(OsString::from)).unwrap().unwrap();
-        let error = Config::build(file.as_deref(), &flags).unwrap_err().to_string();
-        assert!(error.contains("max_clients"), "{error}");
-        let (file, flags) = parse(["--socket-mode", "9x"].map(OsString::from)).unwrap().unwrap();
-        assert!(Config::build(file.as_deref(), &flags).is_err());
-        let (file, flags) = parse(["--fsync", "sometimes"].map(OsString::from)).unwrap().unwrap();
-        assert!(Config::build(file.as_deref(), &flags).is_err());
-        assert!(parse(["--frobnicate"].map(OsString::from)).is_err());
+        let error = build(&["--max-clients", "0"]).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "invalid setting max_clients: 0 is outside 1..=65536 connections (set by --max-clients)"
+        );
+        assert!(build(&["--socket-mode", "9x"]).is_err());
+        assert!(build(&["--fsync", "sometimes"]).is_err());
+        let error = parse(["--max-clients", "abc"].map(OsString::from))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(error, "--max-clients abc: max_clients expects a whole number");
+        let error = parse(["--frobnicate"].map(OsString::from)).unwrap_err().to_string();
+        assert_eq!(error, "unknown option --frobnicate (nexusd --help lists them)");
+    }
+
+    #[test]
+    fn check_config_and_the_config_file_are_parsed() {
+        let args = ["--check-config", "--config", "/etc/nexus/nexusd.toml", "--salvage-wal"];
+        let invocation = parse(args.map(OsString::from)).unwrap().unwrap();
+        assert!(invocation.check_config);
+        assert_eq!(invocation.config_file, Some(PathBuf::from("/etc/nexus/nexusd.toml")));
+        assert_eq!(invocation.flags.salvage_wal, Some(true));
+    }
+
+    /// Every key's flag is accepted and documented in --help.
+    #[test]
+    fn every_key_has_its_flag_in_the_usage() {
+        for key in KEYS {
+            let flag = key.flag();
+            assert!(USAGE.contains(&format!("  {flag} ")), "{flag} is missing from USAGE");
+            assert_eq!(Key::for_flag(&flag).map(|k| k.name), Some(key.name));
+        }
+        assert!(USAGE.contains("--check-config"));
+    }
+
+    /// The flag wins over the environment, which wins over the defaults;
+    /// each origin is the one that won.
+    #[test]
+    fn a_flag_wins_over_the_environment() {
+        let env = Environment::from_vars([("NEXUS_SPIN_US", "7"), ("NEXUS_MAX_BAD_FRAMES", "3")]).unwrap();
+        let invocation = parse(["--spin-us", "20"].map(OsString::from)).unwrap().unwrap();
+        let (config, origins) = Config::build_explained(None, &env.settings, &invocation.flags).unwrap();
+        assert_eq!(config.spin, std::time::Duration::from_micros(20));
+        assert_eq!(config.max_bad_frames, 3);
+        assert_eq!(origins.of("spin_us"), Origin::Flag("--spin-us".into()));
+        assert_eq!(origins.of("max_bad_frames"), Origin::Env("NEXUS_MAX_BAD_FRAMES".into()));
+        assert_eq!(origins.of("max_clients"), Origin::Default);
     }
 }
