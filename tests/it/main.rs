@@ -20,6 +20,7 @@ mod handshake;
 mod hostile_peers;
 mod index_crash;
 mod lifecycle;
+mod metrics;
 mod preprocess;
 mod recall_route;
 mod signals;
