@@ -1030,6 +1030,10 @@ impl Config {
         validate_limits(&self.limits, self.max_frame_bytes)?;
         self.validate_recall()?;
         self.validate_pipeline()?;
+        if let Some(metrics) = &self.metrics_socket {
+            crate::telemetry::Endpoint::parse(metrics, &self.socket_path)
+                .map_err(|e| invalid("metrics_socket", e.to_string()))?;
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log).map_err(|e| invalid("log", e.to_string()))?;
         Ok(())
     }

@@ -71,7 +71,7 @@ pub enum Endpoint {
 pub enum EndpointError {
     /// `tcp:` followed by something that is not `IP:PORT`.
     #[error(
-        "invalid setting metrics_socket: {setting:?} is not tcp:IP:PORT ({reason}); \
+        "{setting:?} is not tcp:IP:PORT ({reason}); \
          write tcp:127.0.0.1:PORT, or a Unix socket path"
     )]
     BadAddress {
@@ -82,7 +82,7 @@ pub enum EndpointError {
     },
     /// An address other hosts could reach.
     #[error(
-        "invalid setting metrics_socket: {addr} is not a loopback address; the metrics endpoint \
+        "{addr} is not a loopback address; the metrics endpoint \
          listens on 127.0.0.1 or [::1] only (put a proxy in front of it to export metrics)"
     )]
     NotLoopback {
@@ -90,7 +90,7 @@ pub enum EndpointError {
         addr: SocketAddr,
     },
     /// The same path as the daemon's own socket.
-    #[error("invalid setting metrics_socket: {path} is the daemon's own socket; give the metrics another path")]
+    #[error("{path} is the daemon's own socket; give the metrics another path")]
     SameAsSocket {
         /// The path.
         path: PathBuf,
@@ -441,7 +441,7 @@ mod tests {
         assert!(matches!(parse("tcp:[::1]:9464"), Ok(Endpoint::Tcp(_))));
         let public = parse("tcp:0.0.0.0:9464").unwrap_err().to_string();
         assert!(
-            public.contains("metrics_socket") && public.contains("loopback"),
+            public.contains("0.0.0.0:9464") && public.contains("loopback"),
             "{public}"
         );
         let name = parse("tcp:localhost:9464").unwrap_err().to_string();

@@ -143,6 +143,9 @@ fn nexus_config_names_the_config_file() {
     assert!(checked.line("max_clients").ends_with("# file:2"), "{}", checked.stdout);
 }
 
+/// Flags, environment, and the one line expected on stderr.
+type RefusalCase<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], String);
+
 /// Each refusal is one line on stderr naming the key and where it was set,
 /// and exit code 2.
 #[test]
@@ -151,7 +154,7 @@ fn check_config_names_the_key_and_where_it_was_set_when_it_refuses() {
     let unknown = config_file(&dir, "unknown.toml", "spin_us = 5\n\nmax_client = 8\n");
     let bad_type = config_file(&dir, "type.toml", "spin_us = 5\nmax_bad_frames = \"many\"\n");
     let out_of_range = config_file(&dir, "range.toml", "\n\nspin_us = 10000000\n");
-    let cases: [(&[&str], &[(&str, &str)], String); 6] = [
+    let cases: [RefusalCase; 6] = [
         (
             &["--config", &unknown],
             &[],
