@@ -480,7 +480,7 @@ pub(crate) fn stats(shared: &Shared) -> StatsReport {
 /// Memories per List page at most, whatever the client asks: a page is
 /// copied under the store's read lock.
 pub const MAX_LIST_PAGE: usize = 1000;
-/// Default (and largest) bytes of text, vectors and labels per page: half
+/// Default (and largest) bytes of text and vectors per page: half
 /// the default ring's largest frame, so a page fits any ring a client gets
 /// by default; a client with a smaller ring asks for less.
 pub const MAX_LIST_PAGE_BYTES: usize = 256 << 10;

@@ -276,7 +276,7 @@ pub struct ListRequest {
     /// Memories per page at most (0: the daemon's default); the daemon
     /// also caps it (`MAX_LIST_PAGE`).
     pub limit: u32,
-    /// Bytes of text, vectors and labels per page at most (0: the daemon's
+    /// Bytes of text and vectors per page at most (0: the daemon's
     /// default); a page always holds at least one memory.
     pub max_bytes: u32,
 }
