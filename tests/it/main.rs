@@ -29,6 +29,7 @@ mod store;
 mod store_boundary;
 mod sustained_writes;
 mod systemd_notify;
+mod transfer;
 mod transport;
 mod wal_damage;
 
