@@ -9,6 +9,7 @@
 
 mod admission;
 mod bad_frames;
+mod cli;
 mod client_trust;
 mod config_files;
 mod crash;
