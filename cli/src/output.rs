@@ -565,6 +565,16 @@ fn duration_ns(ns: u128) -> String {
     }
 }
 
+/// A duration the daemon reports in whole seconds: `0 s`, `42 s`, then as
+/// [`duration_ns`] (`4 min 05 s`, ...): no false precision below a second.
+fn whole_seconds(seconds: u64) -> String {
+    if seconds < 60 {
+        format!("{seconds} s")
+    } else {
+        duration_ns(u128::from(seconds) * 1_000_000_000)
+    }
+}
+
 // ---- health ------------------------------------------------------------
 
 /// What `health` found.
@@ -622,7 +632,7 @@ pub fn health_human(w: &mut impl Write, socket: &str, report: &HealthReport) -> 
         "{}: nexusd {} on {socket}, up {}",
         status.word(),
         report.version,
-        duration_ns(u128::from(report.uptime_s) * 1_000_000_000)
+        whole_seconds(report.uptime_s)
     )?;
     for reason in health_reasons(report) {
         writeln!(w, "  {reason}")?;

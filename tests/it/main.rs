@@ -23,6 +23,7 @@ mod index_crash;
 mod lifecycle;
 mod metrics;
 mod preprocess;
+mod readme;
 mod recall_route;
 mod signals;
 mod socket_transport;
