@@ -60,9 +60,11 @@ pub const IDLE_SEAL: Duration = Duration::from_secs(1);
 /// exactly (~10 µs per 1,000 at 384-d), so this bounds that part of its cost.
 pub const MAX_TAIL: usize = 8 * crate::recall::ann::DEFAULT_TAIL_THRESHOLD;
 
-/// Vectors outside the graph above which a write waits for the builder
-/// even when nobody searches: a bulk load runs ahead of the graph up to
-/// here (a search that then comes scans them exactly, ~2.5 ms at 384-d).
+/// Vectors of the tail not yet taken for a build above which a write waits
+/// for the builder even when nobody searches: a bulk load runs ahead of the
+/// graph up to here (with the tail being built, at most twice this is
+/// outside the graph; a search that then comes scans them exactly, ~10 µs
+/// per 1,000 at 384-d).
 pub const MAX_UNSEARCHED_TAIL: usize = 256 * crate::recall::ann::DEFAULT_TAIL_THRESHOLD;
 
 /// How recently a search must have run for writes to be held to
@@ -311,34 +313,38 @@ impl DenseEngine {
     /// under, at most [`MAX_BACKPRESSURE_WAIT`]. Only while searches run
     /// (one in the last [`SEARCHED_WINDOW`]): it is the searches that pay
     /// for a long tail, so a bulk load nobody searches meanwhile goes at
-    /// the write path's speed, up to [`MAX_UNSEARCHED_TAIL`]. Not at start:
+    /// the write path's speed (see [`Self::over_bound`]). Not at start:
     /// the replay fills the tail at full speed and the builder catches up
     /// while serving.
     fn hold_back_writes(&self, index: &AnnIndex) {
-        let outside = |index: &AnnIndex| {
-            let stats = index.stats();
-            stats.tail + stats.building
-        };
-        if outside(index) >= index.config().tail_threshold {
+        let stats = index.stats();
+        if stats.tail + stats.building >= index.config().tail_threshold {
             self.wake_builder();
         }
-        let bound = if self.searched_lately() {
-            MAX_TAIL
-        } else {
-            MAX_UNSEARCHED_TAIL
-        };
-        if !self.serving.load(Ordering::Relaxed) || outside(index) <= bound {
+        if !self.serving.load(Ordering::Relaxed) || !self.over_bound(index) {
             return;
         }
         let started = Instant::now();
-        while outside(index) > MAX_TAIL
-            && (self.searched_lately() || outside(index) > MAX_UNSEARCHED_TAIL)
-            && started.elapsed() < MAX_BACKPRESSURE_WAIT
-        {
+        while self.over_bound(index) && started.elapsed() < MAX_BACKPRESSURE_WAIT {
             std::thread::sleep(Duration::from_millis(1));
         }
         self.held_back.fetch_add(1, Ordering::Relaxed);
         (self.held_back_us).fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether the vectors outside the graph exceed what writes may leave:
+    /// while searches run, [`MAX_TAIL`] counting the tail being built (a
+    /// search scans both); otherwise [`MAX_UNSEARCHED_TAIL`] of the tail
+    /// not yet taken for a build, so a long build of a bulk load's tail
+    /// does not stop the writes behind it (the builder freezes the whole
+    /// tail at once: at most twice the bound is outside the graph).
+    fn over_bound(&self, index: &AnnIndex) -> bool {
+        let stats = index.stats();
+        if self.searched_lately() {
+            stats.tail + stats.building > MAX_TAIL
+        } else {
+            stats.tail > MAX_UNSEARCHED_TAIL
+        }
     }
 
     /// Notes that a search begins (for [`Self::hold_back_writes`]).
