@@ -930,7 +930,7 @@ mod tests {
         let text = render(|w| health_human(w, "/s", &report));
         assert_eq!(
             text,
-            "degraded: nexusd 0.1.0 on /s, up 7.00 s\n  refusing writes: fdatasync of 1.wal failed\n"
+            "degraded: nexusd 0.1.0 on /s, up 7 s\n  refusing writes: fdatasync of 1.wal failed\n"
         );
         report.serving = false;
         assert_eq!(HealthStatus::of(&report), HealthStatus::Down);
