@@ -125,6 +125,18 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("health", RequestBody::Health),
         ("flush", RequestBody::Flush),
         ("checkpoint", RequestBody::Checkpoint),
+        (
+            "list",
+            RequestBody::List(ListRequest {
+                namespace: "demo".into(),
+                after: Some(ListCursor {
+                    namespace: "demo".into(),
+                    id: 7,
+                }),
+                limit: 100,
+                max_bytes: 4096,
+            }),
+        ),
     ];
     let hit = RecallHit {
         id: 1,
@@ -189,6 +201,27 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                     uptime_s: 3,
                     version: "0.1.0".into(),
                     write_failure: Some("fdatasync failed".into()),
+                    degraded: vec!["engine dense: circuit breaker open".into()],
+                }),
+            ),
+        ),
+        (
+            "listed",
+            Response::ok(
+                7,
+                ResponseBody::Listed(ListPage {
+                    memories: vec![StoredMemory {
+                        id: 8,
+                        namespace: "demo".into(),
+                        key: Some("caroline-food".into()),
+                        text: "ramen".into(),
+                        vector: Some(vec![0.5, -0.25]),
+                        tags: vec![tag("who", "caroline")],
+                        created_at_ms: 1_700_000_000_000,
+                        importance: 1.0,
+                        source: None,
+                    }],
+                    next: None,
                 }),
             ),
         ),
