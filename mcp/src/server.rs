@@ -9,7 +9,9 @@
 //! tool results with `isError: true` and one line of text (the argument and
 //! its fix, or nexusd's own message via `failure`). Only what never reaches
 //! a tool, such as an unknown tool name, is a JSON-RPC error (the SDK's).
-//! Every answer is JSON, as text content and as structured content.
+//! Every answer is JSON, as text content and as structured content. The
+//! tools' annotations tell a host which ones only read (recall, stats) and
+//! which one deletes (forget), for hosts that ask before destructive calls.
 
 use std::sync::Arc;
 
@@ -75,7 +77,7 @@ impl NexusServer {
     }
 
     /// Stores one memory.
-    #[tool(description = REMEMBER)]
+    #[tool(description = REMEMBER, annotations(title = "Remember", read_only_hint = false, destructive_hint = false, open_world_hint = false))]
     pub async fn remember(&self, Parameters(args): Parameters<RememberArgs>) -> CallToolResult {
         let memory = args.into_memory(&self.default_namespace);
         let namespace = memory
@@ -92,7 +94,7 @@ impl NexusServer {
     }
 
     /// The best memories for a query.
-    #[tool(description = RECALL)]
+    #[tool(description = RECALL, annotations(title = "Recall", read_only_hint = true, open_world_hint = false))]
     pub async fn recall(&self, Parameters(args): Parameters<RecallArgs>) -> CallToolResult {
         let request = args.into_request(&self.default_namespace);
         self.run(
@@ -105,7 +107,7 @@ impl NexusServer {
     }
 
     /// Deletes memories by id or a whole namespace.
-    #[tool(description = FORGET)]
+    #[tool(description = FORGET, annotations(title = "Forget", destructive_hint = true, idempotent_hint = true, open_world_hint = false))]
     pub async fn forget(&self, Parameters(args): Parameters<ForgetArgs>) -> CallToolResult {
         self.run(
             "forget",
@@ -117,7 +119,7 @@ impl NexusServer {
     }
 
     /// Records whether a recalled memory helped.
-    #[tool(description = FEEDBACK)]
+    #[tool(description = FEEDBACK, annotations(title = "Feedback", read_only_hint = false, destructive_hint = false, open_world_hint = false))]
     pub async fn feedback(&self, Parameters(args): Parameters<FeedbackArgs>) -> CallToolResult {
         let request = args.into_request();
         let echo = json!({
@@ -136,7 +138,7 @@ impl NexusServer {
     }
 
     /// A compact summary of nexusd's counters.
-    #[tool(description = STATS)]
+    #[tool(description = STATS, annotations(title = "Stats", read_only_hint = true, open_world_hint = false))]
     pub async fn stats(&self) -> CallToolResult {
         self.run(
             "stats",

@@ -126,8 +126,10 @@ def anyio_backend() -> str:
 
 
 @asynccontextmanager
-async def session(mcp_bin: Path, daemon: Daemon, *extra: str) -> AsyncIterator[ClientSession]:
-    params = StdioServerParameters(command=str(mcp_bin), args=["--socket", str(daemon.socket), *extra])
+async def session(
+    mcp_bin: Path, daemon: Daemon, *extra: str, env: dict[str, str] | None = None
+) -> AsyncIterator[ClientSession]:
+    params = StdioServerParameters(command=str(mcp_bin), args=["--socket", str(daemon.socket), *extra], env=env)
     async with stdio_client(params) as (read, write):
         async with ClientSession(read, write, read_timeout_seconds=30) as client:
             await client.initialize()
@@ -188,6 +190,11 @@ async def test_initialize_lists_the_five_tools_with_schemas(mcp_bin: Path, daemo
         assert f'"{route}"' in schema_text
     assert set(tools["feedback"].input_schema["required"]) == {"memory_id", "recall_id", "useful"}
     assert set(tools["forget"].input_schema["properties"]) == {"ids", "namespace"}
+    # Hosts that confirm destructive calls can tell which tool deletes and which only read.
+    assert tools["forget"].annotations.destructive_hint is True
+    assert tools["recall"].annotations.read_only_hint is True
+    assert tools["stats"].annotations.read_only_hint is True
+    assert tools["remember"].annotations.destructive_hint is False
 
 
 @pytest.mark.anyio
@@ -238,6 +245,17 @@ async def test_a_conversation_remembers_recalls_judges_counts_and_forgets(mcp_bi
         after = await call(client, "recall", {"query": "what is the name of the user's cat", "k": 5})
         assert memory_id not in [result["id"] for result in after["results"]]
         assert (await call(client, "stats", {}))["memories"] == 1
+
+
+@pytest.mark.anyio
+async def test_the_default_namespace_comes_from_the_flag_else_the_environment(mcp_bin: Path, daemon: Daemon) -> None:
+    async with session(mcp_bin, daemon, env={"NEXUS_NAMESPACE": "from-env"}) as client:
+        assert (await call(client, "remember", {"text": "x"}))["namespace"] == "from-env"
+        assert (await call(client, "remember", {"text": "y", "namespace": "mine"}))["namespace"] == "mine"
+    async with session(mcp_bin, daemon, "--namespace", "from-flag", env={"NEXUS_NAMESPACE": "from-env"}) as client:
+        assert (await call(client, "remember", {"text": "z"}))["namespace"] == "from-flag"
+    async with session(mcp_bin, daemon) as client:
+        assert (await call(client, "remember", {"text": "w"}))["namespace"] == "default"
 
 
 @pytest.mark.anyio
