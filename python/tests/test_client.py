@@ -3,6 +3,7 @@ threads, a large batch, a restart mid-session."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from array import array
@@ -189,8 +190,10 @@ def test_eight_threads_share_a_client(client: Client) -> None:
 
 
 def test_gil_is_released_during_a_blocking_call(client: Client) -> None:
-    # A remember_many of 10,000 blocks for a while; a pure-Python thread must
-    # keep counting meanwhile, which it cannot if the call holds the GIL.
+    # The counter thread gives the GIL back after every tick (sleep(0)), and a
+    # long switch interval stops the interpreter from taking the GIL from the
+    # main thread by force: so the counter ticks during remember_many only if
+    # the call releases the GIL itself.
     items = [(f"gil probe {i}", "gil") for i in range(10_000)]
     ticks = 0
     started = threading.Event()
@@ -201,19 +204,22 @@ def test_gil_is_released_during_a_blocking_call(client: Client) -> None:
         started.set()
         while not done.is_set():
             ticks += 1
+            time.sleep(0)
 
-    counter = threading.Thread(target=count)
-    counter.start()
-    started.wait()
-    before = ticks
-    client.remember_many(items)
-    during = ticks - before
-    done.set()
-    counter.join()
-    # Python's switch interval (5 ms) would give the counter a few slices even
-    # with the GIL held by nobody else; with the GIL held through the call it
-    # gets none until the call returns. Hundreds of thousands means it ran.
-    assert during > 10_000, during
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(30.0)
+    try:
+        counter = threading.Thread(target=count)
+        counter.start()
+        started.wait()
+        before = ticks
+        client.remember_many(items)
+        during = ticks - before
+        done.set()
+        counter.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert during > 100, during
 
 
 def test_daemon_restart_gives_daemon_gone_then_reconnect_works(tmp_path: Path) -> None:
