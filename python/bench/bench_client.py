@@ -28,6 +28,8 @@ import nexus_memory
 
 N_QUERIES = 50  # the same query set as rust_baseline.rs
 BATCH = 1000  # remember_many's batch size in the package
+ROUNDS = 3  # remember runs per side, alternated
+SETTLE_S = 3.0  # pause before each remember run, for the daemon's indexing to catch up
 
 
 def median_recall_ns(client: nexus_memory.Client, n: int, route: str) -> float:
@@ -40,11 +42,17 @@ def median_recall_ns(client: nexus_memory.Client, n: int, route: str) -> float:
     return statistics.median(samples)
 
 
-def remember_rate(client: nexus_memory.Client, n: int) -> float:
-    items = [(f"bulk memory {i} about topic {i % N_QUERIES}", "bench-remember-python") for i in range(n)]
+def remember_rate(client: nexus_memory.Client, n: int, namespace: str) -> float:
+    items = [(f"bulk memory {i} about topic {i % N_QUERIES}", namespace) for i in range(n)]
     started = time.perf_counter()
     client.remember_many(items)
     return n / (time.perf_counter() - started)
+
+
+def rust_run(binary: str, socket: str, recalls: int, remember: int, namespace: str) -> dict[str, float]:
+    argv = [binary, socket, str(recalls), str(remember), str(BATCH), namespace]
+    result: dict[str, float] = json.loads(subprocess.run(argv, check=True, capture_output=True, text=True).stdout)
+    return result
 
 
 def start_daemon(nexusd: str, root: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -74,17 +82,24 @@ def main() -> int:
                 client.remember_many([(f"memory about topic {i % N_QUERIES}, number {i}", "bench") for i in range(5000)])
                 for i in range(N_QUERIES):  # warm the cache and both sides' first calls
                     client.recall(f"what about topic {i}", namespace="bench", k=5, route="smart")
-                rust = json.loads(
-                    subprocess.run(
-                        [args.rust_baseline, socket, str(args.recalls), str(args.remember), str(BATCH)],
-                        check=True, capture_output=True, text=True,
-                    ).stdout
-                )
+                rust = rust_run(args.rust_baseline, socket, args.recalls, 0, "unused")
                 python = {
                     "recall_cache_only_ns": median_recall_ns(client, args.recalls, "cache_only"),
                     "recall_smart_ns": median_recall_ns(client, args.recalls, "smart"),
-                    "remember_per_s": remember_rate(client, args.remember),
                 }
+                # Writes leave the daemon indexing for a while after they are
+                # acknowledged, which slows whoever writes next: alternate the
+                # sides, let the daemon settle before each, keep each side's median.
+                rust_rates, python_rates = [], []
+                for round_idx in range(ROUNDS):
+                    time.sleep(SETTLE_S)
+                    python_rates.append(remember_rate(client, args.remember, f"bench-remember-python-{round_idx}"))
+                    time.sleep(SETTLE_S)
+                    run = rust_run(args.rust_baseline, socket, 0, args.remember, f"bench-remember-rust-{round_idx}")
+                    rust_rates.append(run["remember_per_s"])
+                python["remember_per_s"] = statistics.median(python_rates)
+                rust["remember_per_s"] = statistics.median(rust_rates)
+                print(f"remember rounds: python {[round(r) for r in python_rates]}  rust {[round(r) for r in rust_rates]}")
         finally:
             process.terminate()
             process.wait()

@@ -2,7 +2,8 @@
 //! same remember batches through `nexus_client::Client`, so the Python
 //! package's overhead is measured against the client it wraps, on the same
 //! daemon in the same run. Not a criterion bench: it prints one JSON line the
-//! Python script reads. Usage: `rust_baseline SOCKET N_RECALLS N_REMEMBER BATCH`.
+//! Python script reads. Usage: `rust_baseline SOCKET N_RECALLS N_REMEMBER BATCH NAMESPACE`
+//! (0 recalls or 0 memories skips that part; memories go to NAMESPACE).
 
 use std::time::{Duration, Instant};
 
@@ -17,8 +18,8 @@ const RING_BYTES: u32 = 8 << 20;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [socket, n_recalls, n_remember, batch] = args.as_slice() else {
-        return Err("usage: rust_baseline SOCKET N_RECALLS N_REMEMBER BATCH".into());
+    let [socket, n_recalls, n_remember, batch, namespace] = args.as_slice() else {
+        return Err("usage: rust_baseline SOCKET N_RECALLS N_REMEMBER BATCH NAMESPACE".into());
     };
     let (n_recalls, n_remember, batch): (usize, usize, usize) =
         (n_recalls.parse()?, n_remember.parse()?, batch.parse()?);
@@ -28,9 +29,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..ConnectOptions::default()
     };
     let client = Client::connect_with(socket, options)?;
-    let cache_only = median_recall_ns(&client, n_recalls, Route::CacheOnly)?;
-    let smart = median_recall_ns(&client, n_recalls, Route::SmartRouting)?;
-    let rate = remember_rate(&client, n_remember, batch)?;
+    let (mut cache_only, mut smart, mut rate) = (0, 0, 0.0);
+    if n_recalls > 0 {
+        cache_only = median_recall_ns(&client, n_recalls, Route::CacheOnly)?;
+        smart = median_recall_ns(&client, n_recalls, Route::SmartRouting)?;
+    }
+    if n_remember > 0 {
+        rate = remember_rate(&client, n_remember, batch, namespace)?;
+    }
     println!("{{\"recall_cache_only_ns\": {cache_only}, \"recall_smart_ns\": {smart}, \"remember_per_s\": {rate:.1}}}");
     Ok(())
 }
@@ -49,14 +55,14 @@ fn median_recall_ns(client: &Client, n_recalls: usize, route: Route) -> Result<u
     Ok(median(&mut samples).as_nanos())
 }
 
-fn remember_rate(client: &Client, n_remember: usize, batch: usize) -> Result<f64, nexus_client::ClientError> {
+fn remember_rate(
+    client: &Client,
+    n_remember: usize,
+    batch: usize,
+    namespace: &str,
+) -> Result<f64, nexus_client::ClientError> {
     let memories: Vec<MemoryInput> = (0..n_remember)
-        .map(|i| {
-            MemoryInput::new(
-                "bench-remember-rust",
-                format!("bulk memory {i} about topic {}", i % N_QUERIES),
-            )
-        })
+        .map(|i| MemoryInput::new(namespace, format!("bulk memory {i} about topic {}", i % N_QUERIES)))
         .collect();
     let started = Instant::now();
     for chunk in memories.chunks(batch.max(1)) {
