@@ -268,25 +268,7 @@ impl State {
     /// of text and vectors, so the caller holds the lock for a bounded slice
     /// and does the work on them after releasing it.
     pub fn take_chunk(&self, namespace: &str, cursor: &mut Cursor) -> Vec<Memory> {
-        let mut chunk = Vec::new();
-        let mut bytes = 0;
-        for (name, ids) in self.namespaces_from(namespace, cursor) {
-            let from = match &cursor.after {
-                Some((after, id)) if after == name => Bound::Excluded(*id),
-                _ => Bound::Unbounded,
-            };
-            for id in ids.range((from, Bound::Unbounded)) {
-                let memory = self.memory(*id).expect("namespaces index only live memories");
-                bytes += memory.view().scan_bytes();
-                chunk.push(memory);
-                if chunk.len() >= SLICE_MEMORIES || bytes >= SLICE_TEXT_BYTES {
-                    cursor.after = Some((name.clone(), *id));
-                    return chunk;
-                }
-            }
-        }
-        cursor.done = true;
-        chunk
+        self.page(namespace, cursor, SLICE_MEMORIES, SLICE_TEXT_BYTES)
     }
 
     /// One page of a listing: the memories of `namespace` ("" = every
